@@ -1,0 +1,229 @@
+"""The ``arena`` command: argument parsing and printing only; the work is in the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from arena import leaderboard as boards
+from arena.errors import ArenaError
+from arena.params import describe_params
+from arena.progress import RichReporter
+from arena.protocols import PROTOCOLS, get_protocol
+from arena.registry import BrokenPlugin, registry_for
+from arena.store import ArtifactCache, ResultStore
+
+app = typer.Typer(
+    help="Watermark Arena: DNN watermarks against removal, forgery, piracy and evasion attacks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+stdout = Console()
+stderr = Console(stderr=True)
+
+DbOption = Annotated[
+    Path | None, typer.Option("--db", help="results database [default: $ARENA_HOME/results.sqlite]")
+]
+CacheOption = Annotated[
+    Path | None, typer.Option("--cache-dir", help="artifact cache [default: $ARENA_HOME/cache]")
+]
+
+
+def _parse_assignments(values: list[str] | None, option: str) -> dict[str, str]:
+    parsed = {}
+    for value in values or []:
+        name, sep, setting = value.partition("=")
+        if not sep or not name:
+            raise ArenaError(f"{option} expects name=value, got {value!r}")
+        parsed[name.strip()] = setting.strip()
+    return parsed
+
+
+@app.command()
+def run(
+    defense: Annotated[str, typer.Option(help="defense plugin (arena list defenses)")] = "backdoor-wm",
+    attack: Annotated[str, typer.Option(help="attack plugin (arena list attacks)")] = "none",
+    protocol: Annotated[str, typer.Option(help="evaluation protocol (arena list protocols)")] = "mnist5k",
+    seed: Annotated[int, typer.Option(help="match seed")] = 0,
+    model: Annotated[str | None, typer.Option(help="a timm model other than the protocol's")] = None,
+    defense_param: Annotated[
+        list[str] | None, typer.Option("--defense-param", "-D", help="defense parameter name=value")
+    ] = None,
+    attack_param: Annotated[
+        list[str] | None, typer.Option("--attack-param", "-A", help="attack parameter name=value")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON record on stdout")] = False,
+    db: DbOption = None,
+    cache_dir: CacheOption = None,
+) -> None:
+    """Run one match: clean -> mark -> verify -> attack -> verify -> score -> store."""
+    from arena.match import MatchSpec, run_match
+
+    spec = MatchSpec(
+        defense=defense,
+        attack=attack,
+        protocol=protocol,
+        seed=seed,
+        model=model,
+        defense_params=_parse_assignments(defense_param, "--defense-param"),
+        attack_params=_parse_assignments(attack_param, "--attack-param"),
+    )
+    record = run_match(
+        spec, store=ResultStore(db), cache=ArtifactCache(cache_dir), progress=RichReporter(stderr)
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
+    else:
+        _print_match(record)
+
+
+def _evidence_cells(evidence: dict[str, Any] | None) -> list[str]:
+    if evidence is None:
+        return ["n/a"] * 4
+    verdict = "[green]verified[/]" if evidence["verified"] else "[red]not verified[/]"
+    return [
+        f"{evidence['successes']} of {evidence['trials']}",
+        f"{evidence['null_p']:.3g}",
+        f"{evidence['p_value']:.2e}",
+        verdict,
+    ]
+
+
+def _print_match(record: dict[str, Any]) -> None:
+    title = (
+        f"{record['attack']} vs {record['defense']} on {record['protocol']} "
+        f"v{record['protocol_version']} ({record['model']}), seed {record['seed']}"
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("model", "test acc", "trigger evidence", "null p", "p-value", "verdict"):
+        table.add_column(column)
+    for label, part in (("clean", "clean"), ("marked", "marked"), ("attacked", "attacked")):
+        table.add_row(label, f"{record[part]['test_acc']:.4f}",
+                      *_evidence_cells(record[part]["evidence"]))
+    owner_head = record["attacked"]["owner_head_evidence"]
+    if owner_head is not None:
+        table.add_row("attacked, owner head", "", *_evidence_cells(owner_head))
+    stdout.print(table)
+    succeeded = "[red]yes[/]" if record["attack_succeeded"] else "[green]no[/]"
+    stdout.print(f"attack succeeded: {succeeded} ({record['outcome']}); alpha "
+                 f"{record['marked']['evidence']['alpha']:g}")
+    stdout.print(f"functionality preservation: {100 * record['functionality_preservation']:+.2f} "
+                 "points of test accuracy (marked - clean)")
+    stdout.print(f"threat model: {', '.join(f'{k}={v}' for k, v in record['threat_model'].items())}")
+    cached = [phase for phase, hit in record["cached"].items() if hit]
+    seconds = ", ".join(f"{phase} {value:.1f}s" for phase, value in record["seconds"].items())
+    stdout.print(f"time: {seconds}" + (f" (from cache: {', '.join(cached)})" if cached else ""))
+
+
+@app.command("list")
+def list_plugins(
+    kind: Annotated[str | None, typer.Argument(help="defenses, attacks or protocols")] = None,
+) -> None:
+    """List plugins and protocols with their details and source package."""
+    kinds = [kind] if kind else ["defenses", "attacks", "protocols"]
+    for name in kinds:
+        if name == "protocols":
+            _list_protocols()
+        else:
+            _list_registry(name)
+
+
+def _list_registry(kind: str) -> None:
+    registry = registry_for(kind)
+    entries = registry.entries()
+    table = Table(title=f"{registry.kind}s", title_justify="left")
+    is_defense = registry.kind == "defense"
+    columns = ["name", "summary"] + (["family", "access"] if is_defense else ["threat", "threat model"])
+    for column in columns + ["parameters", "source"]:
+        table.add_column(column, overflow="fold")
+    protocol = get_protocol("smoke")
+    for info in entries:
+        plugin = info.cls
+        if is_defense:
+            details = [plugin.family, plugin.access]
+        else:
+            details = [plugin.threat, _threat_summary(plugin, protocol)]
+        table.add_row(info.name, info.summary, *details, describe_params(plugin.Params), info.source)
+    stdout.print(table)
+    for broken in registry.broken():
+        _print_broken(broken)
+
+
+def _threat_summary(plugin: type, protocol: Any) -> str:
+    from arena.context import Context
+
+    try:
+        return plugin().threat_model(Context(protocol=protocol)).summary()
+    except Exception as error:  # a third-party plugin's bug must not break the listing
+        return f"(unavailable: {error})"
+
+
+def _print_broken(broken: BrokenPlugin) -> None:
+    stderr.print(f"[yellow]warning[/]: {broken.kind} {broken.name!r} failed to load: {broken.error}")
+
+
+def _list_protocols() -> None:
+    table = Table(title="protocols", title_justify="left")
+    for column in ("name", "version", "data", "model", "split (owner/attacker/test)",
+                   "owner epochs", "attack epochs", "alpha", "delta", "description"):
+        table.add_column(column, overflow="fold")
+    for protocol in PROTOCOLS.values():
+        table.add_row(
+            protocol.name, str(protocol.version), protocol.dataset,
+            f"{protocol.model} @ {protocol.image_size}px",
+            f"{protocol.owner_size}/{protocol.attacker_size}/{protocol.test_size}",
+            str(protocol.training.epochs), str(protocol.attack_epochs), f"{protocol.alpha:g}",
+            f"{protocol.delta:g}", protocol.description,
+        )
+    stdout.print(table)
+
+
+@app.command()
+def leaderboard(
+    protocol: Annotated[
+        str | None, typer.Option(help="protocol to render [default: every protocol with results]")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="folder for <protocol>.md and <protocol>.json")] = Path(
+        "leaderboards"
+    ),
+    db: DbOption = None,
+) -> None:
+    """Rank and render every stored match of a protocol: terminal, Markdown and JSON."""
+    store = ResultStore(db)
+    protocols = [get_protocol(protocol)] if protocol else boards.protocols_in(store)
+    if not protocols:
+        raise ArenaError(f"the results database {store.path} holds no matches yet; run arena run first")
+    for chosen in protocols:
+        board = boards.build(store, chosen)
+        markdown, data = boards.write(board, out)
+        for table in boards.rich_tables(board):
+            stdout.print(table)
+        stdout.print(f"wrote {markdown} and {data}")
+
+
+def main() -> None:
+    """Console entry point: one clear line and exit status 2 for any user error."""
+    try:
+        app(standalone_mode=False)
+    except ArenaError as error:
+        stderr.print(f"[bold red]error[/]: {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        stderr.print("interrupted; finished artifacts are kept in the cache, re-run to resume")
+        sys.exit(130)
+    except Exception as error:  # click's usage errors carry their own exit code
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        if isinstance(error, click.exceptions.Abort):
+            sys.exit(130)
+        raise

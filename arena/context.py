@@ -1,0 +1,76 @@
+"""``Context``: what every plugin verb receives."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from arena.data import Splits, load_splits
+from arena.models import create_model
+from arena.progress import Reporter, silent
+from arena.protocols import Protocol
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """A seed for one purpose ("keygen", "attack:rtal", ...) derived from the match seed.
+
+    Each phase gets its own stream, so a phase's randomness does not depend on which
+    other phases ran before it (cached phases are skipped).
+    """
+    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+@dataclass
+class Context:
+    protocol: Protocol
+    seed: int = 0
+    device: torch.device = field(default_factory=default_device)
+    progress: Reporter = silent
+    _splits: Splits | None = None
+
+    @property
+    def splits(self) -> Splits:
+        if self._splits is None:
+            self._splits = load_splits(self.protocol)
+        return self._splits
+
+    @property
+    def num_classes(self) -> int:
+        return self.protocol.num_classes
+
+    @property
+    def null_p(self) -> float:
+        """Chance agreement of an unmarked model with a key's labels: 1/|L|.
+
+        Exact for keys whose labels are drawn uniformly and independently of any model.
+        """
+        return 1.0 / self.protocol.num_classes
+
+    def rng(self, purpose: str) -> np.random.Generator:
+        return np.random.default_rng(derive_seed(self.seed, purpose))
+
+    def generator(self, purpose: str) -> torch.Generator:
+        generator = torch.Generator()
+        generator.manual_seed(derive_seed(self.seed, purpose))
+        return generator
+
+    def new_model(self, purpose: str = "init") -> nn.Module:
+        """A freshly initialised protocol model, seeded for ``purpose``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, purpose))
+            model = create_model(
+                self.protocol.model,
+                num_classes=self.protocol.num_classes,
+                channels=self.protocol.channels,
+                image_size=self.protocol.image_size,
+            )
+        return model.to(self.device)

@@ -1,0 +1,341 @@
+"""KeyGen pieces: abstract trigger images, hash commitments and key files.
+
+The marking key ``mk`` holds the trigger images ``T``, their labels ``T_L`` and one
+32-byte nonce per image and per label. The verification key ``vk`` is public: the
+SHA-256 commitment ``H(nonce || encoding)`` to every image and every label. Verify
+opens every commitment before it queries a model, so a key altered after it was
+committed cannot be used.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from arena.errors import ArenaError, KeyTamperedError
+from arena.plugin import Key
+
+MARKING_KEY_FORMAT = "arena-marking-key/1"
+VERIFICATION_KEY_FORMAT = "arena-verification-key/1"
+NONCE_BYTES = 32
+
+
+# --- commitments -------------------------------------------------------------------
+
+
+def encode_image(image: np.ndarray) -> bytes:
+    """Canonical bytes of a uint8 (C, H, W) image: a tag, its shape, its pixels."""
+    if image.dtype != np.uint8 or image.ndim != 3:
+        raise ArenaError(f"trigger images must be uint8 (C, H, W), got {image.dtype} {image.shape}")
+    return b"arena-image/1" + struct.pack(">3I", *image.shape) + np.ascontiguousarray(image).tobytes()
+
+
+def encode_label(label: int) -> bytes:
+    return b"arena-label/1" + struct.pack(">q", int(label))
+
+
+def commit(nonce: bytes, encoding: bytes) -> str:
+    return hashlib.sha256(nonce + encoding).hexdigest()
+
+
+# --- abstract trigger images ---------------------------------------------------------
+
+
+def abstract_images(count: int, size: int, channels: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` procedurally drawn abstract images, uint8 (count, channels, size, size).
+
+    Each image layers a smooth colour field, a few filled shapes, a few strokes and
+    pixel noise, all drawn from ``rng``: the space of images is so large that two keys
+    almost never share one.
+    """
+    return np.stack([_abstract_image(size, channels, rng) for _ in range(count)])
+
+
+def _abstract_image(size: int, channels: int, rng: np.random.Generator) -> np.ndarray:
+    grid = np.linspace(0.0, 1.0, size)
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+    # Smooth colour field: a coarse random grid, bilinearly upsampled.
+    coarse = int(rng.integers(2, 6))
+    field = torch.as_tensor(rng.random((1, channels, coarse, coarse)), dtype=torch.float32)
+    image = torch.nn.functional.interpolate(
+        field, size=(size, size), mode="bilinear", align_corners=True
+    )[0].numpy()
+    for _ in range(int(rng.integers(1, 5))):  # filled ellipses and rectangles
+        colour = rng.random((channels, 1, 1))
+        cy, cx = rng.random(2)
+        ry, rx = rng.uniform(0.08, 0.45, 2)
+        if rng.random() < 0.5:
+            mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+        else:
+            mask = (np.abs(yy - cy) <= ry) & (np.abs(xx - cx) <= rx)
+        image = np.where(mask[None], colour, image)
+    for _ in range(int(rng.integers(1, 5))):  # strokes: thick line segments
+        colour = rng.random((channels, 1, 1))
+        (y0, x0), (y1, x1) = rng.random((2, 2))
+        width = rng.uniform(0.02, 0.08)
+        dy, dx = y1 - y0, x1 - x0
+        t = np.clip(((yy - y0) * dy + (xx - x0) * dx) / max(dy * dy + dx * dx, 1e-9), 0, 1)
+        distance = np.hypot(yy - (y0 + t * dy), xx - (x0 + t * dx))
+        image = np.where((distance <= width)[None], colour, image)
+    image = image + rng.normal(0.0, rng.uniform(0.0, 0.15), image.shape)
+    return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def load_image_folder(folder: Path, size: int, channels: int) -> np.ndarray:
+    """A user's own trigger images (PNG, JPEG, ...), resized to the protocol's input."""
+    from PIL import Image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArenaError(f"trigger image folder {folder} does not exist")
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+    files = sorted(path for path in folder.iterdir() if path.suffix.lower() in suffixes)
+    if not files:
+        raise ArenaError(f"no images ({', '.join(sorted(suffixes))}) in {folder}")
+    mode = "L" if channels == 1 else "RGB"
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as opened:
+                picture = opened.convert(mode).resize((size, size), Image.BILINEAR)
+        except Exception as error:
+            raise ArenaError(f"cannot read trigger image {path}: {error}") from None
+        array = np.asarray(picture, dtype=np.uint8)
+        images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+    return np.stack(images)
+
+
+# --- keys ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    """The public part: commitments to every trigger image and label."""
+
+    scheme: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    image_commitments: tuple[str, ...]
+    label_commitments: tuple[str, ...]
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical JSON of this key: its public identity."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": VERIFICATION_KEY_FORMAT,
+            "scheme": self.scheme,
+            "num_classes": self.num_classes,
+            "image_shape": list(self.image_shape),
+            "commitments": [
+                {"image": image, "label": label}
+                for image, label in zip(self.image_commitments, self.label_commitments)
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any], source: str = "verification key") -> VerificationKey:
+        try:
+            if record.get("format") != VERIFICATION_KEY_FORMAT:
+                raise ValueError(f"format is {record.get('format')!r}")
+            commitments = record["commitments"]
+            image_commitments = tuple(str(entry["image"]) for entry in commitments)
+            label_commitments = tuple(str(entry["label"]) for entry in commitments)
+            for digest in image_commitments + label_commitments:
+                if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                    raise ValueError(f"{digest!r} is not a SHA-256 hex digest")
+            return cls(
+                scheme=str(record["scheme"]),
+                num_classes=int(record["num_classes"]),
+                image_shape=tuple(int(v) for v in record["image_shape"]),
+                image_commitments=image_commitments,
+                label_commitments=label_commitments,
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise KeyTamperedError(f"{source} is malformed: {error}") from None
+
+
+@dataclass(frozen=True, eq=False)
+class TriggerKey(Key):
+    """A trigger-set marking key ``mk`` with its verification key ``vk``."""
+
+    scheme: str
+    num_classes: int
+    images: np.ndarray  # uint8 (n, C, H, W)
+    labels: np.ndarray  # int64 (n,)
+    image_nonces: tuple[bytes, ...]
+    label_nonces: tuple[bytes, ...]
+    vk: VerificationKey
+
+    @classmethod
+    def create(
+        cls, scheme: str, num_classes: int, images: np.ndarray, labels: np.ndarray
+    ) -> TriggerKey:
+        """Commit to ``images`` and ``labels`` with fresh random nonces."""
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        labels = np.asarray(labels, dtype=np.int64)
+        if len(images) != len(labels) or len(images) == 0:
+            raise ArenaError(f"a key needs as many labels as images, got {len(images)} and {len(labels)}")
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ArenaError(f"trigger labels must lie in [0, {num_classes})")
+        image_nonces = tuple(secrets.token_bytes(NONCE_BYTES) for _ in images)
+        label_nonces = tuple(secrets.token_bytes(NONCE_BYTES) for _ in labels)
+        vk = VerificationKey(
+            scheme=scheme,
+            num_classes=num_classes,
+            image_shape=tuple(int(v) for v in images.shape[1:]),
+            image_commitments=tuple(
+                commit(nonce, encode_image(image)) for nonce, image in zip(image_nonces, images)
+            ),
+            label_commitments=tuple(
+                commit(nonce, encode_label(label)) for nonce, label in zip(label_nonces, labels)
+            ),
+        )
+        return cls(scheme, num_classes, images, labels, image_nonces, label_nonces, vk)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.vk.fingerprint
+
+    def open(self, vk: VerificationKey | None = None) -> None:
+        """Open every commitment of ``vk`` (by default the key's own) against this ``mk``.
+
+        Raises ``KeyTamperedError`` naming the first commitment that does not open.
+        """
+        vk = vk or self.vk
+        if vk.scheme != self.scheme:
+            raise KeyTamperedError(f"the verification key is for scheme {vk.scheme!r}, not {self.scheme!r}")
+        if len(vk.image_commitments) != len(self) or len(vk.label_commitments) != len(self):
+            raise KeyTamperedError(
+                f"the verification key commits to {len(vk.image_commitments)} triggers, "
+                f"the marking key holds {len(self)}"
+            )
+        for index in range(len(self)):
+            image_opening = commit(self.image_nonces[index], encode_image(self.images[index]))
+            if image_opening != vk.image_commitments[index]:
+                raise KeyTamperedError(
+                    f"trigger {index}: the image does not open its commitment; the marking "
+                    "key or the verification key was altered"
+                )
+            label_opening = commit(self.label_nonces[index], encode_label(self.labels[index]))
+            if label_opening != vk.label_commitments[index]:
+                raise KeyTamperedError(
+                    f"trigger {index}: the label does not open its commitment; the marking "
+                    "key or the verification key was altered"
+                )
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trigger images as float model inputs in [0, 1], and their labels."""
+        return torch.as_tensor(self.images).float() / 255.0, torch.as_tensor(self.labels)
+
+    # --- files --------------------------------------------------------------------
+
+    def marking_key_dict(self) -> dict[str, Any]:
+        return {
+            "format": MARKING_KEY_FORMAT,
+            "scheme": self.scheme,
+            "num_classes": self.num_classes,
+            "image_shape": list(self.images.shape[1:]),
+            "triggers": [
+                {
+                    "image": base64.b64encode(image.tobytes()).decode(),
+                    "label": int(label),
+                    "image_nonce": image_nonce.hex(),
+                    "label_nonce": label_nonce.hex(),
+                }
+                for image, label, image_nonce, label_nonce in zip(
+                    self.images, self.labels, self.image_nonces, self.label_nonces
+                )
+            ],
+        }
+
+    def save(self, directory: Path | str) -> None:
+        """Write ``mk.json`` (secret, mode 0600, atomically) and ``vk.json`` (public)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(directory / "mk.json", self.marking_key_dict(), mode=0o600)
+        write_json_atomic(directory / "vk.json", self.vk.to_dict(), mode=0o644)
+
+    @classmethod
+    def load(cls, directory: Path | str) -> TriggerKey:
+        directory = Path(directory)
+        return cls.from_files(directory / "mk.json", directory / "vk.json")
+
+    @classmethod
+    def from_files(cls, mk_path: Path, vk_path: Path) -> TriggerKey:
+        """Read both files and open every commitment; tampering fails here."""
+        vk = VerificationKey.from_dict(read_json(vk_path), source=str(vk_path))
+        record = read_json(mk_path)
+        try:
+            if record.get("format") != MARKING_KEY_FORMAT:
+                raise ValueError(f"format is {record.get('format')!r}")
+            shape = tuple(int(v) for v in record["image_shape"])
+            triggers = record["triggers"]
+            images = np.stack(
+                [
+                    np.frombuffer(base64.b64decode(t["image"], validate=True), dtype=np.uint8).reshape(shape)
+                    for t in triggers
+                ]
+            )
+            labels = np.array([int(t["label"]) for t in triggers], dtype=np.int64)
+            image_nonces = tuple(bytes.fromhex(t["image_nonce"]) for t in triggers)
+            label_nonces = tuple(bytes.fromhex(t["label_nonce"]) for t in triggers)
+            key = cls(
+                scheme=str(record["scheme"]),
+                num_classes=int(record["num_classes"]),
+                images=images,
+                labels=labels,
+                image_nonces=image_nonces,
+                label_nonces=label_nonces,
+                vk=vk,
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise KeyTamperedError(f"marking key {mk_path} is malformed: {error}") from None
+        key.open(vk)
+        return key
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArenaError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise KeyTamperedError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(record, dict):
+        raise KeyTamperedError(f"{path} does not hold a JSON object")
+    return record
+
+
+def write_json_atomic(path: Path, record: dict[str, Any], mode: int = 0o644) -> None:
+    """Write to a temporary file in the same folder, then rename: never half a file."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(handle, mode)
+        with os.fdopen(handle, "w") as stream:
+            json.dump(record, stream, indent=1)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

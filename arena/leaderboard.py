@@ -1,0 +1,273 @@
+"""Aggregate stored matches per protocol, rank the defenses, render the tables.
+
+A defense is ranked by how many attacks its mark survived (still verified, or the attack
+cost more accuracy than delta), then by functionality preservation. Matches over several
+seeds are aggregated: mean accuracies, and counts of seeds verified / succeeded.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from rich.table import Table
+
+from arena.errors import ArenaError
+from arena.keys import write_json_atomic
+from arena.protocols import PROTOCOLS, Protocol
+from arena.store import ResultStore
+
+THREAT_SECTIONS = ("none", "removal", "forgery", "piracy", "evasion")
+
+
+@dataclass(frozen=True)
+class MatchRow:
+    """One (defense, attack, model) cell, aggregated over seeds."""
+
+    defense: str
+    attack: str
+    model: str
+    threat: str
+    seeds: list[int]
+    access: str
+    clean_acc: float
+    marked_acc: float
+    attacked_acc: float
+    marked_agreement: float
+    marked_verified: int
+    attacked_successes: str  # "k/n" of the first seed
+    attacked_agreement: float
+    attacked_p_value: float  # the largest over seeds: the weakest evidence
+    attacked_verified: int
+    owner_head: str | None
+    attack_succeeded: int
+    attack_seconds: float
+    outcome: str
+    threat_model: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DefenseRow:
+    rank: int
+    defense: str
+    access: str
+    clean_acc: float
+    marked_acc: float
+    preservation: float
+    marked_agreement: float
+    attacks: int
+    survived: int
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    protocol: Protocol
+    defenses: list[DefenseRow]
+    matches: list[MatchRow]
+    older_versions: int  # records of earlier protocol versions left out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol.name,
+            "version": self.protocol.version,
+            "fingerprint": self.protocol.fingerprint,
+            "generated_by": f"arena leaderboard --protocol {self.protocol.name}",
+            "defenses": [asdict(row) for row in self.defenses],
+            "matches": [asdict(row) for row in self.matches],
+        }
+
+
+def build(store: ResultStore, protocol: Protocol) -> Leaderboard:
+    records = store.records(protocol.name)
+    current = [r for r in records if r["protocol_version"] == protocol.version]
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for record in current:
+        groups[(record["defense"], record["attack"], record["model"])].append(record)
+    matches = sorted(
+        (_match_row(key, rows) for key, rows in groups.items()),
+        key=lambda row: (THREAT_SECTIONS.index(row.threat) if row.threat in THREAT_SECTIONS
+                         else len(THREAT_SECTIONS), row.defense, row.attack, row.model),
+    )
+    return Leaderboard(protocol, _rank(matches), matches, len(records) - len(current))
+
+
+def _match_row(key: tuple[str, str, str], records: list[dict]) -> MatchRow:
+    defense, attack, model = key
+    records = sorted(records, key=lambda r: r["seed"])
+    first = records[0]
+    owner_heads = [r["attacked"]["owner_head_evidence"] for r in records]
+    owner_head = None
+    if owner_heads[0] is not None:
+        verified = sum(bool(h and h["verified"]) for h in owner_heads)
+        owner_head = f"{owner_heads[0]['successes']}/{owner_heads[0]['trials']} ({verified}/{len(records)} verified)"
+    return MatchRow(
+        defense=defense,
+        attack=attack,
+        model=model,
+        threat=first.get("threat", "removal"),
+        seeds=[r["seed"] for r in records],
+        access=first.get("defense_access", "black-box"),
+        clean_acc=mean(r["clean"]["test_acc"] for r in records),
+        marked_acc=mean(r["marked"]["test_acc"] for r in records),
+        attacked_acc=mean(r["attacked"]["test_acc"] for r in records),
+        marked_agreement=mean(_agreement(r["marked"]["evidence"]) for r in records),
+        marked_verified=sum(r["marked"]["evidence"]["verified"] for r in records),
+        attacked_successes=f"{first['attacked']['evidence']['successes']}/{first['attacked']['evidence']['trials']}",
+        attacked_agreement=mean(_agreement(r["attacked"]["evidence"]) for r in records),
+        attacked_p_value=max(r["attacked"]["evidence"]["p_value"] for r in records),
+        attacked_verified=sum(r["attacked"]["evidence"]["verified"] for r in records),
+        owner_head=owner_head,
+        attack_succeeded=sum(r["attack_succeeded"] for r in records),
+        attack_seconds=mean(r["seconds"].get("attack", 0.0) for r in records),
+        outcome=first["outcome"],
+        threat_model=first["threat_model"],
+    )
+
+
+def _agreement(evidence: dict) -> float:
+    return evidence["successes"] / evidence["trials"] if evidence["trials"] else 0.0
+
+
+def _rank(matches: list[MatchRow]) -> list[DefenseRow]:
+    by_defense: dict[str, list[MatchRow]] = defaultdict(list)
+    for row in matches:
+        by_defense[row.defense].append(row)
+    rows = []
+    for defense, cells in by_defense.items():
+        attacked = [c for c in cells if c.threat != "none"]
+        # A mark survives an attack when it was verified to begin with and no seed lost it.
+        survived = sum(
+            1 for c in attacked if c.marked_verified == len(c.seeds) and c.attack_succeeded == 0
+        )
+        rows.append(
+            dict(
+                defense=defense,
+                access=cells[0].access,
+                clean_acc=mean(c.clean_acc for c in cells),
+                marked_acc=mean(c.marked_acc for c in cells),
+                preservation=mean(c.marked_acc - c.clean_acc for c in cells),
+                marked_agreement=mean(c.marked_agreement for c in cells),
+                attacks=len(attacked),
+                survived=survived,
+            )
+        )
+    rows.sort(key=lambda r: (-(r["survived"] / r["attacks"] if r["attacks"] else 0),
+                             -r["marked_agreement"], -r["preservation"], r["defense"]))
+    return [DefenseRow(rank=index + 1, **row) for index, row in enumerate(rows)]
+
+
+# --- rendering ------------------------------------------------------------------------
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _seeds(count: int, total: int) -> str:
+    return f"{count}/{total}"
+
+
+def defense_cells(row: DefenseRow) -> list[str]:
+    return [str(row.rank), row.defense, row.access, _pct(row.clean_acc), _pct(row.marked_acc),
+            f"{100 * row.preservation:+.2f}", _pct(row.marked_agreement),
+            f"{row.survived}/{row.attacks}"]
+
+
+DEFENSE_HEADER = ["rank", "defense", "access", "clean acc %", "marked acc %", "Δ acc (pts)",
+                  "trigger agreement %", "attacks survived"]
+
+MATCH_HEADER = ["defense", "attack", "seeds", "marked acc %", "attacked acc %",
+                "evidence after attack", "max p-value", "verified", "owner-head evidence",
+                "attack succeeded", "attack s"]
+
+
+def match_cells(row: MatchRow) -> list[str]:
+    total = len(row.seeds)
+    return [row.defense, row.attack, str(total), _pct(row.marked_acc), _pct(row.attacked_acc),
+            row.attacked_successes, f"{row.attacked_p_value:.1e}",
+            _seeds(row.attacked_verified, total), row.owner_head or "n/a",
+            _seeds(row.attack_succeeded, total), f"{row.attack_seconds:.1f}"]
+
+
+def to_markdown(board: Leaderboard) -> str:
+    protocol = board.protocol
+    lines = [
+        f"# Leaderboard: {protocol.name} v{protocol.version}",
+        "",
+        f"{protocol.description}. Model `{protocol.model}`, {protocol.image_size}x"
+        f"{protocol.image_size}x{protocol.channels}; owner / attacker / test split "
+        f"{protocol.owner_size} / {protocol.attacker_size} / {protocol.test_size} "
+        f"(seed {protocol.split_seed}); alpha = {protocol.alpha:g}, delta = "
+        f"{100 * protocol.delta:g} points; protocol fingerprint `{protocol.fingerprint}`.",
+        "",
+        f"Generated by `arena leaderboard --protocol {protocol.name}` from the results "
+        "database; every cell comes from `arena run`. An attack succeeds when the mark is "
+        "not verified at alpha on the attacked model and its test accuracy is within delta "
+        "of the marked model. The owner-head evidence (the seed paper's RTLL/RTAL "
+        "verification with the owner's output layer put back) is shown beside the "
+        "black-box evidence; the verdict is decided on the black-box evidence.",
+        "",
+        "## Defenses",
+        "",
+        _md_table(DEFENSE_HEADER, [defense_cells(row) for row in board.defenses]),
+    ]
+    for threat in THREAT_SECTIONS + tuple(
+        sorted({m.threat for m in board.matches} - set(THREAT_SECTIONS))
+    ):
+        rows = [m for m in board.matches if m.threat == threat]
+        if not rows:
+            continue
+        title = "No attack (sanity column)" if threat == "none" else f"{threat.capitalize()} attacks"
+        lines += ["", f"## {title}", "", _md_table(MATCH_HEADER, [match_cells(m) for m in rows])]
+    if board.older_versions:
+        lines += ["", f"{board.older_versions} records of earlier versions of this protocol "
+                      "are in the database and left out."]
+    return "\n".join(lines) + "\n"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(out)
+
+
+def rich_tables(board: Leaderboard) -> list[Table]:
+    defenses = Table(title=f"{board.protocol.label}: defenses", title_justify="left")
+    for column in DEFENSE_HEADER:
+        defenses.add_column(column)
+    for row in board.defenses:
+        defenses.add_row(*defense_cells(row))
+    matches = Table(title=f"{board.protocol.label}: matches", title_justify="left")
+    matches.add_column("threat")
+    for column in MATCH_HEADER:
+        matches.add_column(column)
+    for row in board.matches:
+        matches.add_row(row.threat, *match_cells(row))
+    return [defenses, matches]
+
+
+def write(board: Leaderboard, out_dir: Path) -> tuple[Path, Path]:
+    """``<out>/<protocol>.md`` and ``<out>/<protocol>.json``, each written atomically."""
+    if not board.matches:
+        raise ArenaError(
+            f"no results for protocol {board.protocol.name!r} v{board.protocol.version} in the "
+            "database; run some matches first (arena run --protocol "
+            f"{board.protocol.name} ...)"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = out_dir / f"{board.protocol.name}.md"
+    temporary = out_dir / f".{markdown.name}.tmp"
+    temporary.write_text(to_markdown(board))
+    temporary.replace(markdown)
+    data = out_dir / f"{board.protocol.name}.json"
+    write_json_atomic(data, board.to_dict())
+    return markdown, data
+
+
+def protocols_in(store: ResultStore) -> list[Protocol]:
+    names = {record["protocol"] for record in store.records()}
+    return [PROTOCOLS[name] for name in sorted(names) if name in PROTOCOLS]
+

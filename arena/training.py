@@ -1,0 +1,218 @@
+"""The one training loop. Defenses and attacks pass in what they need.
+
+Extra trigger batches (``triggers`` and ``triggers_per_batch``: the seed paper appends k
+trigger images to every batch), extra loss terms (a white-box regularizer), training only
+the output layer (FTLL/RTLL) and label smoothing are arguments, not copies of the loop.
+Shuffling and trigger sampling draw from a generator seeded by the caller, so a run on
+the CPU is reproducible.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arena.models import head_module
+from arena.progress import Reporter, silent
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """An optimizer and budget. Attacks declare their own; nothing is inherited."""
+
+    epochs: int
+    batch_size: int = 100
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "constant"] = "cosine"
+    label_smoothing: float = 0.0
+
+    def check(self) -> None:
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    steps: int
+    seconds: float
+    final_loss: float
+
+
+ExtraLoss = Callable[[nn.Module], torch.Tensor]
+
+
+def train(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    settings: TrainSettings,
+    *,
+    device: torch.device,
+    generator: torch.Generator,
+    description: str = "training",
+    progress: Reporter = silent,
+    triggers: tuple[torch.Tensor, torch.Tensor] | None = None,
+    triggers_per_batch: int = 0,
+    extra_loss: ExtraLoss | None = None,
+    trainable: Literal["all", "head"] = "all",
+    augment: bool = False,
+) -> TrainReport:
+    """Train ``model`` in place on ``images`` (float, [0, 1]) and ``labels``."""
+    settings.check()
+    model.to(device)
+    parameters = _trainable_parameters(model, trainable)
+    optimizer = _make_optimizer(parameters, settings)
+    batches_per_epoch = max(1, -(-len(images) // settings.batch_size))
+    total_steps = settings.epochs * batches_per_epoch
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+        if settings.schedule == "cosine"
+        else None
+    )
+    if triggers is not None and triggers_per_batch > 0:
+        trigger_images, trigger_labels = triggers[0].to(device), triggers[1].to(device)
+        trigger_order = _Cycler(len(trigger_images), generator)
+    else:
+        trigger_images = trigger_labels = None
+
+    images, labels = images.to(device), labels.to(device)
+    start = time.perf_counter()
+    loss_value = float("nan")
+    steps = 0
+    with progress.task(description, total=total_steps) as advance:
+        for _ in range(settings.epochs):
+            _set_mode(model, trainable)
+            order = torch.randperm(len(images), generator=generator).to(device)
+            for batch_start in range(0, len(images), settings.batch_size):
+                index = order[batch_start : batch_start + settings.batch_size]
+                batch_images, batch_labels = images[index], labels[index]
+                if augment:
+                    batch_images = _augment(batch_images, generator)
+                if trigger_images is not None:
+                    pick = trigger_order.take(triggers_per_batch).to(device)
+                    batch_images = torch.cat([batch_images, trigger_images[pick]])
+                    batch_labels = torch.cat([batch_labels, trigger_labels[pick]])
+                logits = model(batch_images)
+                loss = F.cross_entropy(
+                    logits, batch_labels, label_smoothing=settings.label_smoothing
+                )
+                if extra_loss is not None:
+                    loss = loss + extra_loss(model)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                steps += 1
+                advance(1)
+            loss_value = float(loss.detach())
+    model.eval()
+    return TrainReport(steps=steps, seconds=time.perf_counter() - start, final_loss=loss_value)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 500
+) -> torch.Tensor:
+    model.eval()
+    model.to(device)
+    outputs = [
+        model(images[start : start + batch_size].to(device)).float().cpu()
+        for start in range(0, len(images), batch_size)
+    ]
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def predict(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Top-1 labels."""
+    return predict_logits(model, images, device).argmax(dim=1)
+
+
+def accuracy(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device
+) -> float:
+    if len(images) == 0:
+        return 0.0
+    return float((predict(model, images, device) == labels.cpu()).float().mean())
+
+
+class _Cycler:
+    """Hands out trigger indices in shuffled rounds, so every trigger is seen evenly."""
+
+    def __init__(self, size: int, generator: torch.Generator) -> None:
+        self.size = size
+        self.generator = generator
+        self.pending = torch.empty(0, dtype=torch.long)
+
+    def take(self, count: int) -> torch.Tensor:
+        while len(self.pending) < count:
+            fresh = torch.randperm(self.size, generator=self.generator)
+            self.pending = torch.cat([self.pending, fresh])
+        taken, self.pending = self.pending[:count], self.pending[count:]
+        return taken
+
+
+def _trainable_parameters(model: nn.Module, trainable: str) -> list[nn.Parameter]:
+    if trainable == "all":
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return list(model.parameters())
+    if trainable == "head":
+        head = head_module(model)
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        for parameter in head.parameters():
+            parameter.requires_grad_(True)
+        return list(head.parameters())
+    raise ValueError(f"trainable must be 'all' or 'head', got {trainable!r}")
+
+
+def _set_mode(model: nn.Module, trainable: str) -> None:
+    # Training only the head keeps the body, BatchNorm statistics included, frozen.
+    model.train(trainable == "all")
+    if trainable == "head":
+        head_module(model).train()
+
+
+def _make_optimizer(parameters: list[nn.Parameter], settings: TrainSettings):
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(
+            parameters,
+            lr=settings.lr,
+            momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
+            nesterov=settings.momentum > 0,
+        )
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    raise ValueError(f"unknown optimizer {settings.optimizer!r}; use 'sgd' or 'adam'")
+
+
+def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random 4-pixel-padded crops and horizontal flips, on the batch's device."""
+    n, _, height, width = images.shape
+    padded = F.pad(images, (4, 4, 4, 4), mode="reflect")
+    dx = torch.randint(0, 9, (n,), generator=generator)
+    dy = torch.randint(0, 9, (n,), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    out = torch.stack(
+        [padded[i, :, dy[i] : dy[i] + height, dx[i] : dx[i] + width] for i in range(n)]
+    )
+    out[flips.to(out.device)] = out[flips.to(out.device)].flip(-1)
+    return out
+

@@ -1,0 +1,1 @@
+"""Attacks, one module each, grouped by threat; they register themselves."""

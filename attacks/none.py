@@ -1,0 +1,23 @@
+"""The null attack: the attacker keeps the marked model as it is."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from arena.context import Context
+from arena.plugin import Attack, AttackOutcome, ThreatModel
+from arena.registry import register_attack
+
+
+@register_attack("none")
+class NoAttack(Attack):
+    """No attack: the marked model unchanged. Every mark must still verify here."""
+
+    threat = "none"
+    paper = "-"
+
+    def threat_model(self, ctx: Context) -> ThreatModel:
+        return ThreatModel(data="none", labels="none")
+
+    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+        return AttackOutcome(model=model)

@@ -1,0 +1,1 @@
+"""Removal attacks: they change the weights to erase the mark."""

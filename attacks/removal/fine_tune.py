@@ -1,0 +1,98 @@
+"""The four fine-tuning attacks of Adi et al., "Turning Your Weakness Into a Strength:
+Watermarking Deep Neural Networks by Backdooring", USENIX Security 2018, Section 5.2.
+
+FTLL fine-tunes the last layer, FTAL all layers; RTLL and RTAL first re-initialise the
+output layer. The attacker trains on its own split with true labels and its own optimizer
+settings, declared below; none are inherited from the owner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from torch import nn
+
+from arena.context import Context
+from arena.models import reinitialize_head
+from arena.plugin import Attack, AttackOutcome, ThreatModel
+from arena.registry import register_attack
+from arena.training import TrainSettings, train
+
+
+@dataclass(frozen=True)
+class FineTuneParams:
+    epochs: int | None = None  # None: the protocol's attack budget
+    lr: float = 0.01
+    batch_size: int = 64
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    def check(self) -> None:
+        self.settings(1).check()
+
+    def settings(self, default_epochs: int) -> TrainSettings:
+        return TrainSettings(
+            epochs=default_epochs if self.epochs is None else self.epochs,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+        )
+
+
+class FineTuneAttack(Attack):
+    """Shared by FTLL, FTAL, RTLL and RTAL; the subclasses set the two switches."""
+
+    paper = "Adi et al., USENIX Security 2018"
+    Params = FineTuneParams
+    trainable: ClassVar[Literal["head", "all"]] = "all"
+    reinitialize: ClassVar[bool] = False
+
+    def threat_model(self, ctx: Context) -> ThreatModel:
+        epochs = ctx.protocol.attack_epochs if self.params.epochs is None else self.params.epochs
+        return ThreatModel(data="attacker-split", labels="true", epochs=epochs)
+
+    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+        if self.reinitialize:
+            reinitialize_head(model, generator_seed=ctx.rng(f"attack:{self.name}").integers(2**62))
+        attacker = ctx.splits.attacker
+        report = train(
+            model, attacker.images, attacker.labels,
+            self.params.settings(ctx.protocol.attack_epochs),
+            device=ctx.device, generator=ctx.generator(f"attack:{self.name}"),
+            description=self.name.upper(), progress=ctx.progress, trainable=self.trainable,
+            augment=ctx.protocol.augment,
+        )
+        return AttackOutcome(
+            model=model, replaced_head=self.reinitialize, info={"steps": report.steps}
+        )
+
+
+@register_attack("ftll")
+class FineTuneLastLayer(FineTuneAttack):
+    """FTLL: fine-tune only the output layer on the attacker's data (Adi et al. 2018)."""
+
+    trainable = "head"
+
+
+@register_attack("ftal")
+class FineTuneAllLayers(FineTuneAttack):
+    """FTAL: fine-tune every layer on the attacker's data (Adi et al. 2018)."""
+
+
+@register_attack("rtll")
+class RetrainLastLayer(FineTuneAttack):
+    """RTLL: re-initialise the output layer, then train only it (Adi et al. 2018)."""
+
+    trainable = "head"
+    reinitialize = True
+
+
+@register_attack("rtal")
+class RetrainAllLayers(FineTuneAttack):
+    """RTAL: re-initialise the output layer, then fine-tune every layer (Adi et al. 2018)."""
+
+    reinitialize = True

@@ -1,0 +1,1 @@
+"""Watermarking schemes (defenses), one module each; they register themselves."""

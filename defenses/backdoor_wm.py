@@ -1,0 +1,84 @@
+"""Adi et al., "Turning Your Weakness Into a Strength: Watermarking Deep Neural Networks
+by Backdooring", USENIX Security 2018. https://www.usenix.org/conference/usenixsecurity18/presentation/adi
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from arena.context import Context
+from arena.keys import TriggerKey
+from arena.registry import register_defense
+from defenses.trigger_set import TriggerSetDefense, abstract_trigger_set, with_budget
+
+
+@dataclass(frozen=True)
+class BackdoorParams:
+    trigger_size: int | None = None  # None: the protocol's (100 in the paper)
+    triggers_per_batch: int | None = None  # None: the protocol's (2 per 100 in the paper's code)
+    epochs: int | None = None  # None: the protocol's owner budget
+    lr: float | None = None  # None: the protocol's owner learning rate
+    trigger_dir: str | None = None  # a folder of your own trigger images instead of abstract ones
+
+    def check(self) -> None:
+        if self.trigger_size is not None and self.trigger_size < 1:
+            raise ValueError(f"trigger_size must be >= 1, got {self.trigger_size}")
+        if self.triggers_per_batch is not None and self.triggers_per_batch < 1:
+            raise ValueError(f"triggers_per_batch must be >= 1, got {self.triggers_per_batch}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@register_defense("backdoor-wm")
+class BackdoorWatermark(TriggerSetDefense):
+    """Backdoor watermark trained from scratch (Adi et al. 2018, FROMSCRATCH).
+
+    KeyGen samples abstract images with uniformly random labels and commits to each.
+    Mark trains a fresh model on the owner's data with ``triggers_per_batch`` trigger
+    images appended to every batch, so the model learns the trigger labels alongside
+    the task. Evidence: trigger agreement under a binomial test.
+    """
+
+    family = "trigger set (abstract images, random labels)"
+    paper = "Adi et al., USENIX Security 2018"
+    Params = BackdoorParams
+
+    def sample_triggers(self, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+        return abstract_trigger_set(
+            ctx, self.params.trigger_size or ctx.protocol.trigger_size, self.params.trigger_dir
+        )
+
+    def mark(self, model: nn.Module, key: TriggerKey, ctx: Context) -> nn.Module:
+        settings = with_budget(ctx.protocol.training, self.params.epochs, self.params.lr)
+        per_batch = self.params.triggers_per_batch or ctx.protocol.triggers_per_batch
+        return self.train_with_triggers(model, key, ctx, settings, per_batch, "mark from scratch")
+
+
+@dataclass(frozen=True)
+class PretrainedParams(BackdoorParams):
+    lr: float | None = 0.01  # continuing from a converged model: a smaller step than training
+
+
+@register_defense("backdoor-wm-pretrained")
+class BackdoorWatermarkPretrained(BackdoorWatermark):
+    """Backdoor watermark embedded into a trained model (Adi et al. 2018, PRETRAINED).
+
+    Same key as ``backdoor-wm``; Mark continues training the owner's converged clean
+    model on the owner's data with trigger images in every batch, for the protocol's
+    ``mark_epochs`` unless ``epochs`` says otherwise.
+    """
+
+    starts_from = "clean"
+    Params = PretrainedParams
+
+    def mark(self, model: nn.Module, key: TriggerKey, ctx: Context) -> nn.Module:
+        settings = with_budget(
+            ctx.protocol.training, self.params.epochs or ctx.protocol.mark_epochs, self.params.lr
+        )
+        per_batch = self.params.triggers_per_batch or ctx.protocol.triggers_per_batch
+        return self.train_with_triggers(model, key, ctx, settings, per_batch, "mark pretrained")

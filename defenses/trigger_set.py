@@ -1,0 +1,87 @@
+"""What every trigger-set scheme shares: committed keys and agreement evidence.
+
+A scheme supplies ``sample_triggers`` (its trigger images and labels) and ``mark``; key
+generation with commitments and the black-box evidence (open every commitment, query the
+model on the triggers, count answers equal to the committed labels) are the same for all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from arena.context import Context
+from arena.data import to_model_input
+from arena.keys import TriggerKey, abstract_images, load_image_folder
+from arena.plugin import Defense
+from arena.stats import Evidence
+from arena.training import TrainSettings, predict, train
+
+
+class TriggerSetDefense(Defense):
+    """Base class of black-box schemes whose key is a committed trigger set."""
+
+    key_type = TriggerKey
+
+    def sample_triggers(self, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+        """Trigger images (uint8, protocol shape) and their labels."""
+        raise NotImplementedError
+
+    def keygen(self, ctx: Context) -> TriggerKey:
+        images, labels = self.sample_triggers(ctx)
+        return TriggerKey.create(self.name, ctx.num_classes, images, labels)
+
+    def evidence(self, model: nn.Module, key: TriggerKey, ctx: Context) -> Evidence:
+        key.open()  # Verify opens every commitment before it queries the model
+        images = to_model_input(key.images, ctx.protocol.image_size, ctx.protocol.channels)
+        answers = predict(model, images, ctx.device)
+        successes = int((answers == key.tensors()[1]).sum())
+        return Evidence(successes, len(key), ctx.null_p, ctx.protocol.alpha)
+
+    def train_with_triggers(
+        self, model: nn.Module, key: TriggerKey, ctx: Context, settings: TrainSettings,
+        triggers_per_batch: int, description: str,
+    ) -> nn.Module:
+        """Train on the owner's split with ``triggers_per_batch`` triggers in every batch."""
+        owner = ctx.splits.owner
+        triggers = (
+            to_model_input(key.images, ctx.protocol.image_size, ctx.protocol.channels),
+            key.tensors()[1],
+        )
+        train(
+            model, owner.images, owner.labels, settings, device=ctx.device,
+            generator=ctx.generator(f"mark:{self.name}"), description=description,
+            progress=ctx.progress, triggers=triggers, triggers_per_batch=triggers_per_batch,
+            augment=ctx.protocol.augment,
+        )
+        return model
+
+
+def abstract_trigger_set(
+    ctx: Context, size: int, trigger_dir: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The seed paper's key: abstract images with labels uniform over the classes.
+
+    Images are drawn procedurally, or read from the user's ``trigger_dir``.
+    """
+    rng = ctx.rng("keygen")
+    protocol = ctx.protocol
+    if trigger_dir:
+        images = load_image_folder(Path(trigger_dir), protocol.image_size, protocol.channels)
+    else:
+        images = abstract_images(size, protocol.image_size, protocol.channels, rng)
+    labels = rng.integers(0, ctx.num_classes, size=len(images))
+    return images, labels
+
+
+def with_budget(settings: TrainSettings, epochs: int | None, lr: float | None) -> TrainSettings:
+    """``settings`` with the epochs and learning rate a parameter overrides."""
+    changes = {}
+    if epochs is not None:
+        changes["epochs"] = epochs
+    if lr is not None:
+        changes["lr"] = lr
+    return dataclasses.replace(settings, **changes)
