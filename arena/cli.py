@@ -48,18 +48,26 @@ def _parse_assignments(values: list[str] | None, option: str) -> dict[str, str]:
 
 @app.command()
 def run(
-    defense: Annotated[str, typer.Option(help="defense plugin (arena list defenses)")] = "backdoor-wm",
+    defense: Annotated[
+        str, typer.Option(help="defense plugin (arena list defenses)")
+    ] = "backdoor-wm",
     attack: Annotated[str, typer.Option(help="attack plugin (arena list attacks)")] = "none",
-    protocol: Annotated[str, typer.Option(help="evaluation protocol (arena list protocols)")] = "mnist5k",
+    protocol: Annotated[
+        str, typer.Option(help="evaluation protocol (arena list protocols)")
+    ] = "mnist5k",
     seed: Annotated[int, typer.Option(help="match seed")] = 0,
-    model: Annotated[str | None, typer.Option(help="a timm model other than the protocol's")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="a timm model other than the protocol's")
+    ] = None,
     defense_param: Annotated[
         list[str] | None, typer.Option("--defense-param", "-D", help="defense parameter name=value")
     ] = None,
     attack_param: Annotated[
         list[str] | None, typer.Option("--attack-param", "-A", help="attack parameter name=value")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON record on stdout")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print one JSON record on stdout")
+    ] = False,
     db: DbOption = None,
     cache_dir: CacheOption = None,
 ) -> None:
@@ -105,18 +113,25 @@ def _print_match(record: dict[str, Any]) -> None:
     for column in ("model", "test acc", "trigger evidence", "null p", "p-value", "verdict"):
         table.add_column(column)
     for label, part in (("clean", "clean"), ("marked", "marked"), ("attacked", "attacked")):
-        table.add_row(label, f"{record[part]['test_acc']:.4f}",
-                      *_evidence_cells(record[part]["evidence"]))
+        table.add_row(
+            label, f"{record[part]['test_acc']:.4f}", *_evidence_cells(record[part]["evidence"])
+        )
     owner_head = record["attacked"]["owner_head_evidence"]
     if owner_head is not None:
         table.add_row("attacked, owner head", "", *_evidence_cells(owner_head))
     stdout.print(table)
     succeeded = "[red]yes[/]" if record["attack_succeeded"] else "[green]no[/]"
-    stdout.print(f"attack succeeded: {succeeded} ({record['outcome']}); alpha "
-                 f"{record['marked']['evidence']['alpha']:g}")
-    stdout.print(f"functionality preservation: {100 * record['functionality_preservation']:+.2f} "
-                 "points of test accuracy (marked - clean)")
-    stdout.print(f"threat model: {', '.join(f'{k}={v}' for k, v in record['threat_model'].items())}")
+    stdout.print(
+        f"attack succeeded: {succeeded} ({record['outcome']}); alpha "
+        f"{record['marked']['evidence']['alpha']:g}"
+    )
+    stdout.print(
+        f"functionality preservation: {100 * record['functionality_preservation']:+.2f} "
+        "points of test accuracy (marked - clean)"
+    )
+    stdout.print(
+        f"threat model: {', '.join(f'{k}={v}' for k, v in record['threat_model'].items())}"
+    )
     cached = [phase for phase, hit in record["cached"].items() if hit]
     seconds = ", ".join(f"{phase} {value:.1f}s" for phase, value in record["seconds"].items())
     stdout.print(f"time: {seconds}" + (f" (from cache: {', '.join(cached)})" if cached else ""))
@@ -140,7 +155,9 @@ def _list_registry(kind: str) -> None:
     entries = registry.entries()
     table = Table(title=f"{registry.kind}s", title_justify="left")
     is_defense = registry.kind == "defense"
-    columns = ["name", "summary"] + (["family", "access"] if is_defense else ["threat", "threat model"])
+    columns = ["name", "summary"] + (
+        ["family", "access"] if is_defense else ["threat", "threat model"]
+    )
     for column in columns + ["parameters", "source"]:
         table.add_column(column, overflow="fold")
     protocol = get_protocol("smoke")
@@ -150,7 +167,9 @@ def _list_registry(kind: str) -> None:
             details = [plugin.family, plugin.access]
         else:
             details = [plugin.threat, _threat_summary(plugin, protocol)]
-        table.add_row(info.name, info.summary, *details, describe_params(plugin.Params), info.source)
+        table.add_row(
+            info.name, info.summary, *details, describe_params(plugin.Params), info.source
+        )
     stdout.print(table)
     for broken in registry.broken():
         _print_broken(broken)
@@ -166,21 +185,38 @@ def _threat_summary(plugin: type, protocol: Any) -> str:
 
 
 def _print_broken(broken: BrokenPlugin) -> None:
-    stderr.print(f"[yellow]warning[/]: {broken.kind} {broken.name!r} failed to load: {broken.error}")
+    stderr.print(
+        f"[yellow]warning[/]: {broken.kind} {broken.name!r} failed to load: {broken.error}"
+    )
 
 
 def _list_protocols() -> None:
     table = Table(title="protocols", title_justify="left")
-    for column in ("name", "version", "data", "model", "split (owner/attacker/test)",
-                   "owner epochs", "attack epochs", "alpha", "delta", "description"):
+    for column in (
+        "name",
+        "version",
+        "data",
+        "model",
+        "split (owner/attacker/test)",
+        "owner epochs",
+        "attack epochs",
+        "alpha",
+        "delta",
+        "description",
+    ):
         table.add_column(column, overflow="fold")
     for protocol in PROTOCOLS.values():
         table.add_row(
-            protocol.name, str(protocol.version), protocol.dataset,
+            protocol.name,
+            str(protocol.version),
+            protocol.dataset,
             f"{protocol.model} @ {protocol.image_size}px",
             f"{protocol.owner_size}/{protocol.attacker_size}/{protocol.test_size}",
-            str(protocol.training.epochs), str(protocol.attack_epochs), f"{protocol.alpha:g}",
-            f"{protocol.delta:g}", protocol.description,
+            str(protocol.training.epochs),
+            str(protocol.attack_epochs),
+            f"{protocol.alpha:g}",
+            f"{protocol.delta:g}",
+            protocol.description,
         )
     stdout.print(table)
 
@@ -199,7 +235,9 @@ def leaderboard(
     store = ResultStore(db)
     protocols = [get_protocol(protocol)] if protocol else boards.protocols_in(store)
     if not protocols:
-        raise ArenaError(f"the results database {store.path} holds no matches yet; run arena run first")
+        raise ArenaError(
+            f"the results database {store.path} holds no matches yet; run arena run first"
+        )
     for chosen in protocols:
         board = boards.build(store, chosen)
         markdown, data = boards.write(board, out)

@@ -38,7 +38,9 @@ def encode_image(image: np.ndarray) -> bytes:
     """Canonical bytes of a uint8 (C, H, W) image: a tag, its shape, its pixels."""
     if image.dtype != np.uint8 or image.ndim != 3:
         raise ArenaError(f"trigger images must be uint8 (C, H, W), got {image.dtype} {image.shape}")
-    return b"arena-image/1" + struct.pack(">3I", *image.shape) + np.ascontiguousarray(image).tobytes()
+    return (
+        b"arena-image/1" + struct.pack(">3I", *image.shape) + np.ascontiguousarray(image).tobytes()
+    )
 
 
 def encode_label(label: int) -> bytes:
@@ -189,7 +191,9 @@ class TriggerKey(Key):
         images = np.ascontiguousarray(images, dtype=np.uint8)
         labels = np.asarray(labels, dtype=np.int64)
         if len(images) != len(labels) or len(images) == 0:
-            raise ArenaError(f"a key needs as many labels as images, got {len(images)} and {len(labels)}")
+            raise ArenaError(
+                f"a key needs as many labels as images, got {len(images)} and {len(labels)}"
+            )
         if labels.min() < 0 or labels.max() >= num_classes:
             raise ArenaError(f"trigger labels must lie in [0, {num_classes})")
         image_nonces = tuple(secrets.token_bytes(NONCE_BYTES) for _ in images)
@@ -221,7 +225,9 @@ class TriggerKey(Key):
         """
         vk = vk or self.vk
         if vk.scheme != self.scheme:
-            raise KeyTamperedError(f"the verification key is for scheme {vk.scheme!r}, not {self.scheme!r}")
+            raise KeyTamperedError(
+                f"the verification key is for scheme {vk.scheme!r}, not {self.scheme!r}"
+            )
         if len(vk.image_commitments) != len(self) or len(vk.label_commitments) != len(self):
             raise KeyTamperedError(
                 f"the verification key commits to {len(vk.image_commitments)} triggers, "
@@ -290,7 +296,9 @@ class TriggerKey(Key):
             triggers = record["triggers"]
             images = np.stack(
                 [
-                    np.frombuffer(base64.b64decode(t["image"], validate=True), dtype=np.uint8).reshape(shape)
+                    np.frombuffer(
+                        base64.b64decode(t["image"], validate=True), dtype=np.uint8
+                    ).reshape(shape)
                     for t in triggers
                 ]
             )

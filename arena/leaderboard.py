@@ -88,8 +88,14 @@ def build(store: ResultStore, protocol: Protocol) -> Leaderboard:
         groups[(record["defense"], record["attack"], record["model"])].append(record)
     matches = sorted(
         (_match_row(key, rows) for key, rows in groups.items()),
-        key=lambda row: (THREAT_SECTIONS.index(row.threat) if row.threat in THREAT_SECTIONS
-                         else len(THREAT_SECTIONS), row.defense, row.attack, row.model),
+        key=lambda row: (
+            THREAT_SECTIONS.index(row.threat)
+            if row.threat in THREAT_SECTIONS
+            else len(THREAT_SECTIONS),
+            row.defense,
+            row.attack,
+            row.model,
+        ),
     )
     return Leaderboard(protocol, _rank(matches), matches, len(records) - len(current))
 
@@ -154,8 +160,14 @@ def _rank(matches: list[MatchRow]) -> list[DefenseRow]:
                 survived=survived,
             )
         )
-    rows.sort(key=lambda r: (-(r["survived"] / r["attacks"] if r["attacks"] else 0),
-                             -r["marked_agreement"], -r["preservation"], r["defense"]))
+    rows.sort(
+        key=lambda r: (
+            -(r["survived"] / r["attacks"] if r["attacks"] else 0),
+            -r["marked_agreement"],
+            -r["preservation"],
+            r["defense"],
+        )
+    )
     return [DefenseRow(rank=index + 1, **row) for index, row in enumerate(rows)]
 
 
@@ -171,25 +183,59 @@ def _seeds(count: int, total: int) -> str:
 
 
 def defense_cells(row: DefenseRow) -> list[str]:
-    return [str(row.rank), row.defense, row.access, _pct(row.clean_acc), _pct(row.marked_acc),
-            f"{100 * row.preservation:+.2f}", _pct(row.marked_agreement),
-            f"{row.survived}/{row.attacks}"]
+    return [
+        str(row.rank),
+        row.defense,
+        row.access,
+        _pct(row.clean_acc),
+        _pct(row.marked_acc),
+        f"{100 * row.preservation:+.2f}",
+        _pct(row.marked_agreement),
+        f"{row.survived}/{row.attacks}",
+    ]
 
 
-DEFENSE_HEADER = ["rank", "defense", "access", "clean acc %", "marked acc %", "Δ acc (pts)",
-                  "trigger agreement %", "attacks survived"]
+DEFENSE_HEADER = [
+    "rank",
+    "defense",
+    "access",
+    "clean acc %",
+    "marked acc %",
+    "Δ acc (pts)",
+    "trigger agreement %",
+    "attacks survived",
+]
 
-MATCH_HEADER = ["defense", "attack", "seeds", "marked acc %", "attacked acc %",
-                "evidence after attack", "max p-value", "verified", "owner-head evidence",
-                "attack succeeded", "attack s"]
+MATCH_HEADER = [
+    "defense",
+    "attack",
+    "seeds",
+    "marked acc %",
+    "attacked acc %",
+    "evidence after attack",
+    "max p-value",
+    "verified",
+    "owner-head evidence",
+    "attack succeeded",
+    "attack s",
+]
 
 
 def match_cells(row: MatchRow) -> list[str]:
     total = len(row.seeds)
-    return [row.defense, row.attack, str(total), _pct(row.marked_acc), _pct(row.attacked_acc),
-            row.attacked_successes, f"{row.attacked_p_value:.1e}",
-            _seeds(row.attacked_verified, total), row.owner_head or "n/a",
-            _seeds(row.attack_succeeded, total), f"{row.attack_seconds:.1f}"]
+    return [
+        row.defense,
+        row.attack,
+        str(total),
+        _pct(row.marked_acc),
+        _pct(row.attacked_acc),
+        row.attacked_successes,
+        f"{row.attacked_p_value:.1e}",
+        _seeds(row.attacked_verified, total),
+        row.owner_head or "n/a",
+        _seeds(row.attack_succeeded, total),
+        f"{row.attack_seconds:.1f}",
+    ]
 
 
 def to_markdown(board: Leaderboard) -> str:
@@ -220,11 +266,16 @@ def to_markdown(board: Leaderboard) -> str:
         rows = [m for m in board.matches if m.threat == threat]
         if not rows:
             continue
-        title = "No attack (sanity column)" if threat == "none" else f"{threat.capitalize()} attacks"
+        title = (
+            "No attack (sanity column)" if threat == "none" else f"{threat.capitalize()} attacks"
+        )
         lines += ["", f"## {title}", "", _md_table(MATCH_HEADER, [match_cells(m) for m in rows])]
     if board.older_versions:
-        lines += ["", f"{board.older_versions} records of earlier versions of this protocol "
-                      "are in the database and left out."]
+        lines += [
+            "",
+            f"{board.older_versions} records of earlier versions of this protocol "
+            "are in the database and left out.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -270,4 +321,3 @@ def write(board: Leaderboard, out_dir: Path) -> tuple[Path, Path]:
 def protocols_in(store: ResultStore) -> list[Protocol]:
     names = {record["protocol"] for record in store.records()}
     return [PROTOCOLS[name] for name in sorted(names) if name in PROTOCOLS]
-

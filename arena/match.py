@@ -51,8 +51,9 @@ class Outcome:
     reason: str
 
 
-def score_removal(protocol: Protocol, marked_acc: float, marked: Evidence,
-                  attacked_acc: float, attacked: Evidence) -> Outcome:
+def score_removal(
+    protocol: Protocol, marked_acc: float, marked: Evidence, attacked_acc: float, attacked: Evidence
+) -> Outcome:
     """DESIGN.md's rule: the mark fails AND accuracy stays within delta of the marked model."""
     if not marked.verified:
         return Outcome(False, "no verified mark before the attack: nothing to remove")
@@ -83,8 +84,9 @@ def run_match(
     attack: Attack = attacks.get(spec.attack)(spec.attack_params)
     cache = cache or ArtifactCache()
     store = store or ResultStore()
-    ctx = Context(protocol=protocol, seed=spec.seed, device=device or default_device(),
-                  progress=progress)
+    ctx = Context(
+        protocol=protocol, seed=spec.seed, device=device or default_device(), progress=progress
+    )
     timer = _PhaseTimer()
     cached: dict[str, bool] = {}
 
@@ -102,8 +104,12 @@ def run_match(
         )
 
     with timer("keygen"):
-        key_spec = {**base, "defense": defense.name, "defense_version": defense.version,
-                    "defense_params": defense.params_dict()}
+        key_spec = {
+            **base,
+            "defense": defense.name,
+            "defense_version": defense.version,
+            "defense_params": defense.params_dict(),
+        }
         key, cached["key"] = _key(defense, ctx, cache, key_spec)
 
     with timer("mark"):
@@ -130,14 +136,21 @@ def run_match(
         marked_evidence = defense.evidence(marked, key, ctx)
 
     with timer("attack"):
-        attacked_spec = {**marked_spec, "attack": attack.name, "attack_version": attack.version,
-                         "attack_params": attack.params_dict()}
+        attacked_spec = {
+            **marked_spec,
+            "attack": attack.name,
+            "attack_version": attack.version,
+            "attack_params": attack.params_dict(),
+        }
 
         def run_attack(model: nn.Module) -> dict[str, Any]:
             model.load_state_dict(marked.state_dict())
             outcome = attack.run(model, ctx)
-            return {"model": outcome.model, "replaced_head": outcome.replaced_head,
-                    "info": outcome.info}
+            return {
+                "model": outcome.model,
+                "replaced_head": outcome.replaced_head,
+                "info": outcome.info,
+            }
 
         attacked, attack_meta, cached["attacked"] = cache.model(
             cache.folder("attacked", attacked_spec),
@@ -156,8 +169,7 @@ def run_match(
             load_head_state(restored, head_state(marked))
             owner_head_evidence = defense.evidence(restored, key, ctx)
 
-    outcome = score_removal(protocol, marked_acc, marked_evidence, attacked_acc,
-                            attacked_evidence)
+    outcome = score_removal(protocol, marked_acc, marked_evidence, attacked_acc, attacked_evidence)
     test_size = len(splits.test)
     record = {
         "protocol": protocol.name,
@@ -202,15 +214,22 @@ def run_match(
 def _train_clean(model: nn.Module, ctx: Context) -> dict[str, Any]:
     splits = ctx.splits
     report = train(
-        model, splits.owner.images, splits.owner.labels, ctx.protocol.training,
-        device=ctx.device, generator=ctx.generator("clean"), description="clean model",
-        progress=ctx.progress, augment=ctx.protocol.augment,
+        model,
+        splits.owner.images,
+        splits.owner.labels,
+        ctx.protocol.training,
+        device=ctx.device,
+        generator=ctx.generator("clean"),
+        description="clean model",
+        progress=ctx.progress,
+        augment=ctx.protocol.augment,
     )
     return {"train_seconds": report.seconds, "steps": report.steps}
 
 
-def _key(defense: Defense, ctx: Context, cache: ArtifactCache,
-         key_spec: dict[str, Any]) -> tuple[Key, bool]:
+def _key(
+    defense: Defense, ctx: Context, cache: ArtifactCache, key_spec: dict[str, Any]
+) -> tuple[Key, bool]:
     folder = cache.folder("key", key_spec)
     if (folder / "vk.json").exists():
         return defense.key_type.load(folder), True

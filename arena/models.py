@@ -21,7 +21,9 @@ def create_model(name: str, num_classes: int, channels: int, image_size: int) ->
             name, pretrained=False, num_classes=num_classes, in_chans=channels, img_size=image_size
         )
     except TypeError:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=channels)
+        model = timm.create_model(
+            name, pretrained=False, num_classes=num_classes, in_chans=channels
+        )
     model.eval()
     return model
 
@@ -47,7 +49,9 @@ def head_path(model: nn.Module) -> str:
 
 def head_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of the output layer's weights."""
-    return {name: tensor.detach().clone() for name, tensor in head_module(model).state_dict().items()}
+    return {
+        name: tensor.detach().clone() for name, tensor in head_module(model).state_dict().items()
+    }
 
 
 def load_head_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

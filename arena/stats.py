@@ -22,9 +22,7 @@ def binomial_p_value(successes: int, trials: int, null_p: float) -> float:
     _check_probability(null_p, "null_p")
     if trials == 0:
         return 1.0
-    return float(
-        _scipy_stats.binomtest(successes, trials, null_p, alternative="greater").pvalue
-    )
+    return float(_scipy_stats.binomtest(successes, trials, null_p, alternative="greater").pvalue)
 
 
 def min_successes(trials: int, null_p: float, alpha: float) -> int | None:

@@ -216,7 +216,10 @@ class ArtifactCache:
 
 def _state_for_file(model: nn.Module) -> dict[str, torch.Tensor]:
     # safetensors refuses shared or non-contiguous storage: store plain copies.
-    return {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
+    return {
+        name: tensor.detach().cpu().contiguous().clone()
+        for name, tensor in model.state_dict().items()
+    }
 
 
 def load_model_file(path: Path, model: nn.Module) -> None:

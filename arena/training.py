@@ -215,4 +215,3 @@ def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     )
     out[flips.to(out.device)] = out[flips.to(out.device)].flip(-1)
     return out
-

@@ -42,8 +42,13 @@ class TriggerSetDefense(Defense):
         return Evidence(successes, len(key), ctx.null_p, ctx.protocol.alpha)
 
     def train_with_triggers(
-        self, model: nn.Module, key: TriggerKey, ctx: Context, settings: TrainSettings,
-        triggers_per_batch: int, description: str,
+        self,
+        model: nn.Module,
+        key: TriggerKey,
+        ctx: Context,
+        settings: TrainSettings,
+        triggers_per_batch: int,
+        description: str,
     ) -> nn.Module:
         """Train on the owner's split with ``triggers_per_batch`` triggers in every batch."""
         owner = ctx.splits.owner
@@ -52,9 +57,16 @@ class TriggerSetDefense(Defense):
             key.tensors()[1],
         )
         train(
-            model, owner.images, owner.labels, settings, device=ctx.device,
-            generator=ctx.generator(f"mark:{self.name}"), description=description,
-            progress=ctx.progress, triggers=triggers, triggers_per_batch=triggers_per_batch,
+            model,
+            owner.images,
+            owner.labels,
+            settings,
+            device=ctx.device,
+            generator=ctx.generator(f"mark:{self.name}"),
+            description=description,
+            progress=ctx.progress,
+            triggers=triggers,
+            triggers_per_batch=triggers_per_batch,
             augment=ctx.protocol.augment,
         )
         return model

@@ -60,10 +60,15 @@ class FineTuneAttack(Attack):
             reinitialize_head(model, generator_seed=ctx.rng(f"attack:{self.name}").integers(2**62))
         attacker = ctx.splits.attacker
         report = train(
-            model, attacker.images, attacker.labels,
+            model,
+            attacker.images,
+            attacker.labels,
             self.params.settings(ctx.protocol.attack_epochs),
-            device=ctx.device, generator=ctx.generator(f"attack:{self.name}"),
-            description=self.name.upper(), progress=ctx.progress, trainable=self.trainable,
+            device=ctx.device,
+            generator=ctx.generator(f"attack:{self.name}"),
+            description=self.name.upper(),
+            progress=ctx.progress,
+            trainable=self.trainable,
             augment=ctx.protocol.augment,
         )
         return AttackOutcome(
