@@ -16,14 +16,29 @@ class UnknownNameError(ArenaError):
     def __init__(self, kind: str, name: str, known: Iterable[str], hint: str = "") -> None:
         known = sorted(known)
         message = f"unknown {kind} {name!r}"
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+        close = _closest(name, known)
         if close:
-            message += f"; did you mean {close[0]!r}?"
+            message += f"; did you mean {close!r}?"
         elif known:
             message += f"; known: {', '.join(known)}"
         if hint:
             message += f" ({hint})"
         super().__init__(message)
+
+
+def _closest(name: str, known: list[str]) -> str | None:
+    """The most similar known name; on a tie, the one sharing the most letters.
+
+    difflib alone breaks ties alphabetically, so 'rtla' would suggest 'rtll'; preferring
+    the same letters makes a swapped pair suggest the intended 'rtal'.
+    """
+    close = difflib.get_close_matches(name, known, n=len(known) or 1, cutoff=0.5)
+
+    def similarity(candidate: str) -> tuple[float, float]:
+        matcher = difflib.SequenceMatcher(None, name, candidate)
+        return matcher.ratio(), matcher.quick_ratio()
+
+    return max(close, key=similarity) if close else None
 
 
 class KeyTamperedError(ArenaError):

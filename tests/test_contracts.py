@@ -1,0 +1,74 @@
+"""Contract tests, parametrized over every registered plugin: a new plugin is tested
+here on the ``smoke`` protocol without anyone writing a test for it."""
+
+from __future__ import annotations
+
+import pytest
+
+from arena.context import Context
+from arena.match import MatchSpec, run_match
+from arena.plugin import Attack, Defense, ThreatModel
+from arena.protocols import get_protocol
+from arena.registry import attacks, defenses
+from arena.stats import Evidence
+from arena.store import ArtifactCache, ResultStore
+from tests.record_schema import check_record
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One store and cache for the module, so the clean and marked models are reused."""
+    root = tmp_path_factory.mktemp("contracts")
+    return ResultStore(root / "results.sqlite"), ArtifactCache(root / "cache")
+
+
+def _run(shared, defense: str, attack: str) -> dict:
+    store, cache = shared
+    return run_match(
+        MatchSpec(defense=defense, attack=attack, protocol="smoke"), store=store, cache=cache
+    )
+
+
+@pytest.mark.parametrize("name", defenses.names())
+def test_defense_contract(name, shared):
+    defense_cls = defenses.get(name)
+    assert issubclass(defense_cls, Defense)
+    assert defense_cls.__doc__ and defense_cls.family and defense_cls.paper
+    assert defense_cls.access in ("black-box", "white-box")
+    defense = defense_cls()
+    ctx = Context(protocol=get_protocol("smoke"))
+    key = defense.keygen(ctx)
+    assert isinstance(key.fingerprint, str) and key.fingerprint
+    evidence = defense.evidence(ctx.new_model(), key, ctx)
+    assert isinstance(evidence, Evidence) and evidence.trials > 0
+
+    record = _run(shared, name, "none")
+    check_record(record)
+    assert record["defense"] == name and record["attack"] == "none"
+    # The null attack changes nothing: the evidence after it is the marked evidence.
+    assert record["attacked"]["evidence"] == record["marked"]["evidence"]
+    assert record["attack_succeeded"] is False
+    # The same key never verifies on the clean model it was not embedded in.
+    assert not record["clean"]["evidence"]["verified"]
+    if name != "none":
+        assert record["marked"]["evidence"]["verified"], record["marked"]["evidence"]
+
+
+@pytest.mark.parametrize("name", attacks.names())
+def test_attack_contract(name, shared):
+    attack_cls = attacks.get(name)
+    assert issubclass(attack_cls, Attack)
+    assert attack_cls.__doc__ and attack_cls.paper
+    attack = attack_cls()
+    threat_model = attack.threat_model(Context(protocol=get_protocol("smoke")))
+    assert isinstance(threat_model, ThreatModel)
+
+    record = _run(shared, "backdoor-wm", name)
+    check_record(record)
+    assert record["attack"] == name
+    assert record["threat_model"] == threat_model.to_dict()
+    assert record["marked"]["evidence"]["verified"]
+    if record["attack_succeeded"]:
+        assert not record["attacked"]["evidence"]["verified"]
+        drop = record["marked"]["test_acc"] - record["attacked"]["test_acc"]
+        assert drop <= get_protocol("smoke").delta
