@@ -63,6 +63,16 @@ class Context:
         generator.manual_seed(derive_seed(self.seed, purpose))
         return generator
 
+    def owner_model(self) -> nn.Module:
+        """The owner's initial model. The clean model and a from-scratch marked model both
+        start here and see the owner's data in the same order (``owner_generator``), so the
+        difference between them is the mark alone."""
+        return self.new_model("owner-init")
+
+    def owner_generator(self) -> torch.Generator:
+        """The order of the owner's training data."""
+        return self.generator("owner-data")
+
     def new_model(self, purpose: str = "init") -> nn.Module:
         """A freshly initialised protocol model, seeded for ``purpose``."""
         with torch.random.fork_rng(devices=[]):

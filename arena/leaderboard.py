@@ -108,7 +108,11 @@ def _match_row(key: tuple[str, str, str], records: list[dict]) -> MatchRow:
     owner_head = None
     if owner_heads[0] is not None:
         verified = sum(bool(h and h["verified"]) for h in owner_heads)
-        owner_head = f"{owner_heads[0]['successes']}/{owner_heads[0]['trials']} ({verified}/{len(records)} verified)"
+        first_head = owner_heads[0]
+        owner_head = (
+            f"{first_head['successes']}/{first_head['trials']} "
+            f"({verified}/{len(records)} verified)"
+        )
     return MatchRow(
         defense=defense,
         attack=attack,

@@ -98,7 +98,7 @@ def run_match(
         clean_folder = cache.folder("clean", base)
         clean, _, cached["clean"] = cache.model(
             clean_folder,
-            build=lambda: ctx.new_model("clean"),
+            build=ctx.owner_model,
             train=lambda model: _train_clean(model, ctx),
             spec=base,
         )
@@ -124,7 +124,7 @@ def run_match(
 
         marked, _, cached["marked"] = cache.model(
             cache.folder("marked", marked_spec),
-            build=lambda: ctx.new_model("mark"),
+            build=ctx.owner_model,
             train=mark,
             spec=marked_spec,
         )
@@ -219,7 +219,7 @@ def _train_clean(model: nn.Module, ctx: Context) -> dict[str, Any]:
         splits.owner.labels,
         ctx.protocol.training,
         device=ctx.device,
-        generator=ctx.generator("clean"),
+        generator=ctx.owner_generator(),
         description="clean model",
         progress=ctx.progress,
         augment=ctx.protocol.augment,

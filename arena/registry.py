@@ -124,28 +124,23 @@ class Registry:
                 self._broken[module.name] = BrokenPlugin(module.name, self.kind, repr(error))
 
     def _load_entry_point(self, name: str) -> None:
-        found = metadata.entry_points(group=self.group, name=name)
-        for entry_point in found:
+        for entry_point in metadata.entry_points(group=self.group, name=name):
             dist = entry_point.dist
             self._loading_source = f"{dist.name} {dist.version}" if dist else entry_point.value
             try:
                 loaded = entry_point.load()
-            except Exception as error:
+                # An entry point may name an undecorated class: register it under its name.
+                if name not in self._entries and isinstance(loaded, type):
+                    self.register(name)(loaded)
+            except Exception as error:  # a broken third-party plugin is reported, not fatal
                 self._broken[name] = BrokenPlugin(name, self.kind, repr(error))
                 continue
             finally:
                 self._loading_source = None
             if name not in self._entries:
-                if isinstance(loaded, type):
-                    self._loading_source = f"{dist.name} {dist.version}" if dist else None
-                    self.register(name)(loaded)
-                    self._loading_source = None
-                else:
-                    self._broken[name] = BrokenPlugin(
-                        name,
-                        self.kind,
-                        f"entry point {entry_point.value!r} did not register {name!r}",
-                    )
+                self._broken[name] = BrokenPlugin(
+                    name, self.kind, f"entry point {entry_point.value!r} did not register {name!r}"
+                )
             return
 
 

@@ -86,7 +86,8 @@ def train(
     )
     if triggers is not None and triggers_per_batch > 0:
         trigger_images, trigger_labels = triggers[0].to(device), triggers[1].to(device)
-        trigger_order = _Cycler(len(trigger_images), generator)
+        # A stream of its own, so appending triggers leaves the data order unchanged.
+        trigger_order = _Cycler(len(trigger_images), _offspring(generator))
     else:
         trigger_images = trigger_labels = None
 
@@ -165,6 +166,12 @@ class _Cycler:
             self.pending = torch.cat([self.pending, fresh])
         taken, self.pending = self.pending[:count], self.pending[count:]
         return taken
+
+
+def _offspring(generator: torch.Generator) -> torch.Generator:
+    child = torch.Generator()
+    child.manual_seed(generator.initial_seed() ^ 0x5DEECE66D)
+    return child
 
 
 def _trainable_parameters(model: nn.Module, trainable: str) -> list[nn.Parameter]:

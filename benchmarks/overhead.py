@@ -1,6 +1,6 @@
 """What the arena's training loop costs over a plain PyTorch loop doing the same work.
 
-The arena side is the real code path of a match's clean model: ``ctx.new_model("clean")``
+The arena side is the real code path of a match's clean model: ``ctx.owner_model()``
 trained by ``arena.training.train`` with the protocol's ``TrainSettings``. The plain side
 is a hand-written loop with the same model and initial weights, the same data, the same
 SGD (Nesterov momentum, weight decay), cosine schedule, batch size, epochs and the same
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from arena.context import Context, default_device, derive_seed
+from arena.context import Context, default_device
 from arena.match import _train_clean  # exactly what a match runs for the clean model
 from arena.progress import Reporter, RichReporter, silent
 from arena.protocols import PROTOCOLS, get_protocol
@@ -39,7 +39,7 @@ def arena_loop(ctx: Context, progress: Reporter) -> Loop:
     ctx = dataclasses.replace(ctx, progress=progress)
 
     def run() -> tuple[float, nn.Module]:
-        model = ctx.new_model("clean")
+        model = ctx.owner_model()
         start = time.perf_counter()
         _train_clean(model, ctx)
         return time.perf_counter() - start, model
@@ -52,7 +52,7 @@ def plain_loop(ctx: Context) -> Loop:
     owner = ctx.splits.owner
 
     def run() -> tuple[float, nn.Module]:
-        model = ctx.new_model("clean")  # built outside the timing, like the arena side
+        model = ctx.owner_model()  # built outside the timing, like the arena side
         start = time.perf_counter()
         model.to(ctx.device)
         images, labels = owner.images.to(ctx.device), owner.labels.to(ctx.device)
@@ -69,7 +69,7 @@ def plain_loop(ctx: Context) -> Loop:
         )
         # The arena seeds a match's clean-model shuffles this way; same seed, same batches.
         generator = torch.Generator()
-        generator.manual_seed(derive_seed(ctx.seed, "clean"))
+        generator.manual_seed(ctx.owner_generator().initial_seed())
         for _ in range(settings.epochs):
             model.train()
             order = torch.randperm(len(images), generator=generator).to(ctx.device)

@@ -19,8 +19,8 @@ from defenses.trigger_set import TriggerSetDefense, abstract_trigger_set, with_b
 class BackdoorParams:
     trigger_size: int | None = None  # None: the protocol's (100 in the paper)
     triggers_per_batch: int | None = None  # None: the protocol's (2 per 100 in the paper's code)
-    epochs: int | None = None  # None: the protocol's owner budget
-    lr: float | None = None  # None: the protocol's owner learning rate
+    epochs: int | None = None  # None: the protocol's budget
+    lr: float | None = None  # None: the protocol's learning rate
     trigger_dir: str | None = None  # a folder of your own trigger images instead of abstract ones
 
     def check(self) -> None:
@@ -59,26 +59,24 @@ class BackdoorWatermark(TriggerSetDefense):
         return self.train_with_triggers(model, key, ctx, settings, per_batch, "mark from scratch")
 
 
-@dataclass(frozen=True)
-class PretrainedParams(BackdoorParams):
-    lr: float | None = 0.01  # continuing from a converged model: a smaller step than training
-
-
 @register_defense("backdoor-wm-pretrained")
 class BackdoorWatermarkPretrained(BackdoorWatermark):
     """Backdoor watermark embedded into a trained model (Adi et al. 2018, PRETRAINED).
 
     Same key as ``backdoor-wm``; Mark continues training the owner's converged clean
-    model on the owner's data with trigger images in every batch, for the protocol's
-    ``mark_epochs`` unless ``epochs`` says otherwise.
+    model on the owner's data with trigger images in every batch. Epochs, learning rate
+    and triggers per batch default to the protocol's ``mark_epochs``, ``mark_lr`` and
+    ``mark_triggers_per_batch``.
     """
 
     starts_from = "clean"
-    Params = PretrainedParams
 
     def mark(self, model: nn.Module, key: TriggerKey, ctx: Context) -> nn.Module:
+        protocol = ctx.protocol
         settings = with_budget(
-            ctx.protocol.training, self.params.epochs or ctx.protocol.mark_epochs, self.params.lr
+            protocol.training,
+            self.params.epochs or protocol.mark_epochs,
+            self.params.lr or protocol.mark_lr,
         )
-        per_batch = self.params.triggers_per_batch or ctx.protocol.triggers_per_batch
+        per_batch = self.params.triggers_per_batch or protocol.mark_triggers_per_batch
         return self.train_with_triggers(model, key, ctx, settings, per_batch, "mark pretrained")

@@ -62,7 +62,7 @@ class TriggerSetDefense(Defense):
             owner.labels,
             settings,
             device=ctx.device,
-            generator=ctx.generator(f"mark:{self.name}"),
+            generator=ctx.owner_generator(),
             description=description,
             progress=ctx.progress,
             triggers=triggers,

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
+from tests.cli_runner import run_arena
 from tests.record_schema import check_record
 
 
 def arena(*args: str, home) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ARENA_HOME": str(home), "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-c", "from arena.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    return run_arena(*args, home=home, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ one broken plugin cannot break the others.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.cli_runner import run_arena
 
 EXAMPLE_PLUGIN = Path(__file__).parent / "example_plugin"
 
@@ -80,19 +81,7 @@ def _write_broken_plugin(site: Path) -> Path:
 
 
 def _arena(*args: str, path: list[Path], home: Path) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(str(folder) for folder in path),
-        "ARENA_HOME": str(home),
-        "COLUMNS": "250",  # wide enough that rich tables do not fold plugin names
-    }
-    return subprocess.run(
-        [sys.executable, "-c", "from arena.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    return run_arena(*args, home=home, path=path)
 
 
 def test_list_shows_the_plugin_and_its_package(plugins: PluginEnvironment) -> None:
