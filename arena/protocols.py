@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 
 from arena.errors import UnknownNameError
-from arena.training import TrainSettings
+from arena.training import Augment, TrainSettings
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Protocol:
     triggers_per_batch: int  # trigger images appended to every training batch
     alpha: float = 1e-3
     delta: float = 0.05  # largest test-accuracy drop an attack may cost and still win
-    augment: bool = False
+    augment: Augment = "none"
 
     @property
     def fingerprint(self) -> str:
@@ -100,13 +100,14 @@ PROTOCOLS: dict[str, Protocol] = {
             test_size=1000,
             split_seed=0,
             model="resnet18",
-            training=TrainSettings(epochs=6, batch_size=100, lr=0.1, weight_decay=1e-4),
+            training=TrainSettings(epochs=5, batch_size=100, lr=0.1, weight_decay=1e-4),
             mark_epochs=5,
             mark_lr=0.03,
             mark_triggers_per_batch=20,
             attack_epochs=5,
             trigger_size=100,
-            triggers_per_batch=12,
+            triggers_per_batch=14,
+            augment="shift",
         ),
         Protocol(
             name="cifar10",
@@ -128,7 +129,7 @@ PROTOCOLS: dict[str, Protocol] = {
             attack_epochs=20,
             trigger_size=100,
             triggers_per_batch=2,
-            augment=True,
+            augment="shift-flip",
         ),
     )
 }

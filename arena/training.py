@@ -54,6 +54,9 @@ class TrainReport:
 
 
 ExtraLoss = Callable[[nn.Module], torch.Tensor]
+# "shift": random translations by up to 1/8 of the image side (digits must not be
+# mirrored); "shift-flip" adds horizontal flips (natural images such as CIFAR-10).
+Augment = Literal["none", "shift", "shift-flip"]
 
 
 def train(
@@ -70,7 +73,7 @@ def train(
     triggers_per_batch: int = 0,
     extra_loss: ExtraLoss | None = None,
     trainable: Literal["all", "head"] = "all",
-    augment: bool = False,
+    augment: Augment = "none",
 ) -> TrainReport:
     """Train ``model`` in place on ``images`` (float, [0, 1]) and ``labels``."""
     settings.check()
@@ -102,8 +105,8 @@ def train(
             for batch_start in range(0, len(images), settings.batch_size):
                 index = order[batch_start : batch_start + settings.batch_size]
                 batch_images, batch_labels = images[index], labels[index]
-                if augment:
-                    batch_images = _augment(batch_images, generator)
+                if augment != "none":
+                    batch_images = _augment(batch_images, generator, flip=augment == "shift-flip")
                 if trigger_images is not None:
                     pick = trigger_order.take(triggers_per_batch).to(device)
                     batch_images = torch.cat([batch_images, trigger_images[pick]])
@@ -149,7 +152,8 @@ def accuracy(
 ) -> float:
     if len(images) == 0:
         return 0.0
-    return float((predict(model, images, device) == labels.cpu()).float().mean())
+    correct = int((predict(model, images, device) == labels.cpu()).sum())
+    return correct / len(images)
 
 
 class _Cycler:
@@ -210,15 +214,20 @@ def _make_optimizer(parameters: list[nn.Parameter], settings: TrainSettings):
     raise ValueError(f"unknown optimizer {settings.optimizer!r}; use 'sgd' or 'adam'")
 
 
-def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random 4-pixel-padded crops and horizontal flips, on the batch's device."""
+def _augment(images: torch.Tensor, generator: torch.Generator, flip: bool) -> torch.Tensor:
+    """Random translations (reflect-padded crops) and, with ``flip``, horizontal flips.
+
+    Trigger images are appended after this, so the key is always shown as committed.
+    """
     n, _, height, width = images.shape
-    padded = F.pad(images, (4, 4, 4, 4), mode="reflect")
-    dx = torch.randint(0, 9, (n,), generator=generator)
-    dy = torch.randint(0, 9, (n,), generator=generator)
-    flips = torch.rand(n, generator=generator) < 0.5
+    pad = max(1, height // 8)
+    padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
     out = torch.stack(
         [padded[i, :, dy[i] : dy[i] + height, dx[i] : dx[i] + width] for i in range(n)]
     )
-    out[flips.to(out.device)] = out[flips.to(out.device)].flip(-1)
+    if flip:
+        flips = (torch.rand(n, generator=generator) < 0.5).to(out.device)
+        out[flips] = out[flips].flip(-1)
     return out

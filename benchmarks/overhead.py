@@ -116,7 +116,7 @@ def main() -> None:
     if settings.optimizer != "sgd" or settings.schedule != "cosine":
         parser.error("the plain loop mirrors SGD with a cosine schedule only")
     # The plain loop has no augmentation; switch it off on the arena side too.
-    protocol = dataclasses.replace(protocol, training=settings, augment=False)
+    protocol = dataclasses.replace(protocol, training=settings, augment="none")
     ctx = Context(protocol=protocol, seed=args.seed, device=default_device())
     with open(os.devnull, "w") as devnull:
         # A terminal that discards everything: the bars are drawn, as on a user's screen.
