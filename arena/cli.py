@@ -97,7 +97,8 @@ def _evidence_cells(evidence: dict[str, Any] | None) -> list[str]:
         return ["n/a"] * 4
     verdict = "[green]verified[/]" if evidence["verified"] else "[red]not verified[/]"
     return [
-        f"{evidence['successes']} of {evidence['trials']}",
+        f"{evidence['successes']} of {evidence['trials']}"
+        + (f" (needs {needed})" if (needed := evidence.get("required_successes")) else ""),
         f"{evidence['null_p']:.3g}",
         f"{evidence['p_value']:.2e}",
         verdict,
@@ -135,6 +136,11 @@ def _print_match(record: dict[str, Any]) -> None:
     cached = [phase for phase, hit in record["cached"].items() if hit]
     seconds = ", ".join(f"{phase} {value:.1f}s" for phase, value in record["seconds"].items())
     stdout.print(f"time: {seconds}" + (f" (from cache: {', '.join(cached)})" if cached else ""))
+    if "replay_seconds" in record:
+        stdout.print(
+            f"finished match: key opened, artifacts checked and the stored record returned in "
+            f"{record['replay_seconds']:.1f}s"
+        )
 
 
 @app.command("list")

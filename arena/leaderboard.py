@@ -110,8 +110,7 @@ def _match_row(key: tuple[str, str, str], records: list[dict]) -> MatchRow:
         verified = sum(bool(h and h["verified"]) for h in owner_heads)
         first_head = owner_heads[0]
         owner_head = (
-            f"{first_head['successes']}/{first_head['trials']} "
-            f"({verified}/{len(records)} verified)"
+            f"{first_head['successes']}/{first_head['trials']} ({verified}/{len(records)} verified)"
         )
     return MatchRow(
         defense=defense,
@@ -131,7 +130,7 @@ def _match_row(key: tuple[str, str, str], records: list[dict]) -> MatchRow:
         attacked_verified=sum(r["attacked"]["evidence"]["verified"] for r in records),
         owner_head=owner_head,
         attack_succeeded=sum(r["attack_succeeded"] for r in records),
-        attack_seconds=mean(r["seconds"].get("attack", 0.0) for r in records),
+        attack_seconds=mean(r.get("attack_seconds", r["seconds"]["attack"]) for r in records),
         outcome=first["outcome"],
         threat_model=first["threat_model"],
     )

@@ -12,9 +12,9 @@ import time
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -77,7 +77,7 @@ def run_match(
     progress: Reporter = silent,
     device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Run (or re-measure from the cache) one match and store its record."""
+    """Run one match and store its record; a finished match is returned from the store."""
     protocol = get_protocol(spec.protocol).with_model(spec.model)
     # Resolve and validate everything before any training starts.
     defense: Defense = defenses.get(spec.defense)(spec.defense_params)
@@ -87,22 +87,13 @@ def run_match(
     ctx = Context(
         protocol=protocol, seed=spec.seed, device=device or default_device(), progress=progress
     )
+    started = time.perf_counter()
     timer = _PhaseTimer()
     cached: dict[str, bool] = {}
 
-    with timer("data"):
-        splits = ctx.splits
+    # Every artifact is named by what determines it, so all names are known up front.
     base = {"protocol": protocol.fingerprint, "seed": spec.seed, "arena": __version__}
-
-    with timer("clean"):
-        clean_folder = cache.folder("clean", base)
-        clean, _, cached["clean"] = cache.model(
-            clean_folder,
-            build=ctx.owner_model,
-            train=lambda model: _train_clean(model, ctx),
-            spec=base,
-        )
-
+    clean_folder = cache.folder("clean", base)
     with timer("keygen"):
         key_spec = {
             **base,
@@ -111,11 +102,41 @@ def run_match(
             "defense_params": defense.params_dict(),
         }
         key, cached["key"] = _key(defense, ctx, cache, key_spec)
+    marked_spec = {**key_spec, "key": key.fingerprint}
+    if defense.starts_from == "clean":
+        marked_spec["clean"] = clean_folder.name
+    marked_folder = cache.folder("marked", marked_spec)
+    attacked_spec = {
+        **marked_spec,
+        "attack": attack.name,
+        "attack_version": attack.version,
+        "attack_params": attack.params_dict(),
+    }
+    attacked_folder = cache.folder("attacked", attacked_spec)
+    match_id = content_hash(attacked_spec)
+
+    finished = store.get(match_id)
+    if finished is not None and all(
+        cache.check(folder) is not None for folder in (clean_folder, marked_folder, attacked_folder)
+    ):
+        # A finished match: its key opened and every model file is intact, so the stored
+        # measurements of exactly these artifacts stand.
+        finished["cached"] = {phase: True for phase in finished["cached"]}
+        finished["replay_seconds"] = time.perf_counter() - started
+        return finished
+
+    with timer("data"):
+        splits = ctx.splits
+
+    with timer("clean"):
+        clean, _, cached["clean"] = cache.model(
+            clean_folder,
+            build=ctx.owner_model,
+            train=lambda model: _train_clean(model, ctx),
+            spec=base,
+        )
 
     with timer("mark"):
-        marked_spec = {**key_spec, "key": key.fingerprint}
-        if defense.starts_from == "clean":
-            marked_spec["clean"] = clean_folder.name
 
         def mark(model: nn.Module) -> dict[str, Any]:
             if defense.starts_from == "clean":
@@ -123,7 +144,7 @@ def run_match(
             return {"model": defense.mark(model, key, ctx)}
 
         marked, _, cached["marked"] = cache.model(
-            cache.folder("marked", marked_spec),
+            marked_folder,
             build=ctx.owner_model,
             train=mark,
             spec=marked_spec,
@@ -136,12 +157,6 @@ def run_match(
         marked_evidence = defense.evidence(marked, key, ctx)
 
     with timer("attack"):
-        attacked_spec = {
-            **marked_spec,
-            "attack": attack.name,
-            "attack_version": attack.version,
-            "attack_params": attack.params_dict(),
-        }
 
         def run_attack(model: nn.Module) -> dict[str, Any]:
             model.load_state_dict(marked.state_dict())
@@ -153,7 +168,7 @@ def run_match(
             }
 
         attacked, attack_meta, cached["attacked"] = cache.model(
-            cache.folder("attacked", attacked_spec),
+            attacked_folder,
             build=lambda: ctx.new_model("attack"),
             train=run_attack,
             spec=attacked_spec,
@@ -194,6 +209,8 @@ def run_match(
         "attack_succeeded": outcome.succeeded,
         "outcome": outcome.reason,
         "attack_info": attack_meta.get("info", {}),
+        # The attack's own cost, also when its model came from the cache.
+        "attack_seconds": attack_meta.get("seconds", timer.seconds["attack"]),
         "cached": cached,
         "seconds": timer.seconds,
         "device": str(ctx.device),
@@ -202,12 +219,12 @@ def run_match(
             "defense": defense.version,
             "attack": attack.version,
             "torch": torch.__version__,
-            "timm": timm.__version__,
+            "timm": metadata.version("timm"),
             "python": platform.python_version(),
         },
     }
     record["seconds"]["total"] = sum(timer.seconds.values())
-    store.save(content_hash(attacked_spec), record)
+    store.save(match_id, record)
     return record
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 
-import timm
 import torch
 from torch import nn
 
@@ -13,6 +12,8 @@ from arena.errors import ArenaError, UnknownNameError
 
 def create_model(name: str, num_classes: int, channels: int, image_size: int) -> nn.Module:
     """A randomly initialised timm model with the right input channels and classes."""
+    import timm  # pulls in torchvision: imported when a model is built, not at start-up
+
     if not timm.is_model(name):
         raise UnknownNameError("timm model", name, timm.list_models(), hint="timm.list_models()")
     try:

@@ -87,6 +87,7 @@ class Evidence:
         record = asdict(self)
         record["p_value"] = self.p_value
         record["verified"] = self.verified
+        record["required_successes"] = self.required_successes
         return record
 
     @classmethod

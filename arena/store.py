@@ -166,8 +166,11 @@ class ArtifactCache:
         digest = content_hash({"kind": kind, **spec})
         return self.root / kind / digest[:2] / digest
 
-    def load_model(self, folder: Path, model: nn.Module) -> dict[str, Any] | None:
-        """Fill ``model`` from ``folder``; None when nothing is cached there yet."""
+    def check(self, folder: Path) -> dict[str, Any] | None:
+        """The metadata of a finished entry whose model file is intact; None if unfinished.
+
+        A missing or altered model file is an error, never silently retrained or used.
+        """
         meta_path = folder / "meta.json"
         if not meta_path.exists():
             return None  # the metadata is written last: no metadata, no finished entry
@@ -181,7 +184,13 @@ class ArtifactCache:
                 f"cached model {model_path} is corrupt (its SHA-256 does not match {meta_path}); "
                 f"{hint}"
             )
-        load_model_file(model_path, model)
+        return meta
+
+    def load_model(self, folder: Path, model: nn.Module) -> dict[str, Any] | None:
+        """Fill ``model`` from ``folder``; None when nothing is cached there yet."""
+        meta = self.check(folder)
+        if meta is not None:
+            load_model_file(folder / "model.safetensors", model)
         return meta
 
     def save_model(self, folder: Path, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -207,9 +216,11 @@ class ArtifactCache:
         meta = self.load_model(folder, model)
         if meta is not None:
             return model, meta, True
+        start = time.perf_counter()
         info = train(model)
         model = info.pop("model", model)
-        meta = {"spec": spec, "created_at": time.time(), **info}
+        seconds = time.perf_counter() - start  # what producing it cost, kept for cache hits
+        meta = {"spec": spec, "created_at": time.time(), "seconds": seconds, **info}
         self.save_model(folder, model, meta)
         return model, meta, False
 

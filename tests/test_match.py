@@ -108,3 +108,10 @@ def test_score_removal(marked, attacked_acc, attacked, succeeded):
     outcome = score_removal(SMOKE, 0.98, marked, attacked_acc, attacked)
     assert outcome.succeeded is succeeded
     assert outcome.reason
+
+
+def test_any_timm_model_by_name(store, cache):
+    record = run_match(_spec(attack="rtll", model="test_vit"), store=store, cache=cache)
+    check_record(record)
+    assert record["model"] == "test_vit"
+    assert record["attacked"]["owner_head_evidence"] is not None
