@@ -193,13 +193,16 @@ class ArtifactCache:
             load_model_file(folder / "model.safetensors", model)
         return meta
 
-    def save_model(self, folder: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    def save_model(self, folder: Path, model: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
+        """Write the model, then its metadata (with the file's SHA-256); return that."""
         folder.mkdir(parents=True, exist_ok=True)
         model_path = folder / "model.safetensors"
         temporary = folder / ".model.safetensors.tmp"
         save_file(_state_for_file(model), str(temporary))
         os.replace(temporary, model_path)
-        write_json_atomic(folder / "meta.json", {**meta, "sha256": file_sha256(model_path)})
+        meta = {**meta, "sha256": file_sha256(model_path)}
+        write_json_atomic(folder / "meta.json", meta)
+        return meta
 
     def model(
         self,
@@ -221,8 +224,7 @@ class ArtifactCache:
         model = info.pop("model", model)
         seconds = time.perf_counter() - start  # what producing it cost, kept for cache hits
         meta = {"spec": spec, "created_at": time.time(), "seconds": seconds, **info}
-        self.save_model(folder, model, meta)
-        return model, meta, False
+        return model, self.save_model(folder, model, meta), False
 
 
 def _state_for_file(model: nn.Module) -> dict[str, torch.Tensor]:
