@@ -115,3 +115,21 @@ def test_any_timm_model_by_name(store, cache):
     check_record(record)
     assert record["model"] == "test_vit"
     assert record["attacked"]["owner_head_evidence"] is not None
+
+
+def test_an_interrupted_match_keeps_what_finished_and_resumes(store, cache, monkeypatch):
+    from attacks.removal.fine_tune import FineTuneAttack
+
+    def interrupted(self, model, ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FineTuneAttack, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_match(_spec(attack="ftal"), store=store, cache=cache)
+    assert store.records() == []
+    assert not (cache.root / "attacked").exists() or not list(
+        (cache.root / "attacked").rglob("meta.json")
+    )
+    monkeypatch.undo()
+    record = run_match(_spec(attack="ftal"), store=store, cache=cache)
+    assert record["cached"] == {"key": True, "clean": True, "marked": True, "attacked": False}
