@@ -252,10 +252,136 @@ def leaderboard(
         stdout.print(f"wrote {markdown} and {data}")
 
 
+LedgerOption = Annotated[
+    Path | None,
+    typer.Option("--ledger", help="ledger database [default: $ARENA_HOME/results.sqlite]"),
+]
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option(help="folder for mk.json (secret) and vk.json (public)")],
+    defense: Annotated[str, typer.Option(help="watermarking scheme")] = "backdoor-wm",
+    protocol: Annotated[
+        str, typer.Option(help="protocol whose input shape the key fits")
+    ] = "mnist5k",
+    classes: Annotated[
+        int | None, typer.Option(help="number of classes [default: protocol's]")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="only for reproducible experiments")] = None,
+    defense_param: Annotated[
+        list[str] | None, typer.Option("--defense-param", "-D", help="defense parameter name=value")
+    ] = None,
+) -> None:
+    """Sample a marking key (secret, mode 0600) and its verification key (public)."""
+    import dataclasses
+
+    from arena import ownership
+
+    chosen = get_protocol(protocol)
+    if classes is not None:
+        if classes < 2:
+            raise ArenaError(f"--classes must be >= 2, got {classes}")
+        chosen = dataclasses.replace(chosen, num_classes=classes)
+    key = ownership.keygen(
+        defense, chosen, out, _parse_assignments(defense_param, "--defense-param"), seed
+    )
+    stdout.print(
+        f"wrote {out / 'mk.json'} (secret) and {out / 'vk.json'} (public); "
+        f"key fingerprint {key.fingerprint}"
+    )
+
+
+@app.command()
+def register(
+    vk: Annotated[Path, typer.Argument(help="verification key to record")],
+    ledger: LedgerOption = None,
+) -> None:
+    """Record a verification key's commitment in the ledger, timestamped."""
+    from arena import ownership
+    from arena.ledger import Ledger
+
+    entry = ownership.register_key(vk, Ledger(ledger))
+    stdout.print(
+        f"key {entry.digest} registered at {ownership._iso(entry.recorded_at)} "
+        f"(ledger entry {entry.position})"
+    )
+
+
+@app.command()
+def mark(
+    key: Annotated[Path, typer.Option(help="marking key mk.json (vk.json beside it)")],
+    out: Annotated[Path, typer.Option(help="marked model file (.safetensors)")],
+    data: Annotated[
+        str, typer.Option("--data", "--protocol", help="protocol: data and budget")
+    ] = "mnist5k",
+    model: Annotated[str | None, typer.Option(help="timm model [default: protocol's]")] = None,
+    seed: Annotated[int, typer.Option(help="training seed")] = 0,
+    ledger: LedgerOption = None,
+) -> None:
+    """Train a watermarked model with your key and record its fingerprint."""
+    from arena import ownership
+    from arena.ledger import Ledger
+
+    chosen = get_protocol(data).with_model(model)
+    path = ownership.mark(
+        key, key.with_name("vk.json"), chosen, out, Ledger(ledger), seed, RichReporter(stderr)
+    )
+    stdout.print(f"wrote {path} and {ownership.card_path(path)}")
+
+
+@app.command()
+def verify(
+    model: Annotated[Path, typer.Option(help="suspect model (.safetensors or a state dict)")],
+    vk: Annotated[Path, typer.Option(help="verification key")],
+    mk: Annotated[Path, typer.Option(help="marking key: opened and revealed to the verifier")],
+    protocol: Annotated[
+        str, typer.Option(help="protocol: input shape, classes, alpha")
+    ] = "mnist5k",
+    arch: Annotated[
+        str | None, typer.Option(help="timm model when no model card is beside it")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print one JSON record on stdout")
+    ] = False,
+    ledger: LedgerOption = None,
+) -> None:
+    """Verify ownership of a model: exit 0 verified, 1 not verified, 2 bad input."""
+    from arena import ownership
+    from arena.ledger import Ledger
+
+    claim = ownership.verify(model, mk, vk, get_protocol(protocol), Ledger(ledger), arch)
+    record = claim.to_dict()
+    if as_json:
+        sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
+    else:
+        evidence = record["evidence"]
+        verdict = "[green]VERIFIED[/]" if claim.verified else "[red]NOT VERIFIED[/]"
+        stdout.print(
+            f"{verdict}: {evidence['successes']} of {evidence['trials']} triggers "
+            f"answered with their committed labels (needs {evidence['required_successes']})"
+        )
+        stdout.print(
+            f"null p {evidence['null_p']:.3g} ({claim.null_p_source}); p-value "
+            f"{evidence['p_value']:.2e}; alpha {evidence['alpha']:g}"
+        )
+        stdout.print(f"scheme {claim.scheme}; triggers opened: {claim.triggers_opened}")
+        registered = record["key_registered_at"]
+        registered = f"registered {registered}" if registered else "never registered"
+        stdout.print(
+            f"ledger: key {registered}; model first seen "
+            f"{record['model_first_seen_at']}; key registered before the model was "
+            f"first seen: {'yes' if claim.registered_before_seen else 'NO'}"
+        )
+    raise typer.Exit(0 if claim.verified else 1)
+
+
 def main() -> None:
     """Console entry point: one clear line and exit status 2 for any user error."""
     try:
-        app(standalone_mode=False)
+        status = app(standalone_mode=False)  # returns the code of a typer.Exit
+        if isinstance(status, int) and status:
+            sys.exit(status)
     except ArenaError as error:
         stderr.print(f"[bold red]error[/]: {error}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -132,7 +132,7 @@ def run_match(
         clean, _, cached["clean"] = cache.model(
             clean_folder,
             build=ctx.owner_model,
-            train=lambda model: _train_clean(model, ctx),
+            train=lambda model: train_clean(model, ctx),
             spec=base,
         )
 
@@ -228,7 +228,8 @@ def run_match(
     return record
 
 
-def _train_clean(model: nn.Module, ctx: Context) -> dict[str, Any]:
+def train_clean(model: nn.Module, ctx: Context) -> dict[str, Any]:
+    """Train the owner's clean model: the protocol's budget on the owner's split."""
     splits = ctx.splits
     report = train(
         model,

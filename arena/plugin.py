@@ -80,6 +80,11 @@ class Key:
     def load(cls, directory: Any) -> Key:
         raise NotImplementedError
 
+    @classmethod
+    def from_files(cls, mk_path: Any, vk_path: Any) -> Key:
+        """Read ``mk`` and ``vk`` and check that ``mk`` opens ``vk``."""
+        raise NotImplementedError
+
 
 class Defense(Plugin):
     """A watermarking scheme: KeyGen, Mark and the evidence that Verify decides on."""

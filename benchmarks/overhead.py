@@ -28,7 +28,7 @@ from rich.console import Console
 from torch import nn
 
 from arena.context import Context, default_device
-from arena.match import _train_clean  # exactly what a match runs for the clean model
+from arena.match import train_clean
 from arena.progress import Reporter, RichReporter, silent
 from arena.protocols import PROTOCOLS, get_protocol
 
@@ -41,7 +41,7 @@ def arena_loop(ctx: Context, progress: Reporter) -> Loop:
     def run() -> tuple[float, nn.Module]:
         model = ctx.owner_model()
         start = time.perf_counter()
-        _train_clean(model, ctx)
+        train_clean(model, ctx)
         return time.perf_counter() - start, model
 
     return run

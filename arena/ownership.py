@@ -1,0 +1,222 @@
+"""The ownership protocol as a vendor uses it: KeyGen, register, Mark, Verify.
+
+These are the library functions behind ``arena keygen``, ``arena register``,
+``arena mark`` and ``arena verify``. A marked model is written as safetensors with a
+small JSON model card beside it (timm name, classes, channels, input size) so a verifier
+can rebuild the architecture; verification also reads a plain state dict saved with
+``torch.save``, loaded with ``weights_only=True`` (never unpickling arbitrary objects).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from arena.context import Context, default_device
+from arena.errors import ArenaError, ArtifactError
+from arena.keys import read_json, write_json_atomic
+from arena.ledger import Entry, Ledger, model_fingerprint
+from arena.match import train_clean
+from arena.models import create_model
+from arena.plugin import Defense, Key
+from arena.progress import Reporter, silent
+from arena.protocols import Protocol
+from arena.registry import defenses
+from arena.stats import Evidence
+from arena.store import load_model_file
+
+MODEL_CARD_FORMAT = "arena-model/1"
+
+
+def keygen(
+    defense_name: str,
+    protocol: Protocol,
+    out_dir: Path,
+    params: dict[str, Any] | None = None,
+    seed: int | None = None,
+) -> Key:
+    """Sample a fresh key; ``mk.json`` (secret, 0600) and ``vk.json`` go to ``out_dir``.
+
+    Without ``seed`` the trigger set is drawn from the operating system's randomness, as
+    a real owner's key must be; a seed is for reproducible experiments only.
+    """
+    defense: Defense = defenses.get(defense_name)(params)
+    if (out_dir / "mk.json").exists():
+        raise ArenaError(f"{out_dir / 'mk.json'} exists; refusing to overwrite a marking key")
+    ctx = Context(protocol=protocol, seed=secrets.randbits(62) if seed is None else seed)
+    key = defense.keygen(ctx)
+    key.save(out_dir)
+    return key
+
+
+def load_key(mk_path: Path, vk_path: Path) -> tuple[Defense, Key]:
+    """The scheme named in ``vk``, and the key with every commitment opened."""
+    scheme = read_json(vk_path).get("scheme")
+    if not isinstance(scheme, str):
+        raise ArenaError(f"{vk_path} names no scheme")
+    defense: Defense = defenses.get(scheme)()
+    return defense, defense.key_type.from_files(mk_path, vk_path)
+
+
+def register_key(vk_path: Path, ledger: Ledger) -> Entry:
+    """Record the verification key's commitment (its fingerprint) with a timestamp."""
+    from arena.keys import VerificationKey
+
+    vk = VerificationKey.from_dict(read_json(vk_path), source=str(vk_path))
+    return ledger.append("key", vk.fingerprint, label=str(vk_path))
+
+
+def mark(
+    mk_path: Path,
+    vk_path: Path,
+    protocol: Protocol,
+    out_path: Path,
+    ledger: Ledger,
+    seed: int = 0,
+    progress: Reporter = silent,
+) -> Path:
+    """Train a marked model of ``protocol`` with the key; write it and its model card."""
+    defense, key = load_key(mk_path, vk_path)
+    if getattr(key, "num_classes", protocol.num_classes) != protocol.num_classes:
+        raise ArenaError(
+            f"the key has {key.num_classes} classes, protocol {protocol.name!r} has "
+            f"{protocol.num_classes}"
+        )
+    ctx = Context(protocol=protocol, seed=seed, progress=progress)
+    model = ctx.owner_model()
+    if defense.starts_from == "clean":
+        train_clean(model, ctx)
+    model = defense.mark(model, key, ctx)
+    save_model(model, out_path, protocol)
+    ledger.append("model", model_fingerprint(model), label=str(out_path))
+    return out_path
+
+
+def save_model(model: nn.Module, path: Path, protocol: Protocol) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    temporary = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(temporary))
+    temporary.replace(path)
+    write_json_atomic(
+        card_path(path),
+        {
+            "format": MODEL_CARD_FORMAT,
+            "model": protocol.model,
+            "num_classes": protocol.num_classes,
+            "channels": protocol.channels,
+            "image_size": protocol.image_size,
+            "protocol": protocol.name,
+        },
+    )
+
+
+def card_path(model_path: Path) -> Path:
+    return model_path.with_name(model_path.name + ".json")
+
+
+def load_model(path: Path, protocol: Protocol, architecture: str | None = None) -> nn.Module:
+    """Rebuild the architecture (model card, else ``architecture`` on ``protocol``) and
+    load the weights from safetensors or a plain state dict."""
+    if not path.exists():
+        raise ArenaError(f"model file {path} does not exist")
+    card = read_json(card_path(path)) if card_path(path).exists() else {}
+    name = architecture or card.get("model") or protocol.model
+    model = create_model(
+        name,
+        num_classes=int(card.get("num_classes", protocol.num_classes)),
+        channels=int(card.get("channels", protocol.channels)),
+        image_size=int(card.get("image_size", protocol.image_size)),
+    )
+    if path.suffix == ".safetensors":
+        load_model_file(path, model)
+        return model
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle refusing an object, a truncated file, ...
+        raise ArtifactError(f"{path} is not a readable state dict: {error}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ArtifactError(f"{path} does not hold a state dict of tensors")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ArtifactError(f"{path} does not fit {name}: {str(error).splitlines()[0]}") from None
+    return model
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of ``arena verify``: the evidence and the ledger facts behind it."""
+
+    scheme: str
+    evidence: Evidence
+    null_p_source: str
+    triggers_opened: str
+    model_fingerprint: str
+    key_registered_at: float | None
+    model_first_seen_at: float
+
+    @property
+    def registered_before_seen(self) -> bool:
+        return (
+            self.key_registered_at is not None and self.key_registered_at < self.model_first_seen_at
+        )
+
+    @property
+    def verified(self) -> bool:
+        return self.evidence.verified
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scheme": self.scheme,
+            "evidence": self.evidence.to_dict(),
+            "null_p_source": self.null_p_source,
+            "triggers_opened": self.triggers_opened,
+            "model_fingerprint": self.model_fingerprint,
+            "key_registered_at": _iso(self.key_registered_at),
+            "model_first_seen_at": _iso(self.model_first_seen_at),
+            "key_registered_before_model_seen": self.registered_before_seen,
+            "verified": self.verified,
+        }
+
+
+def verify(
+    model_path: Path,
+    mk_path: Path,
+    vk_path: Path,
+    protocol: Protocol,
+    ledger: Ledger,
+    architecture: str | None = None,
+) -> Claim:
+    """Open the key, query the model on it, test the agreement; consult the ledger."""
+    defense, key = load_key(mk_path, vk_path)
+    model = load_model(model_path, protocol, architecture).to(default_device())
+    fingerprint = model_fingerprint(model)
+    seen = ledger.append("model", fingerprint, label=str(model_path))  # first sight if new
+    registered = ledger.first_seen("key", key.fingerprint)
+    ctx = Context(protocol=protocol)
+    evidence = defense.evidence(model, key, ctx)
+    return Claim(
+        scheme=defense.name,
+        evidence=evidence,
+        null_p_source=f"1/|L| = 1/{protocol.num_classes} (no calibration for this protocol)",
+        triggers_opened=f"all {evidence.trials} (a single-subset key)",
+        model_fingerprint=fingerprint,
+        key_registered_at=registered.recorded_at if registered else None,
+        model_first_seen_at=seen.recorded_at,
+    )
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
