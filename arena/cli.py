@@ -344,13 +344,16 @@ def verify(
     as_json: Annotated[
         bool, typer.Option("--json", help="print one JSON record on stdout")
     ] = False,
+    subset: Annotated[
+        int | None, typer.Option(help="trigger subset to reveal [default: first unrevealed]")
+    ] = None,
     ledger: LedgerOption = None,
 ) -> None:
     """Verify ownership of a model: exit 0 verified, 1 not verified, 2 bad input."""
     from arena import ownership
     from arena.ledger import Ledger
 
-    claim = ownership.verify(model, mk, vk, get_protocol(protocol), Ledger(ledger), arch)
+    claim = ownership.verify(model, mk, vk, get_protocol(protocol), Ledger(ledger), arch, subset)
     record = claim.to_dict()
     if as_json:
         sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")

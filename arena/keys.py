@@ -10,6 +10,7 @@ committed cannot be used.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -130,6 +131,13 @@ class VerificationKey:
     image_shape: tuple[int, int, int]
     image_commitments: tuple[str, ...]
     label_commitments: tuple[str, ...]
+    # Multiple verification: the triggers form this many equal, disjoint, consecutive
+    # subsets, and each verification reveals one of them.
+    subsets: int = 1
+
+    @property
+    def subset_size(self) -> int:
+        return len(self.image_commitments) // self.subsets
 
     @property
     def fingerprint(self) -> str:
@@ -147,6 +155,8 @@ class VerificationKey:
                 {"image": image, "label": label}
                 for image, label in zip(self.image_commitments, self.label_commitments)
             ],
+            # Written only when there are several, so single-subset keys keep their identity.
+            **({"subsets": self.subsets} if self.subsets > 1 else {}),
         }
 
     @classmethod
@@ -160,12 +170,16 @@ class VerificationKey:
             for digest in image_commitments + label_commitments:
                 if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                     raise ValueError(f"{digest!r} is not a SHA-256 hex digest")
+            subsets = int(record.get("subsets", 1))
+            if subsets < 1 or len(image_commitments) % subsets:
+                raise ValueError(f"{len(image_commitments)} triggers do not split into {subsets}")
             return cls(
                 scheme=str(record["scheme"]),
                 num_classes=int(record["num_classes"]),
                 image_shape=tuple(int(v) for v in record["image_shape"]),
                 image_commitments=image_commitments,
                 label_commitments=label_commitments,
+                subsets=subsets,
             )
         except (KeyError, TypeError, ValueError) as error:
             raise KeyTamperedError(f"{source} is malformed: {error}") from None
@@ -185,9 +199,16 @@ class TriggerKey(Key):
 
     @classmethod
     def create(
-        cls, scheme: str, num_classes: int, images: np.ndarray, labels: np.ndarray
+        cls,
+        scheme: str,
+        num_classes: int,
+        images: np.ndarray,
+        labels: np.ndarray,
+        subsets: int = 1,
     ) -> TriggerKey:
         """Commit to ``images`` and ``labels`` with fresh random nonces."""
+        if subsets < 1 or len(images) % subsets:
+            raise ArenaError(f"{len(images)} triggers do not split into {subsets} equal subsets")
         images = np.ascontiguousarray(images, dtype=np.uint8)
         labels = np.asarray(labels, dtype=np.int64)
         if len(images) != len(labels) or len(images) == 0:
@@ -208,8 +229,29 @@ class TriggerKey(Key):
             label_commitments=tuple(
                 commit(nonce, encode_label(label)) for nonce, label in zip(label_nonces, labels)
             ),
+            subsets=subsets,
         )
         return cls(scheme, num_classes, images, labels, image_nonces, label_nonces, vk)
+
+    def subset(self, index: int) -> TriggerKey:
+        """Subset ``index`` of a multiple-verification key, as a key of its own."""
+        if not 0 <= index < self.vk.subsets:
+            raise ArenaError(f"subset {index} does not exist; the key has {self.vk.subsets}")
+        part = slice(index * self.vk.subset_size, (index + 1) * self.vk.subset_size)
+        vk = dataclasses.replace(
+            self.vk,
+            image_commitments=self.vk.image_commitments[part],
+            label_commitments=self.vk.label_commitments[part],
+            subsets=1,
+        )
+        return dataclasses.replace(
+            self,
+            images=self.images[part],
+            labels=self.labels[part],
+            image_nonces=self.image_nonces[part],
+            label_nonces=self.label_nonces[part],
+            vk=vk,
+        )
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -23,7 +23,7 @@ from torch import nn
 from arena.errors import ArenaError
 from arena.store import default_db_path
 
-EntryKind = Literal["key", "model"]
+EntryKind = Literal["key", "model", "spent"]  # "spent": a revealed trigger subset
 GENESIS = "0" * 64
 
 _SCHEMA = """

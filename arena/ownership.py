@@ -196,24 +196,60 @@ def verify(
     protocol: Protocol,
     ledger: Ledger,
     architecture: str | None = None,
+    subset: int | None = None,
 ) -> Claim:
-    """Open the key, query the model on it, test the agreement; consult the ledger."""
+    """Open the key, query the model on it, test the agreement; consult the ledger.
+
+    A key with several trigger subsets reveals one per verification: ``subset``, or the
+    first one not yet revealed. The ledger records it as spent, and revealing it again
+    is refused, so the subsets not yet revealed stay secret for later verifications.
+    """
     defense, key = load_key(mk_path, vk_path)
     model = load_model(model_path, protocol, architecture).to(default_device())
+    subsets = getattr(getattr(key, "vk", None), "subsets", 1)
+    opened, revealed = key, "all {n} (a single-subset key)"
+    if subsets > 1:
+        index = _unspent_subset(ledger, key.fingerprint, subsets, subset)
+        opened = key.subset(index)
+        revealed = f"subset {index} of {subsets} ({{n}} triggers)"
     fingerprint = model_fingerprint(model)
     seen = ledger.append("model", fingerprint, label=str(model_path))  # first sight if new
     registered = ledger.first_seen("key", key.fingerprint)
     ctx = Context(protocol=protocol)
-    evidence = defense.evidence(model, key, ctx)
+    evidence = defense.evidence(model, opened, ctx)
+    if subsets > 1:
+        ledger.append("spent", f"{key.fingerprint}:{index}", label=str(model_path))
     return Claim(
         scheme=defense.name,
         evidence=evidence,
         null_p_source=f"1/|L| = 1/{protocol.num_classes} (no calibration for this protocol)",
-        triggers_opened=f"all {evidence.trials} (a single-subset key)",
+        triggers_opened=revealed.format(n=evidence.trials),
         model_fingerprint=fingerprint,
         key_registered_at=registered.recorded_at if registered else None,
         model_first_seen_at=seen.recorded_at,
     )
+
+
+def _unspent_subset(ledger: Ledger, key_fingerprint: str, subsets: int, wanted: int | None) -> int:
+    spent = {
+        int(entry.digest.rsplit(":", 1)[1])
+        for entry in ledger.entries()
+        if entry.kind == "spent" and entry.digest.startswith(f"{key_fingerprint}:")
+    }
+    if wanted is not None:
+        if not 0 <= wanted < subsets:
+            raise ArenaError(
+                f"subset {wanted} does not exist; the key has {subsets} (0-{subsets - 1})"
+            )
+        if wanted in spent:
+            raise ArenaError(
+                f"subset {wanted} of this key was already revealed; reusing it is refused"
+            )
+        return wanted
+    for index in range(subsets):
+        if index not in spent:
+            return index
+    raise ArenaError(f"all {subsets} trigger subsets of this key were revealed; none is left")
 
 
 def _iso(timestamp: float | None) -> str | None:

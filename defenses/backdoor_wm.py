@@ -22,8 +22,11 @@ class BackdoorParams:
     epochs: int | None = None  # None: the protocol's budget
     lr: float | None = None  # None: the protocol's learning rate
     trigger_dir: str | None = None  # a folder of your own trigger images instead of abstract ones
+    subsets: int = 1  # disjoint trigger subsets, one revealed per verification
 
     def check(self) -> None:
+        if self.subsets < 1:
+            raise ValueError(f"subsets must be >= 1, got {self.subsets}")
         if self.trigger_size is not None and self.trigger_size < 1:
             raise ValueError(f"trigger_size must be >= 1, got {self.trigger_size}")
         if self.triggers_per_batch is not None and self.triggers_per_batch < 1:

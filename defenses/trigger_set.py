@@ -32,7 +32,8 @@ class TriggerSetDefense(Defense):
 
     def keygen(self, ctx: Context) -> TriggerKey:
         images, labels = self.sample_triggers(ctx)
-        return TriggerKey.create(self.name, ctx.num_classes, images, labels)
+        subsets = getattr(self.params, "subsets", 1)
+        return TriggerKey.create(self.name, ctx.num_classes, images, labels, subsets)
 
     def evidence(self, model: nn.Module, key: TriggerKey, ctx: Context) -> Evidence:
         key.open()  # Verify opens every commitment before it queries the model
