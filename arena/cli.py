@@ -317,6 +317,9 @@ def mark(
     ] = "mnist5k",
     model: Annotated[str | None, typer.Option(help="timm model [default: protocol's]")] = None,
     seed: Annotated[int, typer.Option(help="training seed")] = 0,
+    defense_param: Annotated[
+        list[str] | None, typer.Option("--defense-param", "-D", help="marking parameter name=value")
+    ] = None,
     ledger: LedgerOption = None,
 ) -> None:
     """Train a watermarked model with your key and record its fingerprint."""
@@ -325,7 +328,14 @@ def mark(
 
     chosen = get_protocol(data).with_model(model)
     path = ownership.mark(
-        key, key.with_name("vk.json"), chosen, out, Ledger(ledger), seed, RichReporter(stderr)
+        key,
+        key.with_name("vk.json"),
+        chosen,
+        out,
+        Ledger(ledger),
+        seed,
+        RichReporter(stderr),
+        _parse_assignments(defense_param, "--defense-param"),
     )
     stdout.print(f"wrote {path} and {ownership.card_path(path)}")
 

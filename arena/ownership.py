@@ -56,12 +56,14 @@ def keygen(
     return key
 
 
-def load_key(mk_path: Path, vk_path: Path) -> tuple[Defense, Key]:
-    """The scheme named in ``vk``, and the key with every commitment opened."""
+def load_key(
+    mk_path: Path, vk_path: Path, params: dict[str, Any] | None = None
+) -> tuple[Defense, Key]:
+    """The scheme named in ``vk`` (with ``params``), and the key with every commitment opened."""
     scheme = read_json(vk_path).get("scheme")
     if not isinstance(scheme, str):
         raise ArenaError(f"{vk_path} names no scheme")
-    defense: Defense = defenses.get(scheme)()
+    defense: Defense = defenses.get(scheme)(params)
     return defense, defense.key_type.from_files(mk_path, vk_path)
 
 
@@ -81,9 +83,13 @@ def mark(
     ledger: Ledger,
     seed: int = 0,
     progress: Reporter = silent,
+    params: dict[str, Any] | None = None,
 ) -> Path:
-    """Train a marked model of ``protocol`` with the key; write it and its model card."""
-    defense, key = load_key(mk_path, vk_path)
+    """Train a marked model of ``protocol`` with the key; write it and its model card.
+
+    ``params`` are the scheme's marking parameters (epochs, triggers per batch, ...).
+    """
+    defense, key = load_key(mk_path, vk_path, params)
     if getattr(key, "num_classes", protocol.num_classes) != protocol.num_classes:
         raise ArenaError(
             f"the key has {key.num_classes} classes, protocol {protocol.name!r} has "
