@@ -10,7 +10,6 @@ before the model was first seen.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import struct
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from arena.errors import ArenaError
-from arena.store import default_db_path
+from arena.store import connect, create_tables, default_db_path
 
 EntryKind = Literal["key", "model", "spent"]  # "spent": a revealed trigger subset
 GENESIS = "0" * 64
@@ -91,36 +90,22 @@ class Ledger:
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path else default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with self._connect() as connection:
-                connection.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as error:
-            raise ArenaError(f"ledger {self.path} is unreadable: {error}") from None
-
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        connection.execute("PRAGMA busy_timeout=60000")
-        return connection
+        create_tables(self.path, _SCHEMA, "ledger")
 
     def entries(self) -> list[Entry]:
         """Every entry, after checking the whole chain."""
-        connection = self._connect()
-        try:
+        with connect(self.path) as connection:
             rows = connection.execute(
                 "SELECT position, kind, digest, label, recorded_at, previous, entry_hash "
                 "FROM ledger ORDER BY position"
             ).fetchall()
-        finally:
-            connection.close()
         entries = [Entry(*row) for row in rows]
         _check_chain(entries, self.path)
         return entries
 
     def append(self, kind: EntryKind, digest: str, label: str = "") -> Entry:
         """Append an entry (the same key or model again is not re-recorded)."""
-        connection = self._connect()
-        try:
+        with connect(self.path) as connection:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 rows = connection.execute(
@@ -163,8 +148,6 @@ class Ledger:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
-        finally:
-            connection.close()
 
     def first_seen(self, kind: EntryKind, digest: str) -> Entry | None:
         for entry in self.entries():

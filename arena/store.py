@@ -80,27 +80,38 @@ CREATE INDEX IF NOT EXISTS matches_by_protocol ON matches (protocol, protocol_ve
 """
 
 
+@contextmanager
+def connect(path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection in autocommit mode (callers open their own transactions), WAL
+    journaling and a busy timeout, so concurrent runs can share one file; always closed."""
+    connection = sqlite3.connect(path, timeout=60, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA busy_timeout=60000")
+        yield connection
+    finally:
+        connection.close()
+
+
+def create_tables(path: Path, schema: str, what: str) -> None:
+    """Create ``schema``'s tables in the database at ``path`` if they are missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with connect(path) as connection:
+            connection.executescript(schema)
+    except sqlite3.DatabaseError as error:
+        raise ArenaError(f"{what} {path} is unreadable: {error}") from None
+
+
 class ResultStore:
     """One row per match. Re-running a match replaces its row."""
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path else default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with self._connect() as connection:
-                connection.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as error:
-            raise ArenaError(f"results database {self.path} is unreadable: {error}") from None
+        create_tables(self.path, _SCHEMA, "results database")
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        connection = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA busy_timeout=60000")
-            yield connection
-        finally:
-            connection.close()
+    def _connect(self):
+        return connect(self.path)
 
     def save(self, match_id: str, record: dict[str, Any]) -> None:
         row = (
