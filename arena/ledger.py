@@ -10,6 +10,7 @@ before the model was first seen.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import struct
 import time
 from dataclasses import dataclass
@@ -95,10 +96,13 @@ class Ledger:
     def entries(self) -> list[Entry]:
         """Every entry, after checking the whole chain."""
         with connect(self.path) as connection:
-            rows = connection.execute(
-                "SELECT position, kind, digest, label, recorded_at, previous, entry_hash "
-                "FROM ledger ORDER BY position"
-            ).fetchall()
+            return self._checked_entries(connection)
+
+    def _checked_entries(self, connection: sqlite3.Connection) -> list[Entry]:
+        rows = connection.execute(
+            "SELECT position, kind, digest, label, recorded_at, previous, entry_hash "
+            "FROM ledger ORDER BY position"
+        ).fetchall()
         entries = [Entry(*row) for row in rows]
         _check_chain(entries, self.path)
         return entries
@@ -108,12 +112,7 @@ class Ledger:
         with connect(self.path) as connection:
             connection.execute("BEGIN IMMEDIATE")
             try:
-                rows = connection.execute(
-                    "SELECT position, kind, digest, label, recorded_at, previous, entry_hash "
-                    "FROM ledger ORDER BY position"
-                ).fetchall()
-                entries = [Entry(*row) for row in rows]
-                _check_chain(entries, self.path)
+                entries = self._checked_entries(connection)
                 for entry in entries:
                     if entry.kind == kind and entry.digest == digest:
                         connection.execute("ROLLBACK")
