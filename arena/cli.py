@@ -341,12 +341,52 @@ def mark(
 
 
 @app.command()
+def prove(
+    mk: Annotated[Path, typer.Option(help="marking key (secret)")],
+    out: Annotated[Path, typer.Option(help="proof file to publish")],
+    vk: Annotated[
+        Path | None, typer.Option(help="verification key [default: vk.json beside mk]")
+    ] = None,
+    subset: Annotated[
+        int | None, typer.Option(help="trigger subset to reveal [default: first unrevealed]")
+    ] = None,
+    ledger: LedgerOption = None,
+) -> None:
+    """Reveal one trigger subset as a public proof that anyone with vk can check."""
+    from arena import ownership
+    from arena.keys import write_json_atomic
+    from arena.ledger import Ledger
+
+    proof = ownership.prove(mk, vk or mk.with_name("vk.json"), Ledger(ledger), subset)
+    write_json_atomic(out, proof)
+    stdout.print(
+        f"wrote {out}: the openings of subset {proof['subset']} "
+        f"({len(proof['openings'])} triggers), now spent"
+    )
+
+
+@app.command()
 def verify(
     model: Annotated[Path, typer.Option(help="suspect model (.safetensors or a state dict)")],
     vk: Annotated[Path, typer.Option(help="verification key")],
-    mk: Annotated[Path, typer.Option(help="marking key: opened and revealed to the verifier")],
+    mk: Annotated[
+        Path | None,
+        typer.Option(help="marking key: opened and revealed to the verifier (private mode)"),
+    ] = None,
+    public: Annotated[
+        bool,
+        typer.Option(
+            "--public",
+            help="cut-and-choose public verification: reveals one subset, checks its labels "
+            "against clean reference models",
+        ),
+    ] = False,
+    proof: Annotated[
+        Path | None,
+        typer.Option(help="public mode: the owner's proof (arena prove); made from mk if absent"),
+    ] = None,
     protocol: Annotated[
-        str, typer.Option(help="protocol: input shape, classes, alpha")
+        str, typer.Option(help="protocol: input shape, classes, alpha, calibration")
     ] = "mnist5k",
     arch: Annotated[
         str | None, typer.Option(help="timm model when no model card is beside it")
@@ -358,35 +398,109 @@ def verify(
         int | None, typer.Option(help="trigger subset to reveal [default: first unrevealed]")
     ] = None,
     ledger: LedgerOption = None,
+    cache_dir: CacheOption = None,
 ) -> None:
     """Verify ownership of a model: exit 0 verified, 1 not verified, 2 bad input."""
     from arena import ownership
+    from arena.keys import read_json
     from arena.ledger import Ledger
 
-    claim = ownership.verify(model, mk, vk, get_protocol(protocol), Ledger(ledger), arch, subset)
+    book = Ledger(ledger)
+    chosen = get_protocol(protocol)
+    if not public:
+        if mk is None:
+            raise ArenaError("private verification opens the marking key: pass --mk (or --public)")
+        claim = ownership.verify(model, mk, vk, chosen, book, arch, subset)
+    else:
+        if proof is not None and mk is None:
+            published = read_json(proof)
+        else:
+            mk = mk or vk.with_name("mk.json")
+            if not mk.exists():
+                raise ArenaError(
+                    "public verification needs the owner's proof (--proof, made by arena prove) "
+                    f"or the marking key to make one (--mk); {mk} does not exist"
+                )
+            published = ownership.prove(mk, vk, book, subset)
+            stderr.print(f"proof made from {mk}: subset {published['subset']} revealed")
+        claim = ownership.verify_public(
+            model, vk, published, chosen, book, ArtifactCache(cache_dir), arch
+        )
     record = claim.to_dict()
     if as_json:
         sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
     else:
-        evidence = record["evidence"]
-        verdict = "[green]VERIFIED[/]" if claim.verified else "[red]NOT VERIFIED[/]"
-        stdout.print(
-            f"{verdict}: {evidence['successes']} of {evidence['trials']} triggers "
-            f"answered with their committed labels (needs {evidence['required_successes']})"
-        )
-        stdout.print(
-            f"null p {evidence['null_p']:.3g} ({claim.null_p_source}); p-value "
-            f"{evidence['p_value']:.2e}; alpha {evidence['alpha']:g}"
-        )
-        stdout.print(f"scheme {claim.scheme}; triggers opened: {claim.triggers_opened}")
-        registered = record["key_registered_at"]
-        registered = f"registered {registered}" if registered else "never registered"
-        stdout.print(
-            f"ledger: key {registered}; model first seen "
-            f"{record['model_first_seen_at']}; key registered before the model was "
-            f"first seen: {'yes' if claim.registered_before_seen else 'NO'}"
-        )
+        _print_claim(claim, record)
     raise typer.Exit(0 if claim.verified else 1)
+
+
+def _print_claim(claim: Any, record: dict[str, Any]) -> None:
+    evidence = record["evidence"]
+    verdict = "[green]VERIFIED[/]" if claim.verified else "[red]NOT VERIFIED[/]"
+    if claim.label_check is not None:
+        stdout.print(f"label check: {claim.label_check.summary()}", highlight=False)
+    stdout.print(
+        f"{verdict}: {evidence['successes']} of {evidence['trials']} triggers "
+        f"answered with their committed labels (needs {evidence['required_successes']})"
+    )
+    stdout.print(
+        f"null p {evidence['null_p']:.3g} ({record['null_p_source']}); p-value "
+        f"{evidence['p_value']:.2e}; alpha {evidence['alpha']:g}",
+        highlight=False,
+    )
+    stdout.print(f"scheme {claim.scheme}; triggers opened: {claim.triggers_opened}")
+    registered = record["key_registered_at"]
+    registered = f"registered {registered}" if registered else "never registered"
+    stdout.print(
+        f"ledger: key {registered}; model first seen "
+        f"{record['model_first_seen_at']}; key registered before the model was "
+        f"first seen: {'yes' if claim.registered_before_seen else 'NO'}"
+    )
+
+
+@app.command()
+def calibrate(
+    protocol: Annotated[str, typer.Option(help="protocol to calibrate")] = "mnist5k",
+    defense: Annotated[str, typer.Option(help="scheme whose keys are sampled")] = "backdoor-wm",
+    models: Annotated[int, typer.Option(help="clean models for the null")] = 20,
+    held_out: Annotated[
+        int, typer.Option(help="further clean models for the false-positive rate")
+    ] = 10,
+    keys: Annotated[int, typer.Option(help="fresh keys per calibration model")] = 50,
+    held_out_keys: Annotated[int, typer.Option(help="fresh keys per held-out model")] = 100,
+    arch: Annotated[
+        list[str] | None,
+        typer.Option(help="timm architectures, round robin [default: the protocol's]"),
+    ] = None,
+    confidence: Annotated[float, typer.Option(help="Clopper-Pearson confidence")] = 0.99,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the JSON record on stdout")
+    ] = False,
+    db: DbOption = None,
+    cache_dir: CacheOption = None,
+) -> None:
+    """Measure the null agreement of clean models and the false-positive rate."""
+    from arena.calibration import calibrate as run_calibration
+
+    record = run_calibration(
+        get_protocol(protocol),
+        defense,
+        models=models,
+        held_out=held_out,
+        keys=keys,
+        held_out_keys=held_out_keys,
+        confidence=confidence,
+        architectures=tuple(arch or ()),
+        db=db,
+        cache=ArtifactCache(cache_dir),
+        progress=RichReporter(stderr),
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
+        return
+    from arena.calibration import to_markdown
+
+    sys.stdout.write(to_markdown(record) + "\n")
 
 
 def main() -> None:

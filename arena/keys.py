@@ -17,6 +17,7 @@ import os
 import secrets
 import struct
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,23 @@ class VerificationKey:
     def subset_size(self) -> int:
         return len(self.image_commitments) // self.subsets
 
+    def subset_indices(self, index: int) -> range:
+        """The positions of subset ``index``'s triggers."""
+        if not 0 <= index < self.subsets:
+            raise ArenaError(
+                f"subset {index} does not exist; the key has {self.subsets} (0-{self.subsets - 1})"
+            )
+        return range(index * self.subset_size, (index + 1) * self.subset_size)
+
+    def select(self, indices: Sequence[int]) -> VerificationKey:
+        """The commitments at ``indices`` as a single-subset key of their own."""
+        return dataclasses.replace(
+            self,
+            image_commitments=tuple(self.image_commitments[i] for i in indices),
+            label_commitments=tuple(self.label_commitments[i] for i in indices),
+            subsets=1,
+        )
+
     @property
     def fingerprint(self) -> str:
         """SHA-256 of the canonical JSON of this key: its public identity."""
@@ -235,22 +253,18 @@ class TriggerKey(Key):
 
     def subset(self, index: int) -> TriggerKey:
         """Subset ``index`` of a multiple-verification key, as a key of its own."""
-        if not 0 <= index < self.vk.subsets:
-            raise ArenaError(f"subset {index} does not exist; the key has {self.vk.subsets}")
-        part = slice(index * self.vk.subset_size, (index + 1) * self.vk.subset_size)
-        vk = dataclasses.replace(
-            self.vk,
-            image_commitments=self.vk.image_commitments[part],
-            label_commitments=self.vk.label_commitments[part],
-            subsets=1,
-        )
+        return self.select(self.vk.subset_indices(index))
+
+    def select(self, indices: Sequence[int]) -> TriggerKey:
+        """The triggers at ``indices`` (with their commitments) as a key of its own."""
+        indices = list(indices)
         return dataclasses.replace(
             self,
-            images=self.images[part],
-            labels=self.labels[part],
-            image_nonces=self.image_nonces[part],
-            label_nonces=self.label_nonces[part],
-            vk=vk,
+            images=self.images[indices],
+            labels=self.labels[indices],
+            image_nonces=tuple(self.image_nonces[i] for i in indices),
+            label_nonces=tuple(self.label_nonces[i] for i in indices),
+            vk=self.vk.select(indices),
         )
 
     def __len__(self) -> int:

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from arena import __version__
+from arena.calibration import CalibrationStore, measure
+from arena.clean import artifact_base, clean_model
 from arena.context import Context, default_device
 from arena.models import clone_model, head_state, load_head_state
 from arena.plugin import Attack, Defense, Key
@@ -27,7 +29,7 @@ from arena.protocols import Protocol, get_protocol
 from arena.registry import attacks, defenses
 from arena.stats import Evidence, clopper_pearson
 from arena.store import ArtifactCache, ResultStore, content_hash
-from arena.training import accuracy, train
+from arena.training import accuracy
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def run_match(
     cached: dict[str, bool] = {}
 
     # Every artifact is named by what determines it, so all names are known up front.
-    base = {"protocol": protocol.fingerprint, "seed": spec.seed, "arena": __version__}
+    base = artifact_base(protocol, spec.seed)
     clean_folder = cache.folder("clean", base)
     with timer("keygen"):
         key_spec = {
@@ -115,12 +117,21 @@ def run_match(
     attacked_folder = cache.folder("attacked", attacked_spec)
     match_id = content_hash(attacked_spec)
 
+    # The verification null: the protocol's calibration for this scheme, if it has one.
+    null = CalibrationStore(store.path).null(get_protocol(spec.protocol), defense.name)
+
     finished = store.get(match_id)
-    if finished is not None and all(
-        cache.check(folder) is not None for folder in (clean_folder, marked_folder, attacked_folder)
+    if (
+        finished is not None
+        and finished.get("null", {}).get("calibration") == null.calibration
+        and all(
+            cache.check(folder) is not None
+            for folder in (clean_folder, marked_folder, attacked_folder)
+        )
     ):
-        # A finished match: its key opened and every model file is intact, so the stored
-        # measurements of exactly these artifacts stand.
+        # A finished match: its key opened, every model file is intact and its null is
+        # still the current one, so the stored measurements of exactly these artifacts
+        # stand. A newer calibration re-measures (the models come from the cache).
         finished["cached"] = {phase: True for phase in finished["cached"]}
         finished["replay_seconds"] = time.perf_counter() - started
         return finished
@@ -129,12 +140,7 @@ def run_match(
         splits = ctx.splits
 
     with timer("clean"):
-        clean, _, cached["clean"] = cache.model(
-            clean_folder,
-            build=ctx.owner_model,
-            train=lambda model: train_clean(model, ctx),
-            spec=base,
-        )
+        clean, _, cached["clean"] = clean_model(ctx, cache)
 
     with timer("mark"):
 
@@ -153,8 +159,8 @@ def run_match(
     with timer("verify"):
         clean_acc = accuracy(clean, splits.test.images, splits.test.labels, ctx.device)
         marked_acc = accuracy(marked, splits.test.images, splits.test.labels, ctx.device)
-        clean_evidence = defense.evidence(clean, key, ctx)
-        marked_evidence = defense.evidence(marked, key, ctx)
+        clean_evidence = measure(defense, clean, key, ctx, null)
+        marked_evidence = measure(defense, marked, key, ctx, null)
 
     with timer("attack"):
 
@@ -176,13 +182,13 @@ def run_match(
 
     with timer("verify"):
         attacked_acc = accuracy(attacked, splits.test.images, splits.test.labels, ctx.device)
-        attacked_evidence = defense.evidence(attacked, key, ctx)
+        attacked_evidence = measure(defense, attacked, key, ctx, null)
         owner_head_evidence = None
         if attack_meta.get("replaced_head"):
             # The seed paper's RTLL/RTAL verification: put the owner's output layer back.
             restored = clone_model(attacked)
             load_head_state(restored, head_state(marked))
-            owner_head_evidence = defense.evidence(restored, key, ctx)
+            owner_head_evidence = measure(defense, restored, key, ctx, null)
 
     outcome = score_removal(protocol, marked_acc, marked_evidence, attacked_acc, attacked_evidence)
     test_size = len(splits.test)
@@ -199,6 +205,7 @@ def run_match(
         "threat": attack.threat,
         "threat_model": attack.threat_model(ctx).to_dict(),
         "seed": spec.seed,
+        "null": null.to_dict(),
         "clean": _model_record(clean_acc, test_size, clean_evidence),
         "marked": _model_record(marked_acc, test_size, marked_evidence),
         "attacked": {
@@ -226,23 +233,6 @@ def run_match(
     record["seconds"]["total"] = sum(timer.seconds.values())
     store.save(match_id, record)
     return record
-
-
-def train_clean(model: nn.Module, ctx: Context) -> dict[str, Any]:
-    """Train the owner's clean model: the protocol's budget on the owner's split."""
-    splits = ctx.splits
-    report = train(
-        model,
-        splits.owner.images,
-        splits.owner.labels,
-        ctx.protocol.training,
-        device=ctx.device,
-        generator=ctx.owner_generator(),
-        description="clean model",
-        progress=ctx.progress,
-        augment=ctx.protocol.augment,
-    )
-    return {"train_seconds": report.seconds, "steps": report.steps}
 
 
 def _key(

@@ -9,6 +9,7 @@ can rebuild the architecture; verification also reads a plain state dict saved w
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,18 +20,20 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from arena.calibration import CalibrationStore, Null, measure, reference_models
+from arena.clean import train_clean
 from arena.context import Context, default_device
 from arena.errors import ArenaError, ArtifactError
-from arena.keys import read_json, write_json_atomic
+from arena.keys import TriggerKey, VerificationKey, read_json, write_json_atomic
 from arena.ledger import Entry, Ledger, model_fingerprint
-from arena.match import train_clean
 from arena.models import create_model
 from arena.plugin import Defense, Key
 from arena.progress import Reporter, silent
 from arena.protocols import Protocol
+from arena.public import LabelCheck, label_check, make_proof, open_proof, split_opened
 from arena.registry import defenses
 from arena.stats import Evidence
-from arena.store import load_model_file
+from arena.store import ArtifactCache, load_model_file
 
 MODEL_CARD_FORMAT = "arena-model/1"
 
@@ -69,8 +72,6 @@ def load_key(
 
 def register_key(vk_path: Path, ledger: Ledger) -> Entry:
     """Record the verification key's commitment (its fingerprint) with a timestamp."""
-    from arena.keys import VerificationKey
-
     vk = VerificationKey.from_dict(read_json(vk_path), source=str(vk_path))
     return ledger.append("key", vk.fingerprint, label=str(vk_path))
 
@@ -165,11 +166,12 @@ class Claim:
 
     scheme: str
     evidence: Evidence
-    null_p_source: str
+    null: Null
     triggers_opened: str
     model_fingerprint: str
     key_registered_at: float | None
     model_first_seen_at: float
+    label_check: LabelCheck | None = None  # public verification only
 
     @property
     def registered_before_seen(self) -> bool:
@@ -179,13 +181,16 @@ class Claim:
 
     @property
     def verified(self) -> bool:
-        return self.evidence.verified
+        well_formed = self.label_check is None or self.label_check.passed
+        return well_formed and self.evidence.verified
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "scheme": self.scheme,
             "evidence": self.evidence.to_dict(),
-            "null_p_source": self.null_p_source,
+            "null_p_source": self.null.source,
+            "calibration": self.null.calibration,
+            "label_check": self.label_check.to_dict() if self.label_check else None,
             "triggers_opened": self.triggers_opened,
             "model_fingerprint": self.model_fingerprint,
             "key_registered_at": _iso(self.key_registered_at),
@@ -211,25 +216,89 @@ def verify(
     is refused, so the subsets not yet revealed stay secret for later verifications.
     """
     defense, key = load_key(mk_path, vk_path)
-    model = load_model(model_path, protocol, architecture).to(default_device())
     subsets = getattr(getattr(key, "vk", None), "subsets", 1)
     opened, revealed = key, "all {n} (a single-subset key)"
     if subsets > 1:
         index = _unspent_subset(ledger, key.fingerprint, subsets, subset)
         opened = key.subset(index)
         revealed = f"subset {index} of {subsets} ({{n}} triggers)"
-    fingerprint = model_fingerprint(model)
-    seen = ledger.append("model", fingerprint, label=str(model_path))  # first sight if new
-    registered = ledger.first_seen("key", key.fingerprint)
-    ctx = Context(protocol=protocol)
-    evidence = defense.evidence(model, opened, ctx)
+    claim = _claim(defense, key.fingerprint, opened, model_path, protocol, ledger, architecture)
     if subsets > 1:
         ledger.append("spent", f"{key.fingerprint}:{index}", label=str(model_path))
+    return dataclasses.replace(claim, triggers_opened=revealed.format(n=claim.evidence.trials))
+
+
+def prove(mk_path: Path, vk_path: Path, ledger: Ledger, subset: int | None = None) -> dict:
+    """The owner's public proof: the openings of one unrevealed subset, recorded as spent.
+
+    Anyone holding ``vk`` checks it with ``verify_public``; the other subsets stay secret.
+    """
+    _, key = load_key(mk_path, vk_path)
+    if not isinstance(key, TriggerKey):
+        raise ArenaError(f"public verification needs a trigger-set key, not {key.scheme!r}")
+    index = _unspent_subset(ledger, key.fingerprint, key.vk.subsets, subset)
+    proof = make_proof(key, index)
+    ledger.append("spent", f"{key.fingerprint}:{index}", label="public proof")
+    return proof
+
+
+def verify_public(
+    model_path: Path,
+    vk_path: Path,
+    proof: dict[str, Any],
+    protocol: Protocol,
+    ledger: Ledger,
+    cache: ArtifactCache | None = None,
+    architecture: str | None = None,
+) -> Claim:
+    """Check a public proof against ``vk`` alone: cut-and-choose with a Fiat-Shamir challenge.
+
+    The proof must open one whole subset. Its challenged half goes to the label check
+    against the protocol's clean reference models (those of its calibration); the other
+    half decides the verdict on the model. See ``arena.public`` for what is and is not
+    implemented of the seed paper's zero-knowledge construction.
+    """
+    vk = VerificationKey.from_dict(read_json(vk_path), source=str(vk_path))
+    defense: Defense = defenses.get(vk.scheme)()
+    opened = open_proof(proof, vk)
+    subset = int(proof["subset"])
+    checked, deciding = split_opened(opened, vk, subset)
+    references = reference_models(protocol, defense.name, CalibrationStore(ledger.path), cache)
+    device = default_device()
+    check = label_check(checked.images, checked.labels, references, protocol, device)
+    claim = _claim(defense, vk.fingerprint, deciding, model_path, protocol, ledger, architecture)
+    return dataclasses.replace(
+        claim,
+        label_check=check,
+        triggers_opened=(
+            f"subset {subset} of {vk.subsets}: {len(checked)} challenged for the label check, "
+            f"{len(deciding)} decide the verdict"
+        ),
+    )
+
+
+def _claim(
+    defense: Defense,
+    key_fingerprint: str,
+    opened: Key,
+    model_path: Path,
+    protocol: Protocol,
+    ledger: Ledger,
+    architecture: str | None,
+) -> Claim:
+    """Query the model on the opened triggers, test against the protocol's null, and
+    read the ledger: the part private and public verification share."""
+    model = load_model(model_path, protocol, architecture).to(default_device())
+    fingerprint = model_fingerprint(model)
+    seen = ledger.append("model", fingerprint, label=str(model_path))  # first sight if new
+    registered = ledger.first_seen("key", key_fingerprint)
+    null = CalibrationStore(ledger.path).null(protocol, defense.name)
+    evidence = measure(defense, model, opened, Context(protocol=protocol), null)
     return Claim(
         scheme=defense.name,
         evidence=evidence,
-        null_p_source=f"1/|L| = 1/{protocol.num_classes} (no calibration for this protocol)",
-        triggers_opened=revealed.format(n=evidence.trials),
+        null=null,
+        triggers_opened="",
         model_fingerprint=fingerprint,
         key_registered_at=registered.recorded_at if registered else None,
         model_first_seen_at=seen.recorded_at,

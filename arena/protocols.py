@@ -42,10 +42,16 @@ class Protocol:
     alpha: float = 1e-3
     delta: float = 0.05  # largest test-accuracy drop an attack may cost and still win
     augment: Augment = "none"
+    # timm architectures of the clean reference models that ``arena calibrate`` trains
+    # (round robin). They shape the calibration, not a match's models, so they stay out
+    # of the fingerprint.
+    reference_models: tuple[str, ...] = ()
 
     @property
     def fingerprint(self) -> str:
-        canonical = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        fields = dataclasses.asdict(self)
+        del fields["reference_models"]
+        canonical = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
@@ -86,6 +92,7 @@ PROTOCOLS: dict[str, Protocol] = {
             trigger_size=20,
             triggers_per_batch=5,
             alpha=0.01,
+            reference_models=("test_resnet.r160_in1k", "test_efficientnet.r160_in1k"),
         ),
         Protocol(
             name="mnist5k",
@@ -108,6 +115,7 @@ PROTOCOLS: dict[str, Protocol] = {
             trigger_size=100,
             triggers_per_batch=14,
             augment="shift",
+            reference_models=("resnet18", "regnetx_002", "mobilenetv3_small_100"),
         ),
         Protocol(
             name="cifar10",
@@ -130,6 +138,7 @@ PROTOCOLS: dict[str, Protocol] = {
             trigger_size=100,
             triggers_per_batch=2,
             augment="shift-flip",
+            reference_models=("resnet18", "regnetx_002", "mobilenetv3_small_100"),
         ),
     )
 }

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
+from arena.clean import train_clean
 from arena.context import Context, default_device
-from arena.match import train_clean
 from arena.progress import Reporter, RichReporter, silent
 from arena.protocols import PROTOCOLS, get_protocol
 

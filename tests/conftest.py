@@ -54,3 +54,26 @@ def store(tmp_path: Path) -> ResultStore:
 @pytest.fixture
 def cache(tmp_path: Path) -> ArtifactCache:
     return ArtifactCache(tmp_path / "cache")
+
+
+@pytest.fixture(scope="session")
+def smoke_calibration(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A small calibration of ``backdoor-wm`` on ``smoke``: 3 + 2 reference models of two
+    architectures, trained once for the session. Returns its database, cache and record."""
+    from arena.calibration import calibrate
+    from arena.protocols import get_protocol
+
+    root = tmp_path_factory.mktemp("calibration")
+    cache = ArtifactCache(root / "cache")
+    record = calibrate(
+        get_protocol("smoke"),
+        "backdoor-wm",
+        models=3,
+        held_out=2,
+        keys=5,
+        held_out_keys=10,
+        in_distribution_keys=3,
+        db=root / "results.sqlite",
+        cache=cache,
+    )
+    return {"db": root / "results.sqlite", "cache": cache, "record": record, "root": root}

@@ -1,0 +1,54 @@
+"""The owner's clean model: the protocol's training budget on the owner's split.
+
+Trained once per protocol, architecture and seed and kept in the artifact cache; a
+match's clean model, a pretrained scheme's starting point and calibration's reference
+models are all this model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from arena import __version__
+from arena.context import Context
+from arena.protocols import Protocol
+from arena.store import ArtifactCache
+from arena.training import train
+
+
+def artifact_base(protocol: Protocol, seed: int) -> dict[str, Any]:
+    """What every artifact of a match depends on: the protocol, the seed, the code."""
+    return {"protocol": protocol.fingerprint, "seed": seed, "arena": __version__}
+
+
+def clean_model(ctx: Context, cache: ArtifactCache) -> tuple[nn.Module, dict[str, Any], bool]:
+    """The owner's clean model of ``ctx``'s protocol and seed, trained once and cached.
+
+    Returns the model, its cache metadata and whether it came from the cache.
+    """
+    base = artifact_base(ctx.protocol, ctx.seed)
+    return cache.model(
+        cache.folder("clean", base),
+        build=ctx.owner_model,
+        train=lambda model: train_clean(model, ctx),
+        spec=base,
+    )
+
+
+def train_clean(model: nn.Module, ctx: Context) -> dict[str, Any]:
+    """Train the owner's clean model: the protocol's budget on the owner's split."""
+    splits = ctx.splits
+    report = train(
+        model,
+        splits.owner.images,
+        splits.owner.labels,
+        ctx.protocol.training,
+        device=ctx.device,
+        generator=ctx.owner_generator(),
+        description="clean model",
+        progress=ctx.progress,
+        augment=ctx.protocol.augment,
+    )
+    return {"train_seconds": report.seconds, "steps": report.steps}
