@@ -313,9 +313,19 @@ def mark(
     key: Annotated[Path, typer.Option(help="marking key mk.json (vk.json beside it)")],
     out: Annotated[Path, typer.Option(help="marked model file (.safetensors)")],
     data: Annotated[
-        str, typer.Option("--data", "--protocol", help="protocol: data and budget")
+        str,
+        typer.Option(
+            "--data", "--protocol", help="a protocol, or an image folder with a subfolder per class"
+        ),
+    ] = "mnist5k",
+    like: Annotated[
+        str, typer.Option(help="with an image folder: the protocol whose size and budgets apply")
     ] = "mnist5k",
     model: Annotated[str | None, typer.Option(help="timm model [default: protocol's]")] = None,
+    start_from: Annotated[
+        Path | None,
+        typer.Option("--from", help="your trained model file: mark it instead of a fresh model"),
+    ] = None,
     seed: Annotated[int, typer.Option(help="training seed")] = 0,
     defense_param: Annotated[
         list[str] | None, typer.Option("--defense-param", "-D", help="marking parameter name=value")
@@ -324,9 +334,13 @@ def mark(
 ) -> None:
     """Train a watermarked model with your key and record its fingerprint."""
     from arena import ownership
+    from arena.data import folder_protocol
     from arena.ledger import Ledger
 
-    chosen = get_protocol(data).with_model(model)
+    if Path(data).is_dir():
+        chosen = folder_protocol(Path(data), get_protocol(like)).with_model(model)
+    else:
+        chosen = get_protocol(data).with_model(model)
     path = ownership.mark(
         key,
         key.with_name("vk.json"),
@@ -336,6 +350,7 @@ def mark(
         seed,
         RichReporter(stderr),
         _parse_assignments(defense_param, "--defense-param"),
+        start_from,
     )
     stdout.print(f"wrote {path} and {ownership.card_path(path)}")
 

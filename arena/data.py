@@ -9,6 +9,7 @@ is scored on the same test images.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from arena.errors import ArenaError, UnknownNameError
+from arena.keys import load_image_folder
 from arena.protocols import Protocol
 
 
@@ -138,9 +140,50 @@ def load_splits(protocol: Protocol) -> Splits:
     return _cached_splits(protocol)
 
 
+FOLDER_PREFIX = "folder:"
+
+
+def load_folder_dataset(folder: Path, size: int, channels: int) -> RawDataset:
+    """A user's image folder with one subfolder per class (torchvision's ImageFolder
+    layout); class i is the i-th subfolder in sorted order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArenaError(f"data folder {folder} does not exist")
+    classes = sorted(path for path in folder.iterdir() if path.is_dir())
+    if len(classes) < 2:
+        raise ArenaError(
+            f"data folder {folder} needs one subfolder of images per class (at least two)"
+        )
+    parts = [load_image_folder(path, size, channels, what="image") for path in classes]
+    labels = np.concatenate([np.full(len(part), index) for index, part in enumerate(parts)])
+    return np.concatenate(parts), labels.astype(np.int64)
+
+
+def folder_protocol(folder: Path, like: Protocol, test_fraction: float = 0.1) -> Protocol:
+    """A protocol for the owner's own image folder: ``like``'s input size, channels and
+    budgets; every image is the owner's, less a seeded test fraction for accuracy."""
+    folder = Path(folder).resolve()
+    _, labels = load_folder_dataset(folder, 4, like.channels)  # counts only: tiny images
+    test_size = max(1, round(len(labels) * test_fraction))
+    return dataclasses.replace(
+        like,
+        name=f"{FOLDER_PREFIX}{folder.name}",
+        description=f"the image folder {folder} with {like.name}'s budgets",
+        dataset=f"{FOLDER_PREFIX}{folder}",
+        num_classes=int(labels.max()) + 1,
+        owner_size=len(labels) - test_size,
+        attacker_size=0,
+        test_size=test_size,
+    )
+
+
 @functools.lru_cache(maxsize=4)
 def _cached_splits(protocol: Protocol) -> Splits:
-    images, labels = load_raw(protocol.dataset)
+    if protocol.dataset.startswith(FOLDER_PREFIX):
+        folder = Path(protocol.dataset[len(FOLDER_PREFIX) :])
+        images, labels = load_folder_dataset(folder, protocol.image_size, protocol.channels)
+    else:
+        images, labels = load_raw(protocol.dataset)
     needed = protocol.owner_size + protocol.attacker_size + protocol.test_size
     if needed > len(labels):
         raise ArenaError(

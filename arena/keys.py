@@ -96,13 +96,15 @@ def _abstract_image(size: int, channels: int, rng: np.random.Generator) -> np.nd
     return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
-def load_image_folder(folder: Path, size: int, channels: int) -> np.ndarray:
-    """A user's own trigger images (PNG, JPEG, ...), resized to the protocol's input."""
+def load_image_folder(
+    folder: Path, size: int, channels: int, what: str = "trigger image"
+) -> np.ndarray:
+    """A user's own images (PNG, JPEG, ...), resized to the protocol's input."""
     from PIL import Image
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise ArenaError(f"trigger image folder {folder} does not exist")
+        raise ArenaError(f"{what} folder {folder} does not exist")
     suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
     files = sorted(path for path in folder.iterdir() if path.suffix.lower() in suffixes)
     if not files:
@@ -114,7 +116,7 @@ def load_image_folder(folder: Path, size: int, channels: int) -> np.ndarray:
             with Image.open(path) as opened:
                 picture = opened.convert(mode).resize((size, size), Image.BILINEAR)
         except Exception as error:
-            raise ArenaError(f"cannot read trigger image {path}: {error}") from None
+            raise ArenaError(f"cannot read {what} {path}: {error}") from None
         array = np.asarray(picture, dtype=np.uint8)
         images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
     return np.stack(images)

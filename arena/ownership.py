@@ -85,10 +85,13 @@ def mark(
     seed: int = 0,
     progress: Reporter = silent,
     params: dict[str, Any] | None = None,
+    start_from: Path | None = None,
 ) -> Path:
     """Train a marked model of ``protocol`` with the key; write it and its model card.
 
     ``params`` are the scheme's marking parameters (epochs, triggers per batch, ...).
+    ``start_from`` is the owner's own trained model file (safetensors or a state dict):
+    the scheme's Mark continues training it instead of a fresh model.
     """
     defense, key = load_key(mk_path, vk_path, params)
     if getattr(key, "num_classes", protocol.num_classes) != protocol.num_classes:
@@ -97,9 +100,12 @@ def mark(
             f"{protocol.num_classes}"
         )
     ctx = Context(protocol=protocol, seed=seed, progress=progress)
-    model = ctx.owner_model()
-    if defense.starts_from == "clean":
-        train_clean(model, ctx)
+    if start_from is not None:
+        model = load_model(start_from, protocol).to(ctx.device)
+    else:
+        model = ctx.owner_model()
+        if defense.starts_from == "clean":
+            train_clean(model, ctx)
     model = defense.mark(model, key, ctx)
     save_model(model, out_path, protocol)
     ledger.append("model", model_fingerprint(model), label=str(out_path))

@@ -200,3 +200,69 @@ def test_verify_exit_codes(vendor, tmp_path):
         home=tmp_path,
     )
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_mark_continues_training_a_users_own_model_file(vendor, tmp_path):
+    """``--from``: the vendor's marked model is marked again with a second key; both keys
+    then verify on it (the seed paper's pretrained procedure on a file the user gives)."""
+    root, ledger, model_path = vendor
+    ownership.keygen("backdoor-wm", SMOKE, tmp_path / "second", seed=11)
+    second = tmp_path / "second"
+    remarked = ownership.mark(
+        second / "mk.json",
+        second / "vk.json",
+        SMOKE,
+        tmp_path / "remarked.safetensors",
+        ledger,
+        params={"epochs": 3, "lr": 0.02, "triggers_per_batch": 10},
+        start_from=model_path,
+    )
+    assert ownership.verify(
+        remarked, second / "mk.json", second / "vk.json", SMOKE, ledger
+    ).verified
+    assert _verify(root, ledger, remarked).verified  # training went on from the marked weights
+
+
+def _write_class_folders(root, classes=3, per_class=40, size=20):
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for label in range(classes):
+        folder = root / f"class_{label}"
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            picture = torch.rand(size, size, generator=rng) * 60
+            picture[:, label * 6 : label * 6 + 6] += 180  # a bar whose place is the class
+            Image.fromarray(picture.clamp(0, 255).byte().numpy()).save(folder / f"{index}.png")
+
+
+def test_mark_and_verify_on_an_image_folder(tmp_path):
+    from arena.data import folder_protocol, load_splits
+
+    _write_class_folders(tmp_path / "data")
+    protocol = folder_protocol(tmp_path / "data", SMOKE)
+    assert (protocol.num_classes, protocol.owner_size, protocol.test_size) == (3, 108, 12)
+    splits = load_splits(protocol)
+    assert splits.owner.images.shape[1:] == (1, 16, 16) and len(splits.attacker) == 0
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ownership.keygen("backdoor-wm", protocol, tmp_path / "keys", seed=1)
+    keys = tmp_path / "keys"
+    marked = ownership.mark(
+        keys / "mk.json",
+        keys / "vk.json",
+        protocol,
+        tmp_path / "folder.safetensors",
+        ledger,
+        params={"epochs": 30, "triggers_per_batch": 10},
+    )
+    assert json.loads(ownership.card_path(marked).read_text())["num_classes"] == 3
+    claim = ownership.verify(marked, keys / "mk.json", keys / "vk.json", protocol, ledger)
+    assert claim.evidence.null_p == pytest.approx(1 / 3) and claim.verified
+
+
+def test_an_image_folder_without_class_subfolders_is_refused(tmp_path):
+    from arena.data import folder_protocol
+
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(ArenaError, match="one subfolder of images per class"):
+        folder_protocol(tmp_path / "flat", SMOKE)
