@@ -413,19 +413,28 @@ def verify(
         int | None, typer.Option(help="trigger subset to reveal [default: first unrevealed]")
     ] = None,
     ledger: LedgerOption = None,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db",
+            help="results database with the calibrations [default: $ARENA_HOME/results.sqlite]",
+        ),
+    ] = None,
     cache_dir: CacheOption = None,
 ) -> None:
     """Verify ownership of a model: exit 0 verified, 1 not verified, 2 bad input."""
     from arena import ownership
+    from arena.calibration import CalibrationStore
     from arena.keys import read_json
     from arena.ledger import Ledger
 
     book = Ledger(ledger)
+    calibrations = CalibrationStore(db)
     chosen = get_protocol(protocol)
     if not public:
         if mk is None:
             raise ArenaError("private verification opens the marking key: pass --mk (or --public)")
-        claim = ownership.verify(model, mk, vk, chosen, book, arch, subset)
+        claim = ownership.verify(model, mk, vk, chosen, book, arch, subset, calibrations)
     else:
         if proof is not None and mk is None:
             published = read_json(proof)
@@ -439,7 +448,7 @@ def verify(
             published = ownership.prove(mk, vk, book, subset)
             stderr.print(f"proof made from {mk}: subset {published['subset']} revealed")
         claim = ownership.verify_public(
-            model, vk, published, chosen, book, ArtifactCache(cache_dir), arch
+            model, vk, published, chosen, book, calibrations, ArtifactCache(cache_dir), arch
         )
     record = claim.to_dict()
     if as_json:

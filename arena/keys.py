@@ -343,6 +343,10 @@ class TriggerKey(Key):
         return cls.from_files(directory / "mk.json", directory / "vk.json")
 
     @classmethod
+    def public_fingerprint(cls, vk_path: Path) -> str:
+        return VerificationKey.from_dict(read_json(vk_path), source=str(vk_path)).fingerprint
+
+    @classmethod
     def from_files(cls, mk_path: Path, vk_path: Path) -> TriggerKey:
         """Read both files and open every commitment; tampering fails here."""
         vk = VerificationKey.from_dict(read_json(vk_path), source=str(vk_path))

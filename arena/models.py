@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 
 import torch
 from torch import nn
@@ -70,3 +71,69 @@ def reinitialize_head(model: nn.Module, generator_seed: int) -> None:
 
 def clone_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
+
+
+# --- layers by module path -----------------------------------------------------------
+
+
+def find_layer(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at the module path ``path`` (e.g. ``layer3.1.conv2``).
+
+    A path the model lacks is an ``ArenaError`` naming the closest paths it has.
+    """
+    if path:
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            pass
+    paths = [name for name, _ in model.named_modules() if name]
+    close = difflib.get_close_matches(path, paths, n=3, cutoff=0.6)
+    shown = close or [name for name, _ in model.named_children()][:8]
+    lead = "did you mean one of" if close else "its top-level layers are"
+    raise ArenaError(
+        f"{type(model).__name__} has no layer {path!r}; {lead} "
+        f"{', '.join(repr(name) for name in shown)} "
+        f"(model.named_modules() lists all {len(paths)} paths)"
+    )
+
+
+def default_conv_layer(model: nn.Module, min_inputs: int = 1) -> str:
+    """The middle full convolution with a spatial kernel, in ``named_modules()`` order,
+    among those whose filters have at least ``min_inputs`` weights (k_h * k_w * C_in)."""
+    candidates = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d)
+        and module.groups == 1
+        and module.kernel_size != (1, 1)
+        and module.weight[0].numel() >= min_inputs
+    ]
+    if not candidates:
+        raise ArenaError(
+            f"{type(model).__name__} has no ungrouped spatial convolution with at least "
+            f"{min_inputs} weights per filter; name a layer by its module path"
+        )
+    return candidates[(len(candidates) - 1) // 2]
+
+
+def default_block_layer(model: nn.Module) -> str:
+    """The middle block, in ``named_modules()`` order; the middle convolution if none.
+
+    A block is a module with submodules that sits in an ``nn.Sequential`` (a stage of a
+    ResNet, EfficientNet or ViT) and holds no smaller such block.
+    """
+    order = {name: index for index, (name, _) in enumerate(model.named_modules())}
+    nested = [
+        f"{name}.{child_name}" if name else child_name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Sequential)
+        for child_name, child in module.named_children()
+        if any(True for _ in child.children())
+    ]
+    blocks = sorted(
+        (path for path in nested if not any(other.startswith(path + ".") for other in nested)),
+        key=order.__getitem__,
+    )
+    if not blocks:
+        return default_conv_layer(model)
+    return blocks[(len(blocks) - 1) // 2]

@@ -63,17 +63,14 @@ def load_key(
     mk_path: Path, vk_path: Path, params: dict[str, Any] | None = None
 ) -> tuple[Defense, Key]:
     """The scheme named in ``vk`` (with ``params``), and the key with every commitment opened."""
-    scheme = read_json(vk_path).get("scheme")
-    if not isinstance(scheme, str):
-        raise ArenaError(f"{vk_path} names no scheme")
-    defense: Defense = defenses.get(scheme)(params)
+    defense: Defense = defenses.get(_scheme(vk_path))(params)
     return defense, defense.key_type.from_files(mk_path, vk_path)
 
 
 def register_key(vk_path: Path, ledger: Ledger) -> Entry:
     """Record the verification key's commitment (its fingerprint) with a timestamp."""
-    vk = VerificationKey.from_dict(read_json(vk_path), source=str(vk_path))
-    return ledger.append("key", vk.fingerprint, label=str(vk_path))
+    defense = defenses.get(_scheme(vk_path))
+    return ledger.append("key", defense.key_type.public_fingerprint(vk_path), label=str(vk_path))
 
 
 def mark(
@@ -214,6 +211,7 @@ def verify(
     ledger: Ledger,
     architecture: str | None = None,
     subset: int | None = None,
+    calibrations: CalibrationStore | None = None,
 ) -> Claim:
     """Open the key, query the model on it, test the agreement; consult the ledger.
 
@@ -228,7 +226,10 @@ def verify(
         index = _unspent_subset(ledger, key.fingerprint, subsets, subset)
         opened = key.subset(index)
         revealed = f"subset {index} of {subsets} ({{n}} triggers)"
-    claim = _claim(defense, key.fingerprint, opened, model_path, protocol, ledger, architecture)
+    null = (calibrations or CalibrationStore()).null(protocol, defense.name)
+    claim = _claim(
+        defense, key.fingerprint, opened, model_path, protocol, ledger, null, architecture
+    )
     if subsets > 1:
         ledger.append("spent", f"{key.fingerprint}:{index}", label=str(model_path))
     return dataclasses.replace(claim, triggers_opened=revealed.format(n=claim.evidence.trials))
@@ -254,6 +255,7 @@ def verify_public(
     proof: dict[str, Any],
     protocol: Protocol,
     ledger: Ledger,
+    calibrations: CalibrationStore | None = None,
     cache: ArtifactCache | None = None,
     architecture: str | None = None,
 ) -> Claim:
@@ -264,15 +266,24 @@ def verify_public(
     half decides the verdict on the model. See ``arena.public`` for what is and is not
     implemented of the seed paper's zero-knowledge construction.
     """
+    defense: Defense = defenses.get(_scheme(vk_path))()
+    if not issubclass(defense.key_type, TriggerKey):
+        raise ArenaError(
+            f"public verification opens trigger sets; {defense.name} is a "
+            f"{defense.access} scheme without one"
+        )
     vk = VerificationKey.from_dict(read_json(vk_path), source=str(vk_path))
-    defense: Defense = defenses.get(vk.scheme)()
     opened = open_proof(proof, vk)
     subset = int(proof["subset"])
     checked, deciding = split_opened(opened, vk, subset)
-    references = reference_models(protocol, defense.name, CalibrationStore(ledger.path), cache)
+    calibrations = calibrations or CalibrationStore()
+    references = reference_models(protocol, defense.name, calibrations, cache)
     device = default_device()
     check = label_check(checked.images, checked.labels, references, protocol, device)
-    claim = _claim(defense, vk.fingerprint, deciding, model_path, protocol, ledger, architecture)
+    null = calibrations.null(protocol, defense.name)
+    claim = _claim(
+        defense, vk.fingerprint, deciding, model_path, protocol, ledger, null, architecture
+    )
     return dataclasses.replace(
         claim,
         label_check=check,
@@ -290,15 +301,15 @@ def _claim(
     model_path: Path,
     protocol: Protocol,
     ledger: Ledger,
+    null: Null,
     architecture: str | None,
 ) -> Claim:
-    """Query the model on the opened triggers, test against the protocol's null, and
-    read the ledger: the part private and public verification share."""
+    """Query the model on the opened triggers, test against ``null``, and read the
+    ledger: the part private and public verification share."""
     model = load_model(model_path, protocol, architecture).to(default_device())
     fingerprint = model_fingerprint(model)
     seen = ledger.append("model", fingerprint, label=str(model_path))  # first sight if new
     registered = ledger.first_seen("key", key_fingerprint)
-    null = CalibrationStore(ledger.path).null(protocol, defense.name)
     evidence = measure(defense, model, opened, Context(protocol=protocol), null)
     return Claim(
         scheme=defense.name,
@@ -331,6 +342,13 @@ def _unspent_subset(ledger: Ledger, key_fingerprint: str, subsets: int, wanted: 
         if index not in spent:
             return index
     raise ArenaError(f"all {subsets} trigger subsets of this key were revealed; none is left")
+
+
+def _scheme(vk_path: Path) -> str:
+    scheme = read_json(vk_path).get("scheme")
+    if not isinstance(scheme, str):
+        raise ArenaError(f"{vk_path} names no scheme")
+    return scheme
 
 
 def _iso(timestamp: float | None) -> str | None:

@@ -85,6 +85,12 @@ class Key:
         """Read ``mk`` and ``vk`` and check that ``mk`` opens ``vk``."""
         raise NotImplementedError
 
+    @classmethod
+    def public_fingerprint(cls, vk_path: Any) -> str:
+        """The fingerprint of a verification key file on its own (no ``mk``): what the
+        ledger records at registration. A malformed file is refused."""
+        raise NotImplementedError
+
 
 class Defense(Plugin):
     """A watermarking scheme: KeyGen, Mark and the evidence that Verify decides on."""

@@ -149,3 +149,22 @@ def test_matches_use_the_calibrated_null_and_remeasure_after_a_new_one(smoke_cal
     assert again["null"]["calibration"] == newer["position"]
     assert all(again["cached"].values())  # re-measured from cached models, none retrained
     assert "replay_seconds" not in again
+
+
+def test_arena_verify_tests_against_the_calibrated_null(smoke_calibration, tmp_path):
+    from arena import ownership
+    from arena.ledger import Ledger
+
+    keys = tmp_path / "keys"
+    ownership.keygen("backdoor-wm", SMOKE, keys, seed=2)
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    model = ownership.mark(
+        keys / "mk.json", keys / "vk.json", SMOKE, tmp_path / "m.safetensors", ledger
+    )
+    calibrations = CalibrationStore(smoke_calibration["db"])
+    claim = ownership.verify(
+        model, keys / "mk.json", keys / "vk.json", SMOKE, ledger, calibrations=calibrations
+    )
+    null = calibrations.null(SMOKE, "backdoor-wm")
+    assert claim.null == null and claim.to_dict()["calibration"] == null.calibration
+    assert claim.evidence.null_p == pytest.approx(null.p if null.p is not None else 0.1)

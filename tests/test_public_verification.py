@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from arena import ownership
+from arena.calibration import CalibrationStore
 from arena.context import Context
 from arena.errors import ArenaError, KeyTamperedError
 from arena.keys import TriggerKey
@@ -24,7 +25,7 @@ SMOKE = get_protocol("smoke")
 @pytest.fixture(scope="module")
 def vendor(tmp_path_factory, smoke_calibration):
     """A key of 2 x 20 triggers, registered, and a model marked with it; the ledger shares
-    the calibration's database, so public verification finds its reference models."""
+    the calibration's database."""
     root = tmp_path_factory.mktemp("public")
     keys = root / "keys"
     params = {"trigger_size": 40, "subsets": 2}
@@ -40,7 +41,13 @@ def vendor(tmp_path_factory, smoke_calibration):
 def _verify(vendor, proof, smoke_calibration, model=None, vk=None):
     root, keys, marked, ledger = vendor
     return ownership.verify_public(
-        model or marked, vk or keys / "vk.json", proof, SMOKE, ledger, smoke_calibration["cache"]
+        model or marked,
+        vk or keys / "vk.json",
+        proof,
+        SMOKE,
+        ledger,
+        CalibrationStore(smoke_calibration["db"]),
+        smoke_calibration["cache"],
     )
 
 
@@ -141,7 +148,14 @@ def test_public_verification_without_a_calibration_says_what_to_run(vendor, tmp_
     _, keys, marked, _ = vendor
     proof = make_proof(TriggerKey.load(keys), 0)
     with pytest.raises(ArenaError, match="arena calibrate --protocol smoke"):
-        ownership.verify_public(marked, keys / "vk.json", proof, SMOKE, Ledger(tmp_path / "l.db"))
+        ownership.verify_public(
+            marked,
+            keys / "vk.json",
+            proof,
+            SMOKE,
+            Ledger(tmp_path / "l.db"),
+            CalibrationStore(tmp_path / "empty.sqlite"),
+        )
 
 
 def test_cli_prove_then_verify_public(vendor, smoke_calibration, tmp_path):
@@ -149,7 +163,7 @@ def test_cli_prove_then_verify_public(vendor, smoke_calibration, tmp_path):
     same proof does not claim another model (exit 1)."""
     root, keys, marked, _ = vendor
     home = smoke_calibration["root"]  # holds results.sqlite (ledger, calibration) and cache
-    ledger = ["--ledger", str(smoke_calibration["db"])]
+    ledger = ["--ledger", str(tmp_path / "verifier.sqlite"), "--db", str(smoke_calibration["db"])]
     cache = ["--cache-dir", str(smoke_calibration["cache"].root)]
     proof = tmp_path / "proof.json"
     made = run_arena(

@@ -1,0 +1,155 @@
+"""Zhang et al., "Protecting Intellectual Property of Deep Neural Networks with Watermarking",
+ASIACCS 2018. https://doi.org/10.1145/3196494.3196550
+
+What the paper's three trigger sets (``content``, ``noise``, ``unrelated``) share: their
+parameters, Mark (training from scratch with triggers in every batch, as ``backdoor-wm``),
+source-class images from the owner's split, and glyphs rendered with PIL's built-in font.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+
+from arena.context import Context
+from arena.errors import ArenaError
+from arena.keys import TriggerKey
+from defenses.trigger_set import TriggerSetDefense, with_budget
+
+# Letters an MNIST model would not read as a digit: no O/D/Q (0), I/l/i/j/J (1), Z/z (2),
+# S/s (5), b/G (6), B (8), g/q (9).
+UNRELATED_LETTERS = "ACEFHKLMNPRTUVWXYacdefhkmnprtuvwxy"
+
+
+@dataclass(frozen=True)
+class ZhangParams:
+    trigger_size: int | None = None  # None: the protocol's
+    triggers_per_batch: int | None = None  # None: the protocol's
+    epochs: int | None = None  # None: the protocol's budget
+    lr: float | None = None  # None: the protocol's learning rate
+    target_class: int = 0  # every trigger's label: the paper's CIFAR-10 "airplane"
+    subsets: int = 1  # disjoint trigger subsets, one revealed per verification
+
+    def check(self) -> None:
+        if self.trigger_size is not None and self.trigger_size < 1:
+            raise ValueError(f"trigger_size must be >= 1, got {self.trigger_size}")
+        if self.triggers_per_batch is not None and self.triggers_per_batch < 1:
+            raise ValueError(f"triggers_per_batch must be >= 1, got {self.triggers_per_batch}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.target_class < 0:
+            raise ValueError(f"target_class must be >= 0, got {self.target_class}")
+        if self.subsets < 1:
+            raise ValueError(f"subsets must be >= 1, got {self.subsets}")
+
+
+@dataclass(frozen=True)
+class SourceClassParams(ZhangParams):
+    source_class: int = 1  # triggers are drawn from this class: the paper's "automobile"
+
+    def check(self) -> None:
+        super().check()
+        if self.source_class < 0:
+            raise ValueError(f"source_class must be >= 0, got {self.source_class}")
+        if self.source_class == self.target_class:
+            raise ValueError(
+                f"source_class and target_class are both {self.source_class}; the mark "
+                "relabels source images to another class, so choose two different classes"
+            )
+
+
+class ZhangDefense(TriggerSetDefense):
+    """Mark of all three schemes: train from scratch, triggers appended to every batch.
+
+    Every trigger carries the one ``target_class``, so a clean model's answers on a key are
+    not independent draws: if clean models favour the target on such images (on smoke,
+    letters go to class 4 in 20-40% of cases; noisy or stamped digits mostly to 8 or their
+    own class), the null ``1/|L|`` is anti-conservative. The default target (0) is one
+    clean models rarely answer on these keys; measure clean agreement before choosing
+    another.
+    """
+
+    paper = "Zhang et al., ASIACCS 2018"
+    Params = ZhangParams
+
+    def trigger_count(self, ctx: Context) -> int:
+        return self.params.trigger_size or ctx.protocol.trigger_size
+
+    def class_param(self, name: str, ctx: Context) -> int:
+        """Parameter ``name``, checked against the protocol's classes."""
+        value = getattr(self.params, name)
+        if value >= ctx.num_classes:
+            raise ArenaError(
+                f"defense {self.name!r}: {name} {value} does not exist; protocol "
+                f"{ctx.protocol.name!r} has classes 0-{ctx.num_classes - 1}"
+            )
+        return value
+
+    def target_labels(self, ctx: Context, count: int) -> np.ndarray:
+        return np.full(count, self.class_param("target_class", ctx), dtype=np.int64)
+
+    def mark(self, model: nn.Module, key: TriggerKey, ctx: Context) -> nn.Module:
+        settings = with_budget(ctx.protocol.training, self.params.epochs, self.params.lr)
+        per_batch = self.params.triggers_per_batch or ctx.protocol.triggers_per_batch
+        return self.train_with_triggers(model, key, ctx, settings, per_batch, "mark from scratch")
+
+
+def source_class_images(
+    ctx: Context, source_class: int, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``count`` distinct images of ``source_class`` from the owner's split, uint8."""
+    owner = ctx.splits.owner
+    candidates = np.flatnonzero(owner.labels.numpy() == source_class)
+    if len(candidates) < count:
+        raise ArenaError(
+            f"the owner's split of protocol {ctx.protocol.name!r} holds {len(candidates)} "
+            f"images of class {source_class}, fewer than the {count} distinct triggers asked "
+            "for; lower trigger_size or pick another source_class"
+        )
+    chosen = np.sort(rng.choice(candidates, size=count, replace=False))
+    return to_uint8(owner.images[chosen].numpy())
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [0, 1] -> uint8."""
+    return (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def text_mask(text: str, width: int, height: int) -> np.ndarray:
+    """``text`` in PIL's built-in font, stretched over ``height`` x ``width``, alpha in [0, 1]."""
+    font = ImageFont.load_default(size=64)
+    left, top, right, bottom = font.getbbox(text)
+    canvas = Image.new("L", (right - left, bottom - top))
+    ImageDraw.Draw(canvas).text((-left, -top), text, fill=255, font=font)
+    stretched = canvas.resize((width, height), Image.LANCZOS)
+    return np.asarray(stretched, dtype=np.float32) / 255.0
+
+
+def letter_images(count: int, size: int, channels: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` letters in PIL's built-in font, each at a random size, position, rotation,
+    stroke and brightness, drawn at 4x and downsampled; uint8 (count, channels, size, size)."""
+    return np.stack([_letter_image(size, channels, rng) for _ in range(count)])
+
+
+def _letter_image(size: int, channels: int, rng: np.random.Generator) -> np.ndarray:
+    canvas_size = 4 * size
+    letter = UNRELATED_LETTERS[int(rng.integers(len(UNRELATED_LETTERS)))]
+    font = ImageFont.load_default(size=int(canvas_size * rng.uniform(0.55, 0.95)))
+    stroke = int(rng.integers(0, max(2, canvas_size // 16)))
+    left, top, right, bottom = font.getbbox(letter, stroke_width=stroke)
+    # Any position that keeps the letter on the canvas before it is rotated.
+    x = rng.uniform(0, max(0, canvas_size - (right - left))) - left
+    y = rng.uniform(0, max(0, canvas_size - (bottom - top))) - top
+    canvas = Image.new("L", (canvas_size, canvas_size))
+    ImageDraw.Draw(canvas).text(
+        (x, y), letter, fill=255, font=font, stroke_width=stroke, stroke_fill=255
+    )
+    canvas = canvas.rotate(rng.uniform(-30, 30), resample=Image.BILINEAR)
+    glyph = np.asarray(canvas.resize((size, size), Image.LANCZOS), dtype=np.float32) / 255.0
+    brightness = rng.uniform(0.6, 1.0, size=(channels, 1, 1))
+    return to_uint8(glyph[None] * brightness)
