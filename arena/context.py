@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,9 @@ class Context:
     device: torch.device = field(default_factory=default_device)
     progress: Reporter = silent
     _splits: Splits | None = None
+    # Supplies the owner's trained clean model (a match passes its cached one); without
+    # it, ``clean_model`` trains one. Model-dependent keys (frontier stitching) need it.
+    clean_provider: Callable[[], nn.Module] | None = None
 
     @property
     def splits(self) -> Splits:
@@ -68,6 +72,16 @@ class Context:
         start here and see the owner's data in the same order (``owner_generator``), so the
         difference between them is the mark alone."""
         return self.new_model("owner-init")
+
+    def clean_model(self) -> nn.Module:
+        """The owner's trained clean model of this protocol and seed."""
+        if self.clean_provider is None:
+            from arena.clean import train_clean  # the clean model's trainer builds on Context
+
+            model = self.owner_model()
+            train_clean(model, self)
+            self.clean_provider = lambda: model
+        return self.clean_provider()
 
     def owner_generator(self) -> torch.Generator:
         """The order of the owner's training data."""

@@ -89,6 +89,7 @@ def run_match(
     ctx = Context(
         protocol=protocol, seed=spec.seed, device=device or default_device(), progress=progress
     )
+    ctx.clean_provider = lambda: clean_model(ctx, cache)[0]
     started = time.perf_counter()
     timer = _PhaseTimer()
     cached: dict[str, bool] = {}
@@ -141,6 +142,7 @@ def run_match(
 
     with timer("clean"):
         clean, _, cached["clean"] = clean_model(ctx, cache)
+        ctx.clean_provider = lambda: clean
 
     with timer("mark"):
 

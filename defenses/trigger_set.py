@@ -40,7 +40,11 @@ class TriggerSetDefense(Defense):
         images = to_model_input(key.images, ctx.protocol.image_size, ctx.protocol.channels)
         answers = predict(model, images, ctx.device)
         successes = int((answers == key.tensors()[1]).sum())
-        return Evidence(successes, len(key), ctx.null_p, ctx.protocol.alpha)
+        return Evidence(successes, len(key), self.null_p(ctx), ctx.protocol.alpha)
+
+    def null_p(self, ctx: Context) -> float:
+        """The scheme's nominal chance agreement: 1/|L| for labels drawn at random."""
+        return ctx.null_p
 
     def train_with_triggers(
         self,

@@ -139,3 +139,22 @@ def test_bad_params_are_refused(name, params, message):
 def test_keys_the_protocol_cannot_hold_are_refused(name, params, message):
     with pytest.raises(ArenaError, match=message):
         defenses.get(name)(params).keygen(Context(protocol=SMOKE))
+
+
+def test_frontier_stitching_key_is_half_true_half_false_adversaries():
+    from arena.training import predict
+
+    ctx = Context(protocol=get_protocol("smoke"), seed=3)
+    defense = defenses.get("frontier-stitching")()
+    key = defense.keygen(ctx)
+    clean = ctx.clean_model()
+    images, labels = key.tensors()
+    wrong = predict(clean, images, ctx.device) != labels
+    assert len(key) == 20 and int(wrong.sum()) == 10  # true adversaries fool the clean model
+    owner = ctx.splits.owner
+    # Each key image is an owner image moved by at most eps, and keeps that image's label.
+    distance = (images.flatten(1)[:, None, :] - owner.images.flatten(1)[None]).abs().amax(-1)
+    nearest = distance.argmin(dim=1)
+    assert (distance.min(dim=1).values <= 0.25 + 1 / 255).all()
+    assert (owner.labels[nearest] == labels).all()
+    assert defense.evidence(clean, key, ctx).null_p == 0.5
