@@ -161,7 +161,7 @@ def _list_registry(kind: str) -> None:
     entries = registry.entries()
     table = Table(title=f"{registry.kind}s", title_justify="left")
     is_defense = registry.kind == "defense"
-    columns = ["name", "summary"] + (
+    columns = ["name", "paper"] + (
         ["family", "access"] if is_defense else ["threat", "threat model"]
     )
     for column in columns + ["parameters", "source"]:
@@ -173,9 +173,8 @@ def _list_registry(kind: str) -> None:
             details = [plugin.family, plugin.access]
         else:
             details = [plugin.threat, _threat_summary(plugin, protocol)]
-        table.add_row(
-            info.name, info.summary, *details, describe_params(plugin.Params), info.source
-        )
+        paper = getattr(plugin, "paper", "") or info.summary
+        table.add_row(info.name, paper, *details, describe_params(plugin.Params), info.source)
     stdout.print(table)
     for broken in registry.broken():
         _print_broken(broken)
