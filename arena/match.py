@@ -183,14 +183,15 @@ def run_match(
         )
 
     with timer("verify"):
-        attacked_acc = accuracy(attacked, splits.test.images, splits.test.labels, ctx.device)
-        attacked_evidence = measure(defense, attacked, key, ctx, null)
+        served = attack.serve(attacked, ctx)
+        attacked_acc = accuracy(served, splits.test.images, splits.test.labels, ctx.device)
+        attacked_evidence = measure(defense, served, key, ctx, null)
         owner_head_evidence = None
         if attack_meta.get("replaced_head"):
             # The seed paper's RTLL/RTAL verification: put the owner's output layer back.
             restored = clone_model(attacked)
             load_head_state(restored, head_state(marked))
-            owner_head_evidence = measure(defense, restored, key, ctx, null)
+            owner_head_evidence = measure(defense, attack.serve(restored, ctx), key, ctx, null)
 
     outcome = score_removal(protocol, marked_acc, marked_evidence, attacked_acc, attacked_evidence)
     test_size = len(splits.test)

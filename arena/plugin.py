@@ -138,3 +138,10 @@ class Attack(Plugin):
 
     def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         raise NotImplementedError
+
+    def serve(self, model: nn.Module, ctx: Context) -> nn.Module:
+        """What answers queries once the attacker deploys ``model``: the model itself, or
+        the model behind a query-time filter (input transformations, evasion). The arena
+        caches the weights ``run`` returns and measures accuracy and evidence through
+        ``serve``; it must be cheap and deterministic."""
+        return model
