@@ -185,13 +185,18 @@ def run_match(
     with timer("verify"):
         served = attack.serve(attacked, ctx)
         attacked_acc = accuracy(served, splits.test.images, splits.test.labels, ctx.device)
-        attacked_evidence = measure(defense, served, key, ctx, null)
+        # Black-box evidence queries what the attacker serves; white-box evidence reads
+        # the weights, which a query-time filter does not change.
+        probe = served if defense.access == "black-box" else attacked
+        attacked_evidence = measure(defense, probe, key, ctx, null)
         owner_head_evidence = None
         if attack_meta.get("replaced_head"):
             # The seed paper's RTLL/RTAL verification: put the owner's output layer back.
             restored = clone_model(attacked)
             load_head_state(restored, head_state(marked))
-            owner_head_evidence = measure(defense, attack.serve(restored, ctx), key, ctx, null)
+            if defense.access == "black-box":
+                restored = attack.serve(restored, ctx)
+            owner_head_evidence = measure(defense, restored, key, ctx, null)
 
     outcome = score_removal(protocol, marked_acc, marked_evidence, attacked_acc, attacked_evidence)
     test_size = len(splits.test)
