@@ -143,6 +143,56 @@ def _print_match(record: dict[str, Any]) -> None:
         )
 
 
+@app.command()
+def sweep(
+    defense: Annotated[
+        list[str], typer.Option(help="defense plugin, repeatable; 'all' for every one")
+    ] = ["all"],  # noqa: B006 (typer reads the default, never mutates it)
+    attack: Annotated[
+        list[str], typer.Option(help="attack plugin, repeatable; 'all' for every one")
+    ] = ["all"],  # noqa: B006
+    protocol: Annotated[str, typer.Option(help="evaluation protocol")] = "mnist5k",
+    seed: Annotated[list[int], typer.Option(help="match seed, repeatable")] = [0],  # noqa: B006
+    db: DbOption = None,
+    cache_dir: CacheOption = None,
+) -> None:
+    """Run every defense x attack x seed match; finished ones are skipped, so an
+    interrupted sweep resumes where it stopped. Exit 1 if a match failed."""
+    from arena.sweep import plan
+    from arena.sweep import sweep as run_sweep
+
+    specs = plan(protocol, defense, attack, seed)
+    stderr.print(f"sweep: {len(specs)} matches on {protocol}, seeds {', '.join(map(str, seed))}")
+
+    def log(index: int, spec: Any, record: dict[str, Any] | None, note: str) -> None:
+        verdict = ""
+        if record is not None:
+            evidence = record["attacked"]["evidence"]
+            verdict = (
+                f"{evidence['successes']}/{evidence['trials']}, "
+                f"{'verified' if evidence['verified'] else 'not verified'}, "
+                f"attack {'succeeded' if record['attack_succeeded'] else 'failed'}; "
+            )
+        stderr.print(
+            f"[{index + 1}/{len(specs)}] {spec.defense} x {spec.attack}, seed {spec.seed}: "
+            f"{verdict}{note}",
+            highlight=False,
+        )
+
+    report = run_sweep(
+        specs,
+        store=ResultStore(db),
+        cache=ArtifactCache(cache_dir),
+        progress=RichReporter(stderr),
+        on_match=log,
+    )
+    stdout.print(report.summary(), highlight=False)
+    for spec, error in report.failed:
+        stdout.print(f"failed: {spec.defense} x {spec.attack}, seed {spec.seed}: {error}")
+    if report.failed:
+        raise typer.Exit(1)
+
+
 @app.command("list")
 def list_plugins(
     kind: Annotated[str | None, typer.Argument(help="defenses, attacks or protocols")] = None,

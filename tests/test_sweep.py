@@ -1,0 +1,69 @@
+"""``arena sweep`` on ``smoke``: the matrix, skipping finished matches, resuming."""
+
+from __future__ import annotations
+
+import pytest
+
+from arena import sweep as sweeping
+from arena.errors import ArenaError, UnknownNameError
+from arena.registry import attacks
+from arena.store import ArtifactCache, ResultStore
+from tests.cli_runner import run_arena
+
+
+def test_plan_expands_all_and_orders_by_defense():
+    specs = sweeping.plan("smoke", ["none", "backdoor-wm"], ["all"], [0, 1])
+    names = attacks.names()
+    assert len(specs) == 2 * 2 * len(names)
+    assert [(s.defense, s.attack) for s in specs[: len(names)]] == [("none", a) for a in names]
+    assert {s.seed for s in specs[: 2 * len(names)]} == {0}
+    with pytest.raises(UnknownNameError, match="did you mean 'rtal'"):
+        sweeping.plan("smoke", ["backdoor-wm"], ["rtla"], [0])
+
+
+def test_one_mark_per_defense_and_seed_and_a_rerun_trains_nothing(tmp_path):
+    store, cache = ResultStore(tmp_path / "r.sqlite"), ArtifactCache(tmp_path / "cache")
+    specs = sweeping.plan("smoke", ["none", "backdoor-wm"], ["none", "ftll", "rtll"], [0])
+    first = sweeping.sweep(specs, store=store, cache=cache)
+    assert (first.run, first.replayed, first.failed) == (6, 0, [])
+    assert first.trained == {"clean": 1, "marked": 2, "attacked": 6}
+    again = sweeping.sweep(specs, store=store, cache=cache)
+    assert (again.run, again.replayed) == (0, 6) and not again.trained
+    assert len(store.records("smoke")) == 6
+
+
+def test_an_interrupted_sweep_resumes_and_a_failed_match_does_not_stop_it(tmp_path, monkeypatch):
+    store, cache = ResultStore(tmp_path / "r.sqlite"), ArtifactCache(tmp_path / "cache")
+    specs = sweeping.plan("smoke", ["backdoor-wm"], ["none", "ftll", "ftal"], [0])
+
+    def interrupt_after_first(index, spec, record, note):
+        if index == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweeping.sweep(specs, store=store, cache=cache, on_match=interrupt_after_first)
+    assert len(store.records("smoke")) == 1  # the finished match is kept
+
+    real = sweeping.run_match
+
+    def failing(spec, **kwargs):
+        if spec.attack == "ftll":
+            raise ArenaError("the plugin broke")
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(sweeping, "run_match", failing)
+    resumed = sweeping.sweep(specs, store=store, cache=cache)
+    assert (resumed.replayed, resumed.run) == (1, 1)
+    assert [(s.attack, e) for s, e in resumed.failed] == [("ftll", "the plugin broke")]
+    assert resumed.trained == {"attacked": 1}  # clean and marked came from the cache
+
+
+def test_cli_sweep_logs_every_match(tmp_path):
+    args = ["sweep", "--protocol", "smoke", "--defense", "backdoor-wm", "--attack", "none"]
+    result = run_arena(*args, "--attack", "ftll", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "[2/2] backdoor-wm x ftll, seed 0" in result.stderr
+    assert "2 matches: 2 run, 0 already finished, 0 failed" in result.stdout
+    assert "1 clean" in result.stdout and "1 marked" in result.stdout
+    bad = run_arena("sweep", "--protocol", "smoke", "--attack", "rtla", home=tmp_path)
+    assert bad.returncode == 2 and "did you mean 'rtal'" in bad.stderr
