@@ -38,6 +38,9 @@ class MatchRow:
     attacked_acc: float
     marked_agreement: float
     marked_verified: int
+    marked_evidence: str  # "k/n" of the first seed
+    clean_evidence: str  # the same key on the clean model: "k/n" of the first seed
+    null: str  # the null p tested against and its source, of the first seed
     attacked_successes: str  # "k/n" of the first seed
     attacked_agreement: float
     attacked_p_value: float  # the largest over seeds: the weakest evidence
@@ -58,6 +61,9 @@ class DefenseRow:
     marked_acc: float
     preservation: float
     marked_agreement: float
+    marked_evidence: str
+    clean_evidence: str
+    null: str
     attacks: int
     survived: int
 
@@ -124,6 +130,9 @@ def _match_row(key: tuple[str, str, str], records: list[dict]) -> MatchRow:
         attacked_acc=mean(r["attacked"]["test_acc"] for r in records),
         marked_agreement=mean(_agreement(r["marked"]["evidence"]) for r in records),
         marked_verified=sum(r["marked"]["evidence"]["verified"] for r in records),
+        marked_evidence=_evidence_cell(first["marked"]["evidence"]),
+        clean_evidence=_evidence_cell(first["clean"]["evidence"]),
+        null=_null_cell(first),
         attacked_successes=f"{first['attacked']['evidence']['successes']}/{first['attacked']['evidence']['trials']}",
         attacked_agreement=mean(_agreement(r["attacked"]["evidence"]) for r in records),
         attacked_p_value=max(r["attacked"]["evidence"]["p_value"] for r in records),
@@ -134,6 +143,20 @@ def _match_row(key: tuple[str, str, str], records: list[dict]) -> MatchRow:
         outcome=first["outcome"],
         threat_model=first["threat_model"],
     )
+
+
+def _evidence_cell(evidence: dict) -> str:
+    verdict = "verified" if evidence["verified"] else "not verified"
+    return f"{evidence['successes']}/{evidence['trials']} (p {evidence['p_value']:.1e}, {verdict})"
+
+
+def _null_cell(record: dict) -> str:
+    """The null p of a match and whether a calibration set it."""
+    p = record["attacked"]["evidence"]["null_p"]
+    null = record.get("null") or {}
+    if null.get("p") is not None and null["p"] == p:
+        return f"{p:.3g} (calibrated)"
+    return f"{p:.3g} (nominal)"
 
 
 def _agreement(evidence: dict) -> float:
@@ -159,6 +182,9 @@ def _rank(matches: list[MatchRow]) -> list[DefenseRow]:
                 marked_acc=mean(c.marked_acc for c in cells),
                 preservation=mean(c.marked_acc - c.clean_acc for c in cells),
                 marked_agreement=mean(c.marked_agreement for c in cells),
+                marked_evidence=cells[0].marked_evidence,
+                clean_evidence=cells[0].clean_evidence,
+                null=cells[0].null,
                 attacks=len(attacked),
                 survived=survived,
             )
@@ -193,7 +219,9 @@ def defense_cells(row: DefenseRow) -> list[str]:
         _pct(row.clean_acc),
         _pct(row.marked_acc),
         f"{100 * row.preservation:+.2f}",
-        _pct(row.marked_agreement),
+        row.marked_evidence,
+        row.clean_evidence,
+        row.null,
         f"{row.survived}/{row.attacks}",
     ]
 
@@ -205,7 +233,9 @@ DEFENSE_HEADER = [
     "clean acc %",
     "marked acc %",
     "Δ acc (pts)",
-    "trigger agreement %",
+    "marked evidence",
+    "same key on clean",
+    "null p",
     "attacks survived",
 ]
 

@@ -168,3 +168,16 @@ def test_arena_verify_tests_against_the_calibrated_null(smoke_calibration, tmp_p
     null = calibrations.null(SMOKE, "backdoor-wm")
     assert claim.null == null and claim.to_dict()["calibration"] == null.calibration
     assert claim.evidence.null_p == pytest.approx(null.p if null.p is not None else 0.1)
+
+
+def test_the_leaderboard_shows_which_null_decided(smoke_calibration):
+    from arena.leaderboard import build, to_markdown
+
+    store = ResultStore(smoke_calibration["db"])
+    run_match(MatchSpec(protocol="smoke"), store=store, cache=smoke_calibration["cache"])
+    board = build(store, SMOKE)
+    null = CalibrationStore(smoke_calibration["db"]).null(SMOKE, "backdoor-wm")
+    row = next(row for row in board.defenses if row.defense == "backdoor-wm")
+    expected = "(calibrated)" if null.p is not None else "(nominal)"
+    assert row.null.endswith(expected)
+    assert "same key on clean" in to_markdown(board) and "not verified" in row.clean_evidence
