@@ -1,0 +1,1 @@
+"""Evasion attacks: the model is served behind a query-time filter."""

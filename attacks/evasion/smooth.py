@@ -1,0 +1,38 @@
+"""Median smoothing of every query (Xu et al., "Feature Squeezing", NDSS 2018) with ART's
+``SpatialSmoothing``, as an evasion of trigger-set verification."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from arena.registry import register_attack
+from attacks.evasion.transform import InputTransformAttack
+
+
+@dataclass(frozen=True)
+class SmoothParams:
+    window_size: int = 3  # side of the median filter's square window, in pixels
+
+    def check(self) -> None:
+        if self.window_size < 1:
+            raise ValueError(f"window_size must be >= 1, got {self.window_size}")
+
+
+@register_attack("smooth")
+class SpatialSmoothingAttack(InputTransformAttack):
+    """Serve the stolen model behind a median filter over every input (Xu et al., "Feature
+    Squeezing: Detecting Adversarial Examples in Deep Neural Networks", NDSS 2018).
+
+    Each channel of each query is median-filtered in a ``window_size`` square (ART's
+    ``SpatialSmoothing``, reflected borders); the weights are not changed. Default 3.
+    """
+
+    paper = "Xu et al., NDSS 2018"
+    Params = SmoothParams
+
+    def preprocessor(self):
+        from art.defences.preprocessor import SpatialSmoothing
+
+        return SpatialSmoothing(
+            window_size=self.params.window_size, channels_first=True, clip_values=(0.0, 1.0)
+        )

@@ -1,0 +1,146 @@
+"""Adversarial fine-tuning as a removal attack: Madry et al., "Towards Deep Learning Models
+Resistant to Adversarial Attacks", ICLR 2018, as evaluated against watermarks by Lukas et
+al., "SoK: How Robust is Image Classification Deep Neural Network Watermarking?", IEEE S&P
+2022. PGD examples come from ART's ``ProjectedGradientDescent``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from arena.context import Context
+from arena.estimators import art_classifier
+from arena.plugin import Attack, AttackOutcome, ThreatModel
+from arena.registry import register_attack
+from arena.training import TrainSettings, accuracy, train
+
+
+@dataclass(frozen=True)
+class AdvTrainParams:
+    epochs: int | None = None  # rounds of (craft PGD examples, train one epoch); None: protocol's
+    eps: float = 0.1  # L-infinity radius of the perturbation, inputs in [0, 1]
+    eps_step: float = 0.025  # PGD step size
+    max_iter: int = 7  # PGD steps per example
+    random_start: bool = True  # start PGD at a random point of the eps ball, as Madry et al.
+    lr: float = 0.01
+    batch_size: int = 64
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    def check(self) -> None:
+        self.settings().check()
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if not 0 < self.eps <= 1:
+            raise ValueError(f"eps must lie in (0, 1] (inputs are in [0, 1]), got {self.eps}")
+        if not 0 < self.eps_step <= self.eps:
+            raise ValueError(f"eps_step must lie in (0, eps={self.eps}], got {self.eps_step}")
+        if self.max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
+
+    def settings(self) -> TrainSettings:
+        # One epoch per round; a constant rate, since the rounds form one run.
+        return TrainSettings(
+            epochs=1,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            schedule="constant",
+        )
+
+
+@register_attack("adv-train")
+class AdversarialTraining(Attack):
+    """Adversarial fine-tuning (Madry et al., ICLR 2018; a removal attack in Lukas et al.,
+    IEEE S&P 2022).
+
+    Each round crafts L-infinity PGD examples of the attacker's split against the current
+    model with their true labels (ART's ``ProjectedGradientDescent``: ``eps``, ``eps_step``,
+    ``max_iter``, random start), then fine-tunes every layer for one epoch on the clean and
+    adversarial images together. Trigger-set marks sit on non-robust features that
+    adversarial training reshapes. Defaults (eps 0.1, 7 steps of 0.025, SGD lr 0.01, the
+    protocol's attack epochs as rounds) keep a CPU run to minutes.
+    """
+
+    paper = "Madry et al., ICLR 2018; Lukas et al., IEEE S&P 2022"
+    Params = AdvTrainParams
+
+    def rounds(self, ctx: Context) -> int:
+        return ctx.protocol.attack_epochs if self.params.epochs is None else self.params.epochs
+
+    def threat_model(self, ctx: Context) -> ThreatModel:
+        return ThreatModel(data="attacker-split", labels="true", epochs=self.rounds(ctx))
+
+    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+        attacker = ctx.splits.attacker
+        generator = ctx.generator(f"attack:{self.name}")
+        seeds = ctx.rng(f"attack:{self.name}:pgd")
+        robust_accuracy, steps = [], 0
+        for _ in range(self.rounds(ctx)):
+            seed = int(seeds.integers(2**31))
+            adversarial = pgd_examples(
+                model, attacker.images, attacker.labels, self.params, ctx, seed
+            )
+            robust_accuracy.append(accuracy(model, adversarial, attacker.labels, ctx.device))
+            # No shifts: the perturbation was crafted for the image as it is.
+            report = train(
+                model,
+                torch.cat([attacker.images, adversarial]),
+                torch.cat([attacker.labels, attacker.labels]),
+                self.params.settings(),
+                device=ctx.device,
+                generator=generator,
+                description="adversarial training",
+                progress=ctx.progress,
+            )
+            steps += report.steps
+        return AttackOutcome(
+            model=model,
+            info={"steps": steps, "robust_accuracy_per_round": robust_accuracy},
+        )
+
+
+def pgd_examples(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    params: AdvTrainParams,
+    ctx: Context,
+    seed: int,
+) -> torch.Tensor:
+    """L-infinity PGD examples of ``images`` against ``model``, within ``params.eps``."""
+    from art.attacks.evasion import ProjectedGradientDescent
+
+    attack = ProjectedGradientDescent(
+        art_classifier(model, ctx.protocol, ctx.device),
+        norm=np.inf,
+        eps=params.eps,
+        eps_step=params.eps_step,
+        max_iter=params.max_iter,
+        num_random_init=int(params.random_start),
+        batch_size=256,
+        verbose=False,
+    )
+    with _numpy_seed(seed):
+        adversarial = attack.generate(images.cpu().numpy(), y=labels.cpu().numpy())
+    return torch.as_tensor(adversarial, dtype=images.dtype)
+
+
+@contextlib.contextmanager
+def _numpy_seed(seed: int):
+    # ART draws PGD's random start from numpy's global generator: seed it, then restore it.
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)

@@ -1,0 +1,204 @@
+"""Wang et al., "Neural Cleanse: Identifying and Mitigating Backdoor Attacks in Neural
+Networks", IEEE S&P 2019. https://doi.org/10.1109/SP.2019.00031
+
+ART's ``NeuralCleanse`` wraps Keras models only, so trigger reverse-engineering, the MAD
+outlier test and unlearning are written here in PyTorch; unlearning uses the arena's
+training loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arena.context import Context
+from arena.plugin import Attack, AttackOutcome, ThreatModel
+from arena.registry import register_attack
+from arena.training import TrainSettings, predict, train
+
+MAD_CONSISTENCY = 1.4826  # makes the MAD estimate the standard deviation of normal data
+
+
+@dataclass(frozen=True)
+class NeuralCleanseParams:
+    steps: int = 150  # Adam steps reversing the triggers (all classes at once)
+    batch_size: int = 16  # attacker images per class and reversal step
+    lr: float = 0.2  # Adam's, for masks and patterns
+    l1_weight: float = 0.05  # weight of a mask's L1 norm in its reversal loss
+    threshold: float = 2.0  # anomaly index above which a small mask is flagged (the paper's)
+    unlearn_fraction: float = 0.2  # attacker images stamped with a reversed trigger (the paper's)
+    unlearn_epochs: int | None = None  # None: the protocol's attack budget
+    unlearn_lr: float = 0.01
+    unlearn_batch_size: int = 64
+    unlearn_optimizer: Literal["sgd", "adam"] = "sgd"
+    unlearn_momentum: float = 0.9
+    unlearn_weight_decay: float = 5e-4
+
+    def check(self) -> None:
+        self.settings(1).check()
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.l1_weight < 0:
+            raise ValueError(f"l1_weight must be >= 0, got {self.l1_weight}")
+        if self.threshold <= 0:
+            raise ValueError(f"threshold must be > 0, got {self.threshold}")
+        if not 0 < self.unlearn_fraction <= 1:
+            raise ValueError(f"unlearn_fraction must lie in (0, 1], got {self.unlearn_fraction}")
+        if self.unlearn_epochs is not None and self.unlearn_epochs < 1:
+            raise ValueError(f"unlearn_epochs must be >= 1, got {self.unlearn_epochs}")
+
+    def settings(self, default_epochs: int) -> TrainSettings:
+        return TrainSettings(
+            epochs=default_epochs if self.unlearn_epochs is None else self.unlearn_epochs,
+            batch_size=self.unlearn_batch_size,
+            optimizer=self.unlearn_optimizer,
+            lr=self.unlearn_lr,
+            momentum=self.unlearn_momentum,
+            weight_decay=self.unlearn_weight_decay,
+        )
+
+
+@register_attack("neural-cleanse")
+class NeuralCleanse(Attack):
+    """Neural Cleanse: reverse-engineer, detect and unlearn backdoors (Wang et al.,
+    IEEE S&P 2019).
+
+    For every class, Adam fits a mask ``m`` and a pattern ``p`` (tanh-parametrised into
+    [0, 1]) so that ``(1 - m) * x + m * p`` on the attacker's clean images is classified as
+    that class, with an L1 penalty on ``m``. A backdoor's target class needs a much
+    smaller mask than the others: a class whose mask L1 norm lies below the median with an
+    anomaly index (distance from the median over the MAD, consistency constant 1.4826)
+    above ``threshold`` is flagged. Unlearning fine-tunes on the attacker's split with
+    ``unlearn_fraction`` of the images carrying a flagged class's reversed trigger under
+    their true label. When no class is flagged, the attacker still fine-tunes on its clean
+    data with the same budget (a plain fine-tuning attack); ``info`` says which happened.
+    """
+
+    paper = "Wang et al., IEEE S&P 2019"
+    Params = NeuralCleanseParams
+
+    def threat_model(self, ctx: Context) -> ThreatModel:
+        epochs = self.params.settings(ctx.protocol.attack_epochs).epochs
+        return ThreatModel(data="attacker-split", labels="true", epochs=epochs)
+
+    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+        attacker = ctx.splits.attacker
+        generator = ctx.generator(f"attack:{self.name}")
+        masks, patterns = reverse_triggers(
+            model, attacker.images, ctx.num_classes, self.params, generator, ctx.device
+        )
+        norms = masks.flatten(1).sum(1).tolist()
+        success = [
+            _trigger_success(model, attacker.images, masks[target], patterns[target], target)
+            for target in range(ctx.num_classes)
+        ]
+        indices = anomaly_indices(norms)
+        flagged = [  # only unusually small masks: a backdoor is a shortcut
+            target
+            for target, (norm, index) in enumerate(zip(norms, indices))
+            if norm < np.median(norms) and index > self.params.threshold
+        ]
+        images = attacker.images.clone()
+        if flagged:
+            chosen = torch.randperm(len(images), generator=generator)
+            chosen = chosen[: round(self.params.unlearn_fraction * len(images))]
+            for position, row in enumerate(chosen.tolist()):
+                target = flagged[position % len(flagged)]
+                images[row] = (1 - masks[target]) * images[row] + masks[target] * patterns[target]
+        report = train(
+            model,
+            images,
+            attacker.labels,  # true labels: the reversed trigger must stop mattering
+            self.params.settings(ctx.protocol.attack_epochs),
+            device=ctx.device,
+            generator=generator,
+            description="neural cleanse unlearning",
+            progress=ctx.progress,
+            augment=ctx.protocol.augment,
+        )
+        return AttackOutcome(
+            model=model,
+            info={
+                "flagged_classes": flagged,
+                "mask_l1_norms": norms,
+                "anomaly_indices": indices,
+                "reversed_trigger_success": success,
+                "unlearning": "reversed triggers" if flagged else "clean data (none flagged)",
+                "steps": report.steps,
+            },
+        )
+
+
+def reverse_triggers(
+    model: nn.Module,
+    images: torch.Tensor,
+    num_classes: int,
+    params: NeuralCleanseParams,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every class, the smallest mask (1, H, W) and its pattern (C, H, W) that send
+    ``images`` to that class: masks (K, 1, H, W) and patterns (K, C, H, W).
+
+    The classes are independent problems solved in one batch (one forward pass over every
+    class's stamped copy of the images), which is many times faster for small models.
+    """
+    channels, height, width = images.shape[1:]
+    # Start from a small mask (0.1 everywhere): the minimal triggers are small.
+    mask_logit = torch.full((num_classes, 1, height, width), -1.1, device=device)
+    pattern_logit = torch.zeros(num_classes, channels, height, width, device=device)
+    mask_logit.requires_grad_()
+    pattern_logit.requires_grad_()
+    optimizer = torch.optim.Adam([mask_logit, pattern_logit], lr=params.lr, betas=(0.5, 0.9))
+    targets = torch.arange(num_classes, device=device).repeat_interleave(params.batch_size)
+    model.to(device).eval()
+    model.requires_grad_(False)  # only the triggers are optimised
+    try:
+        for _ in range(params.steps):
+            rows = torch.randint(len(images), (params.batch_size,), generator=generator)
+            batch = images[rows].to(device).unsqueeze(0)
+            masks, patterns = _squash(mask_logit), _squash(pattern_logit)
+            stamped = (1 - masks.unsqueeze(1)) * batch + (masks * patterns).unsqueeze(1)
+            logits = model(stamped.flatten(0, 1))
+            # Summed over classes, so each class's trigger sees its own mean loss.
+            loss = F.cross_entropy(logits, targets) * num_classes
+            loss = loss + params.l1_weight * masks.sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    finally:
+        model.requires_grad_(True)
+    return _squash(mask_logit).detach().cpu(), _squash(pattern_logit).detach().cpu()
+
+
+def anomaly_indices(norms: Sequence[float]) -> list[float]:
+    """Each norm's distance from the median in units of the consistent MAD estimate."""
+    values = np.asarray(norms, dtype=np.float64)
+    deviations = np.abs(values - np.median(values))
+    mad = MAD_CONSISTENCY * np.median(deviations)
+    # All norms equal but one: any deviation is infinitely anomalous; keep it finite for JSON.
+    return (deviations / max(mad, 1e-12)).tolist()
+
+
+def _squash(logit: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(logit) / 2 + 0.5
+
+
+def _trigger_success(
+    model: nn.Module, images: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor, target: int
+) -> float:
+    """How often the reversed trigger sends ``images`` to ``target``: a mask only counts
+    as small if it works."""
+    device = next(model.parameters()).device
+    answers = predict(model, (1 - mask) * images + mask * pattern, device)
+    return float((answers == target).float().mean())

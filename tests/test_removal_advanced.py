@@ -1,0 +1,163 @@
+"""Neural Cleanse, adversarial training, overwriting and the query-time input transforms,
+on the ``smoke`` protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from arena.context import Context
+from arena.errors import ArenaError
+from arena.models import clone_model
+from arena.protocols import get_protocol
+from arena.registry import attacks
+from arena.training import accuracy, train
+from attacks.evasion.jpeg import JpegCompressionAttack
+from attacks.evasion.smooth import SpatialSmoothingAttack
+from attacks.evasion.squeeze import FeatureSqueezingAttack
+from attacks.removal.adv_train import AdversarialTraining, pgd_examples
+from attacks.removal.neural_cleanse import MAD_CONSISTENCY, NeuralCleanse, anomaly_indices
+from attacks.removal.overwrite import Overwrite
+from defenses.trigger_set import abstract_trigger_set
+
+TARGET = 3
+
+
+def stamp(images: torch.Tensor) -> torch.Tensor:
+    """A white 4x4 square near the lower right corner: a BadNets-style trigger."""
+    stamped = images.clone()
+    stamped[..., -5:-1, -5:-1] = 1.0
+    return stamped
+
+
+@pytest.fixture(scope="module")
+def ctx() -> Context:
+    return Context(protocol=get_protocol("smoke"), device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def backdoored(ctx):
+    """A smoke model trained with stamped owner images relabelled to one target class."""
+    owner = ctx.splits.owner
+    model = ctx.new_model("backdoor")
+    triggers = (stamp(owner.images[:100]), torch.full((100,), TARGET))
+    train(
+        model,
+        owner.images,
+        owner.labels,
+        ctx.protocol.training,
+        device=ctx.device,
+        generator=ctx.generator("backdoor"),
+        triggers=triggers,
+        triggers_per_batch=10,
+    )
+    return model
+
+
+def attack_success(model, ctx) -> float:
+    test = ctx.splits.test
+    keep = test.labels != TARGET
+    stamped = stamp(test.images[keep])
+    return accuracy(model, stamped, torch.full((len(stamped),), TARGET), ctx.device)
+
+
+def test_anomaly_index_is_distance_over_consistent_mad():
+    norms = [1.0, 2.0, 3.0, 4.0, 100.0]  # median 3, absolute deviations 2, 1, 0, 1, 97
+    expected = [deviation / MAD_CONSISTENCY for deviation in (2, 1, 0, 1, 97)]
+    assert anomaly_indices(norms) == pytest.approx(expected)
+    assert all(np.isfinite(anomaly_indices([5.0, 5.0, 5.0, 1.0])))
+
+
+def test_neural_cleanse_flags_and_unlearns_the_backdoor_target(ctx, backdoored):
+    before = attack_success(backdoored, ctx)
+    assert before > 0.9
+    model = clone_model(backdoored)
+    outcome = NeuralCleanse().run(model, ctx)
+    info = outcome.info
+    assert TARGET in info["flagged_classes"], info
+    assert int(np.argmin(info["mask_l1_norms"])) == TARGET
+    assert info["anomaly_indices"][TARGET] > 2.0
+    assert info["reversed_trigger_success"][TARGET] > 0.9
+    assert info["unlearning"] == "reversed triggers"
+    assert attack_success(outcome.model, ctx) < before
+
+
+def _same_weights(first, second) -> bool:
+    return all(
+        torch.equal(a, b)
+        for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [JpegCompressionAttack({"quality": 5}), SpatialSmoothingAttack(), FeatureSqueezingAttack()],
+)
+def test_input_transforms_change_queries_not_weights(ctx, attack):
+    model = ctx.new_model("transform")
+    weights = clone_model(model)
+    outcome = attack.run(model, ctx)
+    assert outcome.model is model and _same_weights(model, weights)
+    assert attack.threat == "evasion" and attack.threat_model(ctx).epochs == 0
+
+    served = attack.serve(model, ctx).eval()
+    images = ctx.splits.test.images[:8]
+    transformed = served.transform(images)
+    assert transformed.shape == images.shape and transformed.device == images.device
+    assert not torch.allclose(transformed, images, atol=1e-3)
+    assert torch.equal(served.transform(images), transformed)  # deterministic
+    with torch.no_grad():
+        assert torch.equal(served(images), model(transformed))
+    assert _same_weights(model, weights)
+
+
+def test_squeeze_to_one_bit_yields_binary_inputs(ctx):
+    served = FeatureSqueezingAttack({"bit_depth": 1}).serve(ctx.new_model(), ctx)
+    values = served.transform(ctx.splits.test.images[:8]).unique()
+    assert set(values.tolist()) <= {0.0, 1.0}
+
+
+def test_pgd_examples_stay_within_eps(ctx):
+    attack = AdversarialTraining({"eps": 0.1, "eps_step": 0.03, "max_iter": 3})
+    attacker = ctx.splits.attacker
+    images, labels = attacker.images[:32], attacker.labels[:32]
+    model = ctx.new_model("pgd")
+    adversarial = pgd_examples(model, images, labels, attack.params, ctx, seed=1)
+    assert adversarial.shape == images.shape
+    assert (adversarial - images).abs().max() <= 0.1 + 1e-6
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+    assert (adversarial - images).abs().max() > 0.05
+    again = pgd_examples(model, images, labels, attack.params, ctx, seed=1)
+    assert torch.equal(adversarial, again)
+
+
+def test_overwrite_learns_the_attackers_own_key(ctx, backdoored):
+    attack = Overwrite({"epochs": 6, "lr": 0.03, "triggers_per_batch": 10})
+    owner_images, _ = abstract_trigger_set(ctx, ctx.protocol.trigger_size, None)
+    attacker_images, _ = attack.attacker_triggers(ctx)
+    assert not np.array_equal(attacker_images.numpy(), owner_images / 255.0)
+    outcome = attack.run(clone_model(backdoored), ctx)
+    assert outcome.info["attacker_key_agreement"] >= 0.8, outcome.info
+    test = ctx.splits.test
+    assert accuracy(outcome.model, test.images, test.labels, ctx.device) > 0.7
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("neural-cleanse", {"threshold": 0}),
+        ("neural-cleanse", {"unlearn_fraction": 1.5}),
+        ("neural-cleanse", {"steps": 0}),
+        ("adv-train", {"eps": 0.1, "eps_step": 0.2}),
+        ("adv-train", {"max_iter": 0}),
+        ("jpeg", {"quality": 0}),
+        ("smooth", {"window_size": 0}),
+        ("squeeze", {"bit_depth": 9}),
+        ("overwrite", {"trigger_size": 0}),
+        ("overwrite", {"lr": -1}),
+    ],
+)
+def test_bad_params_are_rejected(name, params):
+    with pytest.raises(ArenaError, match=next(iter(params))):
+        attacks.get(name)(params)
