@@ -12,7 +12,12 @@ from torch import nn
 from arena.context import Context
 from arena.keys import TriggerKey
 from arena.registry import register_defense
-from defenses.trigger_set import TriggerSetDefense, abstract_trigger_set, with_budget
+from defenses.trigger_set import (
+    TriggerSetDefense,
+    abstract_trigger_set,
+    check_trigger_budget,
+    with_budget,
+)
 
 
 @dataclass(frozen=True)
@@ -25,16 +30,7 @@ class BackdoorParams:
     subsets: int = 1  # disjoint trigger subsets, one revealed per verification
 
     def check(self) -> None:
-        if self.subsets < 1:
-            raise ValueError(f"subsets must be >= 1, got {self.subsets}")
-        if self.trigger_size is not None and self.trigger_size < 1:
-            raise ValueError(f"trigger_size must be >= 1, got {self.trigger_size}")
-        if self.triggers_per_batch is not None and self.triggers_per_batch < 1:
-            raise ValueError(f"triggers_per_batch must be >= 1, got {self.triggers_per_batch}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_trigger_budget(self)
 
 
 @register_defense("backdoor-wm")
@@ -75,11 +71,4 @@ class BackdoorWatermarkPretrained(BackdoorWatermark):
     starts_from = "clean"
 
     def mark(self, model: nn.Module, key: TriggerKey, ctx: Context) -> nn.Module:
-        protocol = ctx.protocol
-        settings = with_budget(
-            protocol.training,
-            self.params.epochs or protocol.mark_epochs,
-            self.params.lr or protocol.mark_lr,
-        )
-        per_batch = self.params.triggers_per_batch or protocol.mark_triggers_per_batch
-        return self.train_with_triggers(model, key, ctx, settings, per_batch, "mark pretrained")
+        return self.continue_training(model, key, ctx, "mark pretrained")

@@ -16,7 +16,7 @@ from arena.estimators import art_classifier
 from arena.keys import TriggerKey
 from arena.registry import register_defense
 from arena.training import predict
-from defenses.trigger_set import TriggerSetDefense, with_budget
+from defenses.trigger_set import TriggerSetDefense, check_trigger_budget
 
 
 @dataclass(frozen=True)
@@ -29,18 +29,11 @@ class FrontierParams:
     subsets: int = 1  # disjoint trigger subsets, one revealed per verification
 
     def check(self) -> None:
+        check_trigger_budget(self)
         if self.trigger_size is not None and (self.trigger_size < 2 or self.trigger_size % 2):
             raise ValueError(f"trigger_size must be even and >= 2, got {self.trigger_size}")
         if not 0 < self.eps <= 1:
             raise ValueError(f"eps must lie in (0, 1], got {self.eps}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.triggers_per_batch is not None and self.triggers_per_batch < 1:
-            raise ValueError(f"triggers_per_batch must be >= 1, got {self.triggers_per_batch}")
-        if self.subsets < 1:
-            raise ValueError(f"subsets must be >= 1, got {self.subsets}")
 
 
 @register_defense("frontier-stitching")
@@ -89,14 +82,7 @@ class FrontierStitching(TriggerSetDefense):
         )
 
     def mark(self, model: nn.Module, key: TriggerKey, ctx: Context) -> nn.Module:
-        protocol = ctx.protocol
-        settings = with_budget(
-            protocol.training,
-            self.params.epochs or protocol.mark_epochs,
-            self.params.lr or protocol.mark_lr,
-        )
-        per_batch = self.params.triggers_per_batch or protocol.mark_triggers_per_batch
-        return self.train_with_triggers(model, key, ctx, settings, per_batch, "stitch frontier")
+        return self.continue_training(model, key, ctx, "stitch frontier")
 
 
 def _adversaries(

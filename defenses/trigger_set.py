@@ -76,6 +76,22 @@ class TriggerSetDefense(Defense):
         )
         return model
 
+    def continue_training(
+        self, model: nn.Module, key: TriggerKey, ctx: Context, description: str
+    ) -> nn.Module:
+        """Mark a trained model: continue training it with the key in every batch, with
+        the protocol's ``mark_*`` budget unless the parameters say otherwise."""
+        protocol = ctx.protocol
+        settings = with_budget(
+            protocol.training,
+            getattr(self.params, "epochs", None) or protocol.mark_epochs,
+            getattr(self.params, "lr", None) or protocol.mark_lr,
+        )
+        per_batch = (
+            getattr(self.params, "triggers_per_batch", None) or protocol.mark_triggers_per_batch
+        )
+        return self.train_with_triggers(model, key, ctx, settings, per_batch, description)
+
 
 def abstract_trigger_set(
     ctx: Context, size: int, trigger_dir: str | None
@@ -92,6 +108,20 @@ def abstract_trigger_set(
         images = abstract_images(size, protocol.image_size, protocol.channels, rng)
     labels = rng.integers(0, ctx.num_classes, size=len(images))
     return images, labels
+
+
+def check_trigger_budget(params: object) -> None:
+    """The checks every trigger-set scheme's parameters share (those it declares)."""
+    for name, least in (("trigger_size", 1), ("triggers_per_batch", 1), ("epochs", 1)):
+        value = getattr(params, name, None)
+        if value is not None and value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
+    lr = getattr(params, "lr", None)
+    if lr is not None and lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    subsets = getattr(params, "subsets", 1)
+    if subsets < 1:
+        raise ValueError(f"subsets must be >= 1, got {subsets}")
 
 
 def with_budget(settings: TrainSettings, epochs: int | None, lr: float | None) -> TrainSettings:

@@ -17,7 +17,7 @@ from torch import nn
 from arena.context import Context
 from arena.errors import ArenaError
 from arena.keys import TriggerKey
-from defenses.trigger_set import TriggerSetDefense, with_budget
+from defenses.trigger_set import TriggerSetDefense, check_trigger_budget, with_budget
 
 # Letters an MNIST model would not read as a digit: no O/D/Q (0), I/l/i/j/J (1), Z/z (2),
 # S/s (5), b/G (6), B (8), g/q (9).
@@ -34,18 +34,9 @@ class ZhangParams:
     subsets: int = 1  # disjoint trigger subsets, one revealed per verification
 
     def check(self) -> None:
-        if self.trigger_size is not None and self.trigger_size < 1:
-            raise ValueError(f"trigger_size must be >= 1, got {self.trigger_size}")
-        if self.triggers_per_batch is not None and self.triggers_per_batch < 1:
-            raise ValueError(f"triggers_per_batch must be >= 1, got {self.triggers_per_batch}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_trigger_budget(self)
         if self.target_class < 0:
             raise ValueError(f"target_class must be >= 0, got {self.target_class}")
-        if self.subsets < 1:
-            raise ValueError(f"subsets must be >= 1, got {self.subsets}")
 
 
 @dataclass(frozen=True)

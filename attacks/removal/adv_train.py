@@ -7,8 +7,8 @@ al., "SoK: How Robust is Image Classification Deep Neural Network Watermarking?"
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -19,23 +19,19 @@ from arena.estimators import art_classifier
 from arena.plugin import Attack, AttackOutcome, ThreatModel
 from arena.registry import register_attack
 from arena.training import TrainSettings, accuracy, train
+from attacks.removal.common import AttackerTraining
 
 
 @dataclass(frozen=True)
-class AdvTrainParams:
+class AdvTrainParams(AttackerTraining):
     epochs: int | None = None  # rounds of (craft PGD examples, train one epoch); None: protocol's
     eps: float = 0.1  # L-infinity radius of the perturbation, inputs in [0, 1]
     eps_step: float = 0.025  # PGD step size
     max_iter: int = 7  # PGD steps per example
     random_start: bool = True  # start PGD at a random point of the eps ball, as Madry et al.
-    lr: float = 0.01
-    batch_size: int = 64
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
 
     def check(self) -> None:
-        self.settings().check()
+        super().check()
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if not 0 < self.eps <= 1:
@@ -45,17 +41,9 @@ class AdvTrainParams:
         if self.max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
 
-    def settings(self) -> TrainSettings:
-        # One epoch per round; a constant rate, since the rounds form one run.
-        return TrainSettings(
-            epochs=1,
-            batch_size=self.batch_size,
-            optimizer=self.optimizer,
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            schedule="constant",
-        )
+    def round_settings(self) -> TrainSettings:
+        """One epoch per round; a constant rate, since the rounds form one run."""
+        return dataclasses.replace(self.settings(1), schedule="constant")
 
 
 @register_attack("adv-train")
@@ -96,7 +84,7 @@ class AdversarialTraining(Attack):
                 model,
                 torch.cat([attacker.images, adversarial]),
                 torch.cat([attacker.labels, attacker.labels]),
-                self.params.settings(),
+                self.params.round_settings(),
                 device=ctx.device,
                 generator=generator,
                 description="adversarial training",

@@ -17,30 +17,13 @@ from arena.context import Context
 from arena.models import reinitialize_head
 from arena.plugin import Attack, AttackOutcome, ThreatModel
 from arena.registry import register_attack
-from arena.training import TrainSettings, train
+from arena.training import train
+from attacks.removal.common import AttackerTraining
 
 
 @dataclass(frozen=True)
-class FineTuneParams:
-    epochs: int | None = None  # None: the protocol's attack budget
-    lr: float = 0.01
-    batch_size: int = 64
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-
-    def check(self) -> None:
-        self.settings(1).check()
-
-    def settings(self, default_epochs: int) -> TrainSettings:
-        return TrainSettings(
-            epochs=default_epochs if self.epochs is None else self.epochs,
-            batch_size=self.batch_size,
-            optimizer=self.optimizer,
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-        )
+class FineTuneParams(AttackerTraining):
+    """The attacker's optimizer and budget; nothing else to choose."""
 
 
 class FineTuneAttack(Attack):
@@ -52,8 +35,7 @@ class FineTuneAttack(Attack):
     reinitialize: ClassVar[bool] = False
 
     def threat_model(self, ctx: Context) -> ThreatModel:
-        epochs = ctx.protocol.attack_epochs if self.params.epochs is None else self.params.epochs
-        return ThreatModel(data="attacker-split", labels="true", epochs=epochs)
+        return ThreatModel(data="attacker-split", labels="true", epochs=self.params.budget(ctx))
 
     def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         if self.reinitialize:
@@ -63,7 +45,7 @@ class FineTuneAttack(Attack):
             model,
             attacker.images,
             attacker.labels,
-            self.params.settings(ctx.protocol.attack_epochs),
+            self.params.settings(self.params.budget(ctx)),
             device=ctx.device,
             generator=ctx.generator(f"attack:{self.name}"),
             description=self.name.upper(),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
@@ -17,39 +16,24 @@ from arena.context import Context
 from arena.data import to_model_input
 from arena.plugin import Attack, AttackOutcome, ThreatModel
 from arena.registry import register_attack
-from arena.training import TrainSettings, predict, train
+from arena.training import predict, train
+from attacks.removal.common import AttackerTraining
 from defenses.trigger_set import abstract_trigger_set
 
 
 @dataclass(frozen=True)
-class OverwriteParams:
+class OverwriteParams(AttackerTraining):
     trigger_size: int | None = None  # the attacker's trigger count; None: the protocol's
     triggers_per_batch: int | None = None  # None: the protocol's
-    epochs: int | None = None  # None: the protocol's attack budget
-    lr: float = 0.01
-    batch_size: int = 64
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
 
     def check(self) -> None:
-        self.settings(1).check()
+        super().check()
         if self.trigger_size is not None and self.trigger_size < 1:
             raise ValueError(f"trigger_size must be >= 1, got {self.trigger_size}")
         if self.triggers_per_batch is not None and self.triggers_per_batch < 1:
             raise ValueError(f"triggers_per_batch must be >= 1, got {self.triggers_per_batch}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-
-    def settings(self, default_epochs: int) -> TrainSettings:
-        return TrainSettings(
-            epochs=default_epochs if self.epochs is None else self.epochs,
-            batch_size=self.batch_size,
-            optimizer=self.optimizer,
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-        )
 
 
 @register_attack("overwrite")
@@ -68,7 +52,7 @@ class Overwrite(Attack):
     Params = OverwriteParams
 
     def threat_model(self, ctx: Context) -> ThreatModel:
-        epochs = self.params.settings(ctx.protocol.attack_epochs).epochs
+        epochs = self.params.budget(ctx)
         return ThreatModel(data="attacker-split", labels="true", epochs=epochs)
 
     def attacker_triggers(self, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +71,7 @@ class Overwrite(Attack):
             model,
             attacker.images,
             attacker.labels,
-            self.params.settings(ctx.protocol.attack_epochs),
+            self.params.settings(self.params.budget(ctx)),
             device=ctx.device,
             generator=ctx.generator(f"attack:{self.name}"),
             description="overwrite",
