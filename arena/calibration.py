@@ -283,8 +283,16 @@ def calibrate(
         model, meta = reference.load(protocol, cache, device, progress)
         meta = {**meta, "test_acc": accuracy(model, test.images, test.labels, device)}
         loaded.append((reference, model, meta))
+    if defense.access == "white-box":
+        # White-box evidence reads one layer of the protocol's architecture: a model of
+        # another architecture has no such layer, and its 0 bits are no agreement.
+        loaded = [entry for entry in loaded if entry[0].architecture == protocol.model]
     calibration = [(r, m, meta) for r, m, meta in loaded if r.role == "calibration"]
     holdout = [(r, m, meta) for r, m, meta in loaded if r.role == "held-out"]
+    if not calibration:
+        raise ArenaError(
+            f"no calibration model of {protocol.model}, the architecture {defense.name} reads"
+        )
 
     def fresh_keys(purpose: str, count: int) -> list[Any]:
         return [
@@ -452,12 +460,12 @@ def to_markdown(record: dict[str, Any]) -> str:
         "",
         f"- Null agreement: {null['successes']}/{null['trials']} = {null['rate']:.4f}; "
         f"Clopper-Pearson {null['confidence']:.0%} interval [{null['lower']:.4f}, "
-        f"{null['upper']:.4f}]; nominal 1/|L| = {null['nominal']:.4f}. Verification uses "
+        f"{null['upper']:.4f}]; the scheme's nominal null {null['nominal']:.4f}. Verification uses "
         f"null p = {null['p']:.4f} ({null['source']}).",
     ]
     for name, title in (
         ("false_positives", "at the calibrated null"),
-        ("false_positives_nominal", "at the nominal null 1/|L|"),
+        ("false_positives_nominal", "at the scheme's nominal null"),
     ):
         if name in record:
             fp = record[name]

@@ -181,3 +181,18 @@ def test_the_leaderboard_shows_which_null_decided(smoke_calibration):
     expected = "(calibrated)" if null.p is not None else "(nominal)"
     assert row.null.endswith(expected)
     assert "same key on clean" in to_markdown(board) and "not verified" in row.clean_evidence
+
+
+def test_white_box_schemes_calibrate_on_the_architecture_they_read(smoke_calibration):
+    record = calibrate(
+        SMOKE,
+        "uchida",
+        models=3,
+        held_out=0,
+        keys=2,
+        db=smoke_calibration["db"],
+        cache=smoke_calibration["cache"],
+    )
+    assert {row["architecture"] for row in record["models"]} == {SMOKE.model}
+    assert record["null"]["nominal"] == 0.5
+    assert 0.35 < record["null"]["rate"] < 0.65  # chance bit agreement, not 0 bits read
