@@ -50,6 +50,11 @@ class MatchRow:
     attack_seconds: float
     outcome: str
     threat_model: dict[str, Any]
+    # A task-changing attack (transfer learning): its black-box evidence is not evidence,
+    # the owner-head evidence decides, and its accuracy is the new task's.
+    evidence_applicable: bool = True
+    task: str | None = None
+    task_acc: float | None = None  # mean over seeds, on the new task's test split
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,8 @@ def _match_row(key: tuple[str, str, str], records: list[dict]) -> MatchRow:
         owner_head = (
             f"{first_head['successes']}/{first_head['trials']} ({verified}/{len(records)} verified)"
         )
+    applicable = first["attacked"]["evidence"].get("applicable", True)
+    task_accs = [r.get("attack_info", {}).get("task_test_acc") for r in records]
     return MatchRow(
         defense=defense,
         attack=attack,
@@ -142,6 +149,9 @@ def _match_row(key: tuple[str, str, str], records: list[dict]) -> MatchRow:
         attack_seconds=mean(r.get("attack_seconds", r["seconds"]["attack"]) for r in records),
         outcome=first["outcome"],
         threat_model=first["threat_model"],
+        evidence_applicable=applicable,
+        task=None if applicable else first.get("attack_info", {}).get("task"),
+        task_acc=None if applicable or None in task_accs else mean(task_accs),
     )
 
 
@@ -256,6 +266,22 @@ MATCH_HEADER = [
 
 def match_cells(row: MatchRow) -> list[str]:
     total = len(row.seeds)
+    if not row.evidence_applicable:
+        # Transfer learning: the model answers another task, the owner's head decides.
+        task = row.task or "another task"
+        return [
+            row.defense,
+            row.attack,
+            str(total),
+            _pct(row.marked_acc),
+            f"{task}: {_pct(row.task_acc)}" if row.task_acc is not None else f"{task}: n/a",
+            "n/a (another task)",
+            "n/a",
+            "n/a",
+            f"{row.owner_head or 'n/a'}, decides",
+            _seeds(row.attack_succeeded, total),
+            f"{row.attack_seconds:.1f}",
+        ]
     return [
         row.defense,
         row.attack,
@@ -287,7 +313,10 @@ def to_markdown(board: Leaderboard) -> str:
         "not verified at alpha on the attacked model and its test accuracy is within delta "
         "of the marked model. The owner-head evidence (the seed paper's RTLL/RTAL "
         "verification with the owner's output layer put back) is shown beside the "
-        "black-box evidence; the verdict is decided on the black-box evidence.",
+        "black-box evidence; the verdict is decided on the black-box evidence, except for "
+        "task-changing attacks (transfer learning), whose model answers another task: "
+        "there the owner-head evidence decides and the accuracy shown is the new task's, "
+        "reported as information.",
         "",
         "## Defenses",
         "",

@@ -22,6 +22,7 @@ from arena import __version__
 from arena.calibration import CalibrationStore, measure
 from arena.clean import artifact_base, clean_model
 from arena.context import Context, default_device
+from arena.errors import ArenaError
 from arena.models import clone_model, head_state, load_head_state
 from arena.plugin import Attack, Defense, Key
 from arena.progress import Reporter, silent
@@ -54,11 +55,37 @@ class Outcome:
 
 
 def score_removal(
-    protocol: Protocol, marked_acc: float, marked: Evidence, attacked_acc: float, attacked: Evidence
+    protocol: Protocol,
+    marked_acc: float,
+    marked: Evidence,
+    attacked_acc: float,
+    attacked: Evidence,
+    *,
+    changes_task: bool = False,
+    owner_head: Evidence | None = None,
 ) -> Outcome:
-    """DESIGN.md's rule: the mark fails AND accuracy stays within delta of the marked model."""
+    """DESIGN.md's rule: the mark fails AND accuracy stays within delta of the marked model.
+
+    A task-changing attack (transfer learning to another data set, Adi et al. 2018,
+    Table 2) is scored as the seed paper scores it. Its model answers another task's
+    labels, so neither its black-box evidence nor its accuracy on the owner's test set
+    is a measure of anything; the mark is tested with the owner's output layer put back
+    (``owner_head``), and the attack succeeds when that evidence is not verified. The new
+    task's accuracy is reported by the attack as information only: the arena has no
+    reference accuracy on another task to hold it to, so there is no delta condition.
+    """
     if not marked.verified:
         return Outcome(False, "no verified mark before the attack: nothing to remove")
+    if changes_task:
+        if owner_head is None:
+            raise ValueError("a task-changing attack is scored on owner-head evidence; none given")
+        if owner_head.verified:
+            return Outcome(False, "the mark is still verified with the owner's output layer")
+        return Outcome(
+            True,
+            "the mark is not verified with the owner's output layer put back (the model "
+            "solves another task; its accuracy there is information, not a condition)",
+        )
     if attacked.verified:
         return Outcome(False, "the mark is still verified")
     drop = marked_acc - attacked_acc
@@ -90,6 +117,15 @@ def run_match(
         protocol=protocol, seed=spec.seed, device=device or default_device(), progress=progress
     )
     ctx.clean_provider = lambda: clean_model(ctx, cache)[0]
+    # The attacked model's architecture: the victim's unless the attack trains another.
+    architecture = attack.architecture(ctx) or protocol.model
+    same_architecture = architecture == protocol.model
+    attacked_protocol = protocol.with_model(architecture)
+    if attack.changes_task and not same_architecture:
+        raise ArenaError(
+            f"attack {attack.name!r} changes the task and the architecture; the owner-head "
+            "evidence that decides a task-changing attack needs the victim's architecture"
+        )
     started = time.perf_counter()
     timer = _PhaseTimer()
     cached: dict[str, bool] = {}
@@ -167,7 +203,12 @@ def run_match(
     with timer("attack"):
 
         def run_attack(model: nn.Module) -> dict[str, Any]:
-            model.load_state_dict(marked.state_dict())
+            # The attack starts from the marked model; the container built for its result
+            # holds the marked weights only when the architectures agree.
+            if same_architecture:
+                model.load_state_dict(marked.state_dict())
+            else:
+                model = clone_model(marked)
             outcome = attack.run(model, ctx)
             return {
                 "model": outcome.model,
@@ -177,7 +218,7 @@ def run_match(
 
         attacked, attack_meta, cached["attacked"] = cache.model(
             attacked_folder,
-            build=lambda: ctx.new_model("attack"),
+            build=lambda: _new_model(attacked_protocol, ctx, "attack"),
             train=run_attack,
             spec=attacked_spec,
         )
@@ -190,7 +231,7 @@ def run_match(
         probe = served if defense.access == "black-box" else attacked
         attacked_evidence = measure(defense, probe, key, ctx, null)
         owner_head_evidence = None
-        if attack_meta.get("replaced_head"):
+        if (attack_meta.get("replaced_head") or attack.changes_task) and same_architecture:
             # The seed paper's RTLL/RTAL verification: put the owner's output layer back.
             restored = clone_model(attacked)
             load_head_state(restored, head_state(marked))
@@ -198,8 +239,20 @@ def run_match(
                 restored = attack.serve(restored, ctx)
             owner_head_evidence = measure(defense, restored, key, ctx, null)
 
-    outcome = score_removal(protocol, marked_acc, marked_evidence, attacked_acc, attacked_evidence)
+    outcome = score_removal(
+        protocol,
+        marked_acc,
+        marked_evidence,
+        attacked_acc,
+        attacked_evidence,
+        changes_task=attack.changes_task,
+        owner_head=owner_head_evidence,
+    )
     test_size = len(splits.test)
+    attacked_record = _model_record(attacked_acc, test_size, attacked_evidence)
+    if attack.changes_task:
+        # Measured and kept, but the model answers another task's labels: not evidence.
+        attacked_record["evidence"]["applicable"] = False
     record = {
         "protocol": protocol.name,
         "protocol_version": protocol.version,
@@ -217,7 +270,8 @@ def run_match(
         "clean": _model_record(clean_acc, test_size, clean_evidence),
         "marked": _model_record(marked_acc, test_size, marked_evidence),
         "attacked": {
-            **_model_record(attacked_acc, test_size, attacked_evidence),
+            **attacked_record,
+            "architecture": architecture,
             "owner_head_evidence": owner_head_evidence.to_dict() if owner_head_evidence else None,
         },
         "functionality_preservation": marked_acc - clean_acc,
@@ -241,6 +295,13 @@ def run_match(
     record["seconds"]["total"] = sum(timer.seconds.values())
     store.save(match_id, record)
     return record
+
+
+def _new_model(protocol: Protocol, ctx: Context, purpose: str) -> nn.Module:
+    """A fresh model of ``protocol``'s architecture, seeded as ``ctx`` seeds its own."""
+    if protocol is ctx.protocol:
+        return ctx.new_model(purpose)
+    return Context(protocol=protocol, seed=ctx.seed, device=ctx.device).new_model(purpose)
 
 
 def _key(

@@ -132,9 +132,20 @@ class Attack(Plugin):
     kind: ClassVar[str] = "attack"
     threat: ClassVar[Literal["removal", "forgery", "piracy", "evasion", "none"]] = "removal"
     paper: ClassVar[str] = ""
+    # True when the attacked model solves another task (transfer learning): its answers
+    # are another task's labels, so the verdict rests on the owner-head evidence.
+    changes_task: ClassVar[bool] = False
 
     def threat_model(self, ctx: Context) -> ThreatModel:
         raise NotImplementedError
+
+    def architecture(self, ctx: Context) -> str | None:
+        """The timm architecture of the model ``run`` returns; None: the victim's.
+
+        An attack that trains a model of another architecture (extraction) says so here,
+        so the arena stores and reloads the attacked model in the right container.
+        """
+        return None
 
     def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         raise NotImplementedError

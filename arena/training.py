@@ -74,12 +74,23 @@ def train(
     extra_loss: ExtraLoss | None = None,
     trainable: Literal["all", "head"] = "all",
     augment: Augment = "none",
+    temperature: float = 1.0,
 ) -> TrainReport:
-    """Train ``model`` in place on ``images`` (float, [0, 1]) and ``labels``."""
+    """Train ``model`` in place on ``images`` (float, [0, 1]) and ``labels``.
+
+    ``labels`` are class indices (N,) or target probabilities (N, classes), e.g. a
+    teacher's soft labels. ``temperature`` T divides the logits inside the loss, which is
+    then scaled by T^2 so its gradients keep their size (Hinton et al. 2015); at 1 the
+    loss is plain cross-entropy.
+    """
     settings.check()
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if labels.ndim == 2 and triggers is not None and triggers_per_batch > 0:
+        raise ValueError("trigger batches carry class indices; they cannot join soft targets")
     model.to(device)
     parameters = _trainable_parameters(model, trainable)
-    optimizer = _make_optimizer(parameters, settings)
+    optimizer = make_optimizer(parameters, settings)
     batches_per_epoch = max(1, -(-len(images) // settings.batch_size))
     total_steps = settings.epochs * batches_per_epoch
     scheduler = (
@@ -112,9 +123,13 @@ def train(
                     batch_images = torch.cat([batch_images, trigger_images[pick]])
                     batch_labels = torch.cat([batch_labels, trigger_labels[pick]])
                 logits = model(batch_images)
+                if temperature != 1.0:
+                    logits = logits / temperature
                 loss = F.cross_entropy(
                     logits, batch_labels, label_smoothing=settings.label_smoothing
                 )
+                if temperature != 1.0:
+                    loss = loss * temperature**2
                 if extra_loss is not None:
                     loss = loss + extra_loss(model)
                 optimizer.zero_grad(set_to_none=True)
@@ -200,7 +215,10 @@ def _set_mode(model: nn.Module, trainable: str) -> None:
         head_module(model).train()
 
 
-def _make_optimizer(parameters: list[nn.Parameter], settings: TrainSettings):
+def make_optimizer(
+    parameters: list[nn.Parameter], settings: TrainSettings
+) -> torch.optim.Optimizer:
+    """The optimizer ``settings`` name, over ``parameters`` (also for ART estimators)."""
     if settings.optimizer == "sgd":
         return torch.optim.SGD(
             parameters,

@@ -35,6 +35,15 @@ def check_record(record: dict) -> None:
     owner_head = record["attacked"]["owner_head_evidence"]
     if owner_head is not None:
         check_evidence(owner_head)
+    assert isinstance(record["attacked"]["architecture"], str)
+    # A task-changing attack's black-box evidence is kept but marked not applicable; the
+    # owner-head evidence decides its verdict, so it must be there.
+    applicable = record["attacked"]["evidence"].get("applicable", True)
+    assert isinstance(applicable, bool)
+    if not applicable:
+        assert owner_head is not None
+        if record["attack_succeeded"]:
+            assert not owner_head["verified"]
     assert isinstance(record["attack_succeeded"], bool)
     assert isinstance(record["outcome"], str) and record["outcome"]
     assert record["seconds"] and all(

@@ -68,7 +68,10 @@ def test_attack_contract(name, shared):
     assert record["attack"] == name
     assert record["threat_model"] == threat_model.to_dict()
     assert record["marked"]["evidence"]["verified"]
-    if record["attack_succeeded"]:
+    if record["attack_succeeded"] and attack_cls.changes_task:
+        # Transfer learning is decided on the owner-head evidence, as the seed paper does.
+        assert not record["attacked"]["owner_head_evidence"]["verified"]
+    elif record["attack_succeeded"]:
         assert not record["attacked"]["evidence"]["verified"]
         drop = record["marked"]["test_acc"] - record["attacked"]["test_acc"]
         assert drop <= get_protocol("smoke").delta

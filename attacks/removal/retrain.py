@@ -1,0 +1,105 @@
+"""Model extraction by relabelling: train a fresh model on the victim's top-1 answers to the
+attacker's own images (Tramèr et al., "Stealing Machine Learning Models via Prediction
+APIs", USENIX Security 2016; the retraining attack of Lukas et al., "SoK: How Robust is
+Image Classification Deep Neural Network Watermarking?", IEEE S&P 2022).
+
+The fresh model may be of another timm architecture. A trigger-set mark survives only as
+far as the victim's answers on ordinary images carry it over.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from torch import nn
+
+from arena.context import Context
+from arena.plugin import Attack, AttackOutcome, ThreatModel
+from arena.registry import register_attack
+from arena.training import predict, train
+from attacks.removal.common import AttackerTraining
+
+
+@dataclass(frozen=True)
+class ScratchTraining(AttackerTraining):
+    """The attacker's budget and optimizer for a model trained from scratch.
+
+    ``epochs`` None is the owner's own from-scratch budget (the protocol's training
+    epochs): extraction starts from random weights, not from a trained model. The rate
+    0.1 is the usual from-scratch SGD rate (He et al., CVPR 2016), also the protocols'.
+    """
+
+    lr: float = 0.1
+
+    def budget(self, ctx: Context) -> int:
+        return ctx.protocol.training.epochs if self.epochs is None else self.epochs
+
+
+@dataclass(frozen=True)
+class RetrainParams(ScratchTraining):
+    model: str | None = None  # timm architecture of the fresh model; None: the victim's
+
+    def check(self) -> None:
+        super().check()
+        if self.model is not None:
+            import timm
+
+            if not timm.is_model(self.model):
+                close = difflib.get_close_matches(self.model, timm.list_models(), n=3)
+                hint = f"did you mean {', '.join(close)}? " if close else ""
+                raise ValueError(
+                    f"model {self.model!r} is not a timm model; {hint}(timm.list_models())"
+                )
+
+
+@register_attack("retrain")
+class Retrain(Attack):
+    """Retraining from scratch on the victim's labels (Tramèr et al., USENIX Security
+    2016; Lukas et al., IEEE S&P 2022).
+
+    The attacker queries the victim once per image of its split, keeps the top-1 answers
+    and discards its own labels, then trains a freshly initialised model (``model``: the
+    victim's architecture or any other timm model) on those answers with its own optimizer
+    and the protocol's augmentation. Defaults: the owner's from-scratch epochs, SGD at 0.1.
+    """
+
+    paper = "Tramèr et al., USENIX Security 2016; Lukas et al., IEEE S&P 2022"
+    Params = RetrainParams
+
+    def architecture(self, ctx: Context) -> str | None:
+        return self.params.model
+
+    def threat_model(self, ctx: Context) -> ThreatModel:
+        return ThreatModel(
+            data="unlabeled",
+            labels="victim-top1",
+            query_budget=len(ctx.splits.attacker),
+            epochs=self.params.budget(ctx),
+        )
+
+    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+        images = ctx.splits.attacker.images
+        labels = predict(model, images, ctx.device)
+        fresh = fresh_model(ctx, self.params.model, f"attack:{self.name}")
+        report = train(
+            fresh,
+            images,
+            labels,
+            self.params.settings(self.params.budget(ctx)),
+            device=ctx.device,
+            generator=ctx.generator(f"attack:{self.name}"),
+            description="retraining on the victim's labels",
+            progress=ctx.progress,
+            augment=ctx.protocol.augment,
+        )
+        return AttackOutcome(model=fresh, info={"steps": report.steps, "queries": len(images)})
+
+
+def fresh_model(ctx: Context, architecture: str | None, purpose: str) -> nn.Module:
+    """A randomly initialised model of ``architecture`` (None: the protocol's), seeded for
+    ``purpose``: never the victim's weights."""
+    protocol = ctx.protocol.with_model(architecture)
+    if protocol is ctx.protocol:
+        return ctx.new_model(purpose)
+    return Context(protocol=protocol, seed=ctx.seed, device=ctx.device).new_model(purpose)
