@@ -96,6 +96,8 @@ def _evidence_cells(evidence: dict[str, Any] | None) -> list[str]:
     if evidence is None:
         return ["n/a"] * 4
     verdict = "[green]verified[/]" if evidence["verified"] else "[red]not verified[/]"
+    if evidence.get("applicable") is False:
+        verdict = "not applicable (another task)"
     return [
         f"{evidence['successes']} of {evidence['trials']}"
         + (f" (needs {needed})" if (needed := evidence.get("required_successes")) else ""),
