@@ -274,19 +274,19 @@ def calibrate(
     base.clean_provider = functools.cache(lambda: clean_model(owner, cache)[0])
     test = base.splits.test
 
+    if defense.access == "white-box":
+        # White-box evidence reads one layer of the protocol's architecture: a model of
+        # another architecture has no such layer, and its 0 bits are no agreement.
+        references = [r for r in references if r.architecture == protocol.model]
     loaded: list[tuple[ReferenceModel, nn.Module, dict[str, Any]]] = []
-    for reference in references:
+    for position, reference in enumerate(references, start=1):
         progress.log(
-            f"reference model {reference.index + 1} of {len(references)}: "
+            f"reference model {position} of {len(references)}: "
             f"{reference.architecture}, seed {reference.seed} ({reference.role})"
         )
         model, meta = reference.load(protocol, cache, device, progress)
         meta = {**meta, "test_acc": accuracy(model, test.images, test.labels, device)}
         loaded.append((reference, model, meta))
-    if defense.access == "white-box":
-        # White-box evidence reads one layer of the protocol's architecture: a model of
-        # another architecture has no such layer, and its 0 bits are no agreement.
-        loaded = [entry for entry in loaded if entry[0].architecture == protocol.model]
     calibration = [(r, m, meta) for r, m, meta in loaded if r.role == "calibration"]
     holdout = [(r, m, meta) for r, m, meta in loaded if r.role == "held-out"]
     if not calibration:

@@ -1,8 +1,11 @@
 """Aggregate stored matches per protocol, rank the defenses, render the tables.
 
 A defense is ranked by how many attacks its mark survived (still verified, or the attack
-cost more accuracy than delta), then by functionality preservation. Matches over several
-seeds are aggregated: mean accuracies, and counts of seeds verified / succeeded.
+cost more accuracy than delta), then by the share survived, the marked agreement and
+functionality preservation. Matches over several seeds are aggregated: mean accuracies,
+and counts of seeds verified / succeeded. A later run of the same match and seed
+supersedes the earlier; a run with parameters set away from a plugin's defaults is its
+own variant row, e.g. ``ftal [lr=0.05]``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from rich.table import Table
 from arena.errors import ArenaError
 from arena.keys import write_json_atomic
 from arena.protocols import PROTOCOLS, Protocol
+from arena.registry import Registry, attacks, defenses
 from arena.store import ResultStore
 
 THREAT_SECTIONS = ("none", "removal", "forgery", "piracy", "evasion")
@@ -55,6 +59,7 @@ class MatchRow:
     evidence_applicable: bool = True
     task: str | None = None
     task_acc: float | None = None  # mean over seeds, on the new task's test split
+    notes: str = ""  # the attack's own one-line summary, of the first seed
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class Leaderboard:
     defenses: list[DefenseRow]
     matches: list[MatchRow]
     older_versions: int  # records of earlier protocol versions left out
+    superseded: int = 0  # records replaced by a later run of the same cell and seed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,11 +98,18 @@ class Leaderboard:
 
 
 def build(store: ResultStore, protocol: Protocol) -> Leaderboard:
-    records = store.records(protocol.name)
+    records = store.records(protocol.name)  # oldest first
     current = [r for r in records if r["protocol_version"] == protocol.version]
-    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    # One record per (variant, model, seed): a later run of the same cell (a newer plugin
+    # version, a new calibration, a renamed parameter) supersedes the earlier one.
+    latest: dict[tuple[str, str, str, int], dict] = {}
     for record in current:
-        groups[(record["defense"], record["attack"], record["model"])].append(record)
+        defense = labelled(defenses, record["defense"], record["defense_params"])
+        attack = labelled(attacks, record["attack"], record["attack_params"])
+        latest[(defense, attack, record["model"], record["seed"])] = record
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for (defense, attack, model, _seed), record in latest.items():
+        groups[(defense, attack, model)].append(record)
     matches = sorted(
         (_match_row(key, rows) for key, rows in groups.items()),
         key=lambda row: (
@@ -108,7 +121,31 @@ def build(store: ResultStore, protocol: Protocol) -> Leaderboard:
             row.model,
         ),
     )
-    return Leaderboard(protocol, _rank(matches), matches, len(records) - len(current))
+    return Leaderboard(
+        protocol,
+        _rank(matches),
+        matches,
+        older_versions=len(records) - len(current),
+        superseded=len(current) - len(latest),
+    )
+
+
+def labelled(registry: Registry, name: str, params: dict[str, Any]) -> str:
+    """``name``, with the parameters a match set away from the plugin's defaults.
+
+    A variant (``deepsigns [strength=0.1]``) is its own row; parameters the plugin no
+    longer declares, or set to their default, do not make one.
+    """
+    try:
+        defaults = registry.get(name)().params_dict()
+    except ArenaError:  # a plugin no longer installed: every set parameter shows
+        defaults = {}
+    changed = [
+        f"{field}={value}"
+        for field, value in sorted(params.items())
+        if value is not None and field in (defaults or params) and value != defaults.get(field)
+    ]
+    return f"{name} [{', '.join(changed)}]" if changed else name
 
 
 def _match_row(key: tuple[str, str, str], records: list[dict]) -> MatchRow:
@@ -152,6 +189,7 @@ def _match_row(key: tuple[str, str, str], records: list[dict]) -> MatchRow:
         evidence_applicable=applicable,
         task=None if applicable else first.get("attack_info", {}).get("task"),
         task_acc=None if applicable or None in task_accs else mean(task_accs),
+        notes=str(first.get("attack_info", {}).get("summary", "")),
     )
 
 
@@ -199,8 +237,11 @@ def _rank(matches: list[MatchRow]) -> list[DefenseRow]:
                 survived=survived,
             )
         )
+    # Attacks survived, counted not as a share: a variant run against fewer attacks
+    # must not outrank a scheme that met them all.
     rows.sort(
         key=lambda r: (
+            -r["survived"],
             -(r["survived"] / r["attacks"] if r["attacks"] else 0),
             -r["marked_agreement"],
             -r["preservation"],
@@ -261,6 +302,7 @@ MATCH_HEADER = [
     "owner-head evidence",
     "attack succeeded",
     "attack s",
+    "notes",
 ]
 
 
@@ -281,6 +323,7 @@ def match_cells(row: MatchRow) -> list[str]:
             f"{row.owner_head or 'n/a'}, decides",
             _seeds(row.attack_succeeded, total),
             f"{row.attack_seconds:.1f}",
+            row.notes,
         ]
     return [
         row.defense,
@@ -294,6 +337,7 @@ def match_cells(row: MatchRow) -> list[str]:
         row.owner_head or "n/a",
         _seeds(row.attack_succeeded, total),
         f"{row.attack_seconds:.1f}",
+        row.notes,
     ]
 
 
@@ -337,6 +381,12 @@ def to_markdown(board: Leaderboard) -> str:
             "",
             f"{board.older_versions} records of earlier versions of this protocol "
             "are in the database and left out.",
+        ]
+    if board.superseded:
+        lines += [
+            "",
+            f"{board.superseded} records superseded by a later run of the same match "
+            "(same variant and seed) are left out.",
         ]
     return "\n".join(lines) + "\n"
 

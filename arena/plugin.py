@@ -118,7 +118,9 @@ class AttackOutcome:
     """What an attack hands back: the model the attacker ends up with or serves.
 
     ``replaced_head`` says the attack re-initialised or swapped the output layer, so the
-    owner-head evidence (the seed paper's RTLL/RTAL verification) applies.
+    owner-head evidence (the seed paper's RTLL/RTAL verification) applies. ``info`` is
+    stored with the match; its optional ``"summary"``, one short line (e.g. the classes
+    Neural Cleanse flagged), is shown in the leaderboard's notes column.
     """
 
     model: nn.Module

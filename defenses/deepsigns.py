@@ -27,7 +27,7 @@ class DeepSignsParams:
     target_classes: int = 1  # s, classes whose mean activation carries bits
     key_fraction: float = 0.01  # key images: this share of the owner's data (the paper's 1%)
     strength: float = 0.01  # lambda_2, the weight of the bit loss
-    center_strength: float = 0.01  # lambda_1, the weight of the pull toward class centres
+    center_strength: float = 0.001  # lambda_1, the weight of the pull toward class centres
 
     def check(self) -> None:
         if self.bits < 1:
@@ -57,10 +57,13 @@ class DeepSigns(WhiteBoxDefense):
     of each key image's activation to its class centre. Evidence (white-box): the bits
     ``A mu_c > 0`` read with a forward hook on the model under test that equal the key's.
 
-    Defaults follow the paper as far as we know it: lambda_1 = lambda_2 = 0.01, A from
-    N(0, 1), key images 1% of the training data; N = 32 bits and s = 1 target class are
-    our reading of its settings, not checked against its text here. They embed all bits
-    within the smoke protocol's budget, so none is changed. Deviations: the paper learns
+    Defaults follow the paper as far as we know it: lambda_2 = 0.01, A from N(0, 1), key
+    images 1% of the training data; N = 32 bits and s = 1 target class are our reading of
+    its settings, not checked against its text here. lambda_1 is 0.001, not the paper's
+    0.01: our pull is summed over the layer's features (2,048 at resnet18's ``layer2.1``
+    on 32x32 inputs), and at 0.01 it cost 5.2 points of test accuracy on mnist5k, seed 0
+    (91.8% against 97.0% clean); 0.001 cost 1.1 points and 0 cost 0.3. All three embed
+    32 of 32 bits, and 0.001 and 0 keep them all through FTAL and RTAL. Deviations: the paper learns
     the class centres as free variables, puts the bit loss on them and pulls activations
     toward them (also pushing centres apart); here the bit loss acts on the key images'
     mean activation itself, which is what Verify reads, and the pull goes toward that

@@ -80,6 +80,7 @@ def test_neural_cleanse_flags_and_unlearns_the_backdoor_target(ctx, backdoored):
     assert info["anomaly_indices"][TARGET] > 2.0
     assert info["reversed_trigger_success"][TARGET] > 0.9
     assert info["unlearning"] == "reversed triggers"
+    assert info["summary"].startswith("flagged class ") and str(TARGET) in info["summary"]
     assert attack_success(outcome.model, ctx) < before
 
 

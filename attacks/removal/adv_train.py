@@ -93,7 +93,15 @@ class AdversarialTraining(Attack):
             steps += report.steps
         return AttackOutcome(
             model=model,
-            info={"steps": steps, "robust_accuracy_per_round": robust_accuracy},
+            info={
+                "summary": (
+                    f"PGD-example accuracy {robust_accuracy[0]:.2f} -> {robust_accuracy[-1]:.2f}"
+                    if robust_accuracy
+                    else "no rounds"
+                ),
+                "steps": steps,
+                "robust_accuracy_per_round": robust_accuracy,
+            },
         )
 
 

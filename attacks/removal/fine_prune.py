@@ -77,6 +77,7 @@ class FinePruning(Attack):
         for name in masked:
             prune.remove(conv, name)
         info = {
+            "summary": f"{count} of {conv.out_channels} channels of {path} pruned",
             "layer": path,
             "channels": conv.out_channels,
             "pruned_count": count,

@@ -129,6 +129,12 @@ class NeuralCleanse(Attack):
         return AttackOutcome(
             model=model,
             info={
+                "summary": (
+                    f"flagged class {', '.join(map(str, flagged))}"
+                    if flagged
+                    else "no class flagged"
+                )
+                + f" (max anomaly index {max(indices):.2f})",
                 "flagged_classes": flagged,
                 "mask_l1_norms": norms,
                 "anomaly_indices": indices,

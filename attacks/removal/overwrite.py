@@ -85,6 +85,7 @@ class Overwrite(Attack):
         return AttackOutcome(
             model=model,
             info={
+                "summary": f"attacker's own key answered {agreement}/{len(answers)}",
                 "attacker_key_agreement": agreement / len(answers),
                 "attacker_key_successes": agreement,
                 "attacker_key_trials": len(answers),

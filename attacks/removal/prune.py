@@ -62,5 +62,11 @@ class GlobalMagnitudePruning(Attack):
             prune.remove(layer, "weight")  # permanent: plain weights, no masks left
         total = sum(layer.weight.numel() for layer in layers)
         zeros = sum(int((layer.weight == 0).sum()) for layer in layers)
-        info = {"sparsity": zeros / total, "zero_weights": zeros, "weights": total, "steps": steps}
+        info = {
+            "summary": f"sparsity {zeros / total:.2f}",
+            "sparsity": zeros / total,
+            "zero_weights": zeros,
+            "weights": total,
+            "steps": steps,
+        }
         return AttackOutcome(model=model, info=info)
