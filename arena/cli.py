@@ -107,6 +107,47 @@ def _evidence_cells(evidence: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _print_claims(dispute: dict[str, Any] | None) -> None:
+    """Forgery and piracy: every claim the arena judged, check by check."""
+    if not dispute:
+        return
+    table = Table(title="claims of ownership", title_justify="left")
+    for column in ("key", "model", "answers", "p-value", "label check", "ledger order", "claim"):
+        table.add_column(column)
+    for claim in dispute["claims"]:
+        evidence, check = claim["evidence"], claim["label_check"]
+        table.add_row(
+            claim["party"],
+            claim["model"],
+            f"{evidence['successes']} of {evidence['trials']}",
+            f"{evidence['p_value']:.2e}",
+            "n/a" if check is None else ("passed" if check["passed"] else "[red]failed[/]"),
+            "key first" if claim["registered_before_model_seen"] else "[red]key after model[/]",
+            "[green]passes[/]" if claim["verified"] else "[red]fails[/]",
+        )
+    if dispute["claims"]:
+        stdout.print(table)
+    clean = dispute.get("clean_models")
+    if clean:
+        line = (
+            f"attacker's key on {clean['models']} independent clean models: "
+            f"{clean['verified_without_label_check']} verified (mean agreement "
+            f"{clean['mean_agreement']:.2f})"
+        )
+        if clean.get("label_check_applies"):
+            line += f", {clean['claimed_with_label_check']} claimed with the label check"
+        stdout.print(line)
+
+
+def _print_detector(detector: dict[str, Any] | None) -> None:
+    if detector:
+        stdout.print(
+            f"query filter: flagged {detector['test_flagged']} of {detector['test_queries']} "
+            f"clean test queries, {detector['verification_flagged']} of "
+            f"{detector['verification_queries']} verification queries"
+        )
+
+
 def _print_match(record: dict[str, Any]) -> None:
     title = (
         f"{record['attack']} vs {record['defense']} on {record['protocol']} "
@@ -123,6 +164,8 @@ def _print_match(record: dict[str, Any]) -> None:
     if owner_head is not None:
         table.add_row("attacked, owner head", "", *_evidence_cells(owner_head))
     stdout.print(table)
+    _print_claims(record.get("claim"))
+    _print_detector(record["attacked"].get("detector"))
     succeeded = "[red]yes[/]" if record["attack_succeeded"] else "[green]no[/]"
     stdout.print(
         f"attack succeeded: {succeeded} ({record['outcome']}); alpha "
@@ -163,8 +206,14 @@ def sweep(
     from arena.sweep import plan
     from arena.sweep import sweep as run_sweep
 
-    specs = plan(protocol, defense, attack, seed)
+    skipped: list[tuple[str, str, str]] = []
+    specs = plan(protocol, defense, attack, seed, skipped)
     stderr.print(f"sweep: {len(specs)} matches on {protocol}, seeds {', '.join(map(str, seed))}")
+    for skipped_defense, skipped_attack, reason in skipped:
+        stderr.print(
+            f"skipped: {skipped_attack} does not apply to {skipped_defense} ({reason})",
+            highlight=False,
+        )
 
     def log(index: int, spec: Any, record: dict[str, Any] | None, note: str) -> None:
         verdict = ""

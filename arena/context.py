@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +42,11 @@ class Context:
     # Supplies the owner's trained clean model (a match passes its cached one); without
     # it, ``clean_model`` trains one. Model-dependent keys (frontier stitching) need it.
     clean_provider: Callable[[], nn.Module] | None = None
+    # What every attacker knows of the victim (Kerckhoffs): the scheme that marked it, as
+    # configured, and the owner's public verification key file. Set by a match; claim
+    # attacks (forgery, piracy) build on them. Never the marking key.
+    victim_scheme: Any = None  # a Defense
+    victim_vk: Path | None = None
 
     @property
     def splits(self) -> Splits:

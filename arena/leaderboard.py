@@ -11,6 +11,7 @@ own variant row, e.g. ``ftal [lr=0.05]``.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import mean
@@ -60,6 +61,7 @@ class MatchRow:
     task: str | None = None
     task_acc: float | None = None  # mean over seeds, on the new task's test split
     notes: str = ""  # the attack's own one-line summary, of the first seed
+    claim: dict | None = None  # forgery and piracy: the judged claims, of the first seed
 
 
 @dataclass(frozen=True)
@@ -189,8 +191,21 @@ def _match_row(key: tuple[str, str, str], records: list[dict]) -> MatchRow:
         evidence_applicable=applicable,
         task=None if applicable else first.get("attack_info", {}).get("task"),
         task_acc=None if applicable or None in task_accs else mean(task_accs),
-        notes=str(first.get("attack_info", {}).get("summary", "")),
+        notes=_notes(first),
+        claim=first.get("claim"),
     )
+
+
+def _notes(record: dict) -> str:
+    """The attack's own summary line, and a query filter's rates when it served one."""
+    notes = [str(record.get("attack_info", {}).get("summary", ""))]
+    detector = record["attacked"].get("detector")
+    if detector:
+        notes.append(
+            f"filter flagged {100 * detector['test_flagged_rate']:.1f}% of test queries, "
+            f"{100 * detector['verification_flagged_rate']:.1f}% of verification queries"
+        )
+    return "; ".join(note for note in notes if note)
 
 
 def _evidence_cell(evidence: dict) -> str:
@@ -303,7 +318,65 @@ MATCH_HEADER = [
     "attack succeeded",
     "attack s",
     "notes",
+    "reason",
 ]
+
+CLAIM_HEADER = [
+    "defense",
+    "attack",
+    "seeds",
+    "marked acc %",
+    "attacked acc %",
+    "owner's key on attacked model",
+    "attacker's key on attacked model",
+    "attacker's key on clean models",
+    "attack succeeded",
+    "attack s",
+    "notes",
+    "reason",
+]
+
+
+def claim_cells(row: MatchRow) -> list[str]:
+    """A forgery or piracy cell: both parties' claims and the dispute's verdict."""
+    claims = {(c["party"], c["model"]): c for c in (row.claim or {}).get("claims", [])}
+
+    def judged(party: str) -> str:
+        claim = claims.get((party, "attacked"))
+        if claim is None:
+            return "n/a"
+        evidence = claim["evidence"]
+        verdict = "passes" if claim["verified"] else "fails"
+        return f"{evidence['successes']}/{evidence['trials']}, {verdict}"
+
+    clean = (row.claim or {}).get("clean_models")
+    on_clean = "n/a"
+    if clean:
+        on_clean = f"{clean['verified_without_label_check']}/{clean['models']} verified"
+        if clean.get("label_check_applies"):
+            on_clean += f", {clean['claimed_with_label_check']}/{clean['models']} with label check"
+    total = len(row.seeds)
+    return [
+        row.defense,
+        row.attack,
+        str(total),
+        _pct(row.marked_acc),
+        _pct(row.attacked_acc),
+        judged("owner"),
+        judged("attacker"),
+        on_clean,
+        _seeds(row.attack_succeeded, total),
+        f"{row.attack_seconds:.1f}",
+        row.notes,
+        row.outcome,
+    ]
+
+
+def section_table(threat: str) -> tuple[list[str], Callable[[MatchRow], list[str]]]:
+    """The header and cell renderer of a threat's section."""
+    if threat in ("forgery", "piracy"):
+        return CLAIM_HEADER, claim_cells
+    return MATCH_HEADER, match_cells
 
 
 def match_cells(row: MatchRow) -> list[str]:
@@ -324,6 +397,7 @@ def match_cells(row: MatchRow) -> list[str]:
             _seeds(row.attack_succeeded, total),
             f"{row.attack_seconds:.1f}",
             row.notes,
+            row.outcome,
         ]
     return [
         row.defense,
@@ -338,6 +412,7 @@ def match_cells(row: MatchRow) -> list[str]:
         _seeds(row.attack_succeeded, total),
         f"{row.attack_seconds:.1f}",
         row.notes,
+        row.outcome,
     ]
 
 
@@ -366,16 +441,13 @@ def to_markdown(board: Leaderboard) -> str:
         "",
         _md_table(DEFENSE_HEADER, [defense_cells(row) for row in board.defenses]),
     ]
-    for threat in THREAT_SECTIONS + tuple(
-        sorted({m.threat for m in board.matches} - set(THREAT_SECTIONS))
-    ):
+    for threat in _sections(board):
         rows = [m for m in board.matches if m.threat == threat]
-        if not rows:
-            continue
         title = (
             "No attack (sanity column)" if threat == "none" else f"{threat.capitalize()} attacks"
         )
-        lines += ["", f"## {title}", "", _md_table(MATCH_HEADER, [match_cells(m) for m in rows])]
+        header, cells = section_table(threat)
+        lines += ["", f"## {title}", "", _md_table(header, [cells(m) for m in rows])]
     if board.older_versions:
         lines += [
             "",
@@ -398,18 +470,30 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def rich_tables(board: Leaderboard) -> list[Table]:
-    defenses = Table(title=f"{board.protocol.label}: defenses", title_justify="left")
+    """The defenses' ranking, then one table per threat section."""
+    ranking = Table(title=f"{board.protocol.label}: defenses", title_justify="left")
     for column in DEFENSE_HEADER:
-        defenses.add_column(column)
+        ranking.add_column(column)
     for row in board.defenses:
-        defenses.add_row(*defense_cells(row))
-    matches = Table(title=f"{board.protocol.label}: matches", title_justify="left")
-    matches.add_column("threat")
-    for column in MATCH_HEADER:
-        matches.add_column(column)
-    for row in board.matches:
-        matches.add_row(row.threat, *match_cells(row))
-    return [defenses, matches]
+        ranking.add_row(*defense_cells(row))
+    tables = [ranking]
+    for threat in _sections(board):
+        header, cells = section_table(threat)
+        table = Table(title=f"{board.protocol.label}: {threat}", title_justify="left")
+        for column in header:
+            table.add_column(column)
+        for row in board.matches:
+            if row.threat == threat:
+                table.add_row(*cells(row))
+        tables.append(table)
+    return tables
+
+
+def _sections(board: Leaderboard) -> list[str]:
+    """The threats present, in the fixed order, unknown ones last."""
+    present = {m.threat for m in board.matches}
+    known = [threat for threat in THREAT_SECTIONS if threat in present]
+    return known + sorted(present - set(THREAT_SECTIONS))
 
 
 def write(board: Leaderboard, out_dir: Path) -> tuple[Path, Path]:

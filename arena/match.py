@@ -20,11 +20,12 @@ from torch import nn
 
 from arena import __version__
 from arena.calibration import CalibrationStore, measure
+from arena.claims import adjudicate, unopened_claim
 from arena.clean import artifact_base, clean_model
 from arena.context import Context, default_device
-from arena.errors import ArenaError
+from arena.errors import ArenaError, KeyTamperedError
 from arena.models import clone_model, head_state, load_head_state
-from arena.plugin import Attack, Defense, Key
+from arena.plugin import Attack, ClaimAttempt, Defense, Key, QueryFilter
 from arena.progress import Reporter, silent
 from arena.protocols import Protocol, get_protocol
 from arena.registry import attacks, defenses
@@ -111,6 +112,11 @@ def run_match(
     # Resolve and validate everything before any training starts.
     defense: Defense = defenses.get(spec.defense)(spec.defense_params)
     attack: Attack = attacks.get(spec.attack)(spec.attack_params)
+    not_applicable = attack.applies_to(defense)
+    if not_applicable is not None:
+        raise ArenaError(
+            f"attack {attack.name!r} does not apply to {defense.name!r}: {not_applicable}"
+        )
     cache = cache or ArtifactCache()
     store = store or ResultStore()
     ctx = Context(
@@ -141,6 +147,8 @@ def run_match(
             "defense_params": defense.params_dict(),
         }
         key, cached["key"] = _key(defense, ctx, cache, key_spec)
+    ctx.victim_scheme = defense
+    ctx.victim_vk = cache.folder("key", key_spec) / "vk.json"  # public; mk stays with the owner
     marked_spec = {**key_spec, "key": key.fingerprint}
     if defense.starts_from == "clean":
         marked_spec["clean"] = clean_folder.name
@@ -202,34 +210,52 @@ def run_match(
 
     with timer("attack"):
 
-        def run_attack(model: nn.Module) -> dict[str, Any]:
-            # The attack starts from the marked model; the container built for its result
-            # holds the marked weights only when the architectures agree.
-            if same_architecture:
-                model.load_state_dict(marked.state_dict())
-            else:
-                model = clone_model(marked)
-            outcome = attack.run(model, ctx)
-            return {
+        def run_attack(_container: nn.Module) -> dict[str, Any]:
+            # The attack starts from a copy of the marked model; the container built to
+            # load a cached result is not used.
+            outcome = attack.run(clone_model(marked), ctx)
+            meta = {
                 "model": outcome.model,
                 "replaced_head": outcome.replaced_head,
                 "info": outcome.info,
             }
+            if outcome.claim is not None:  # written before the metadata that finishes it
+                outcome.claim.key.save(attacked_folder / "claim")
+                meta["claim_registered"] = outcome.claim.registered
+            return meta
 
         attacked, attack_meta, cached["attacked"] = cache.model(
             attacked_folder,
-            build=lambda: _new_model(attacked_protocol, ctx, "attack"),
+            build=lambda: attack.build(ctx, lambda: _new_model(attacked_protocol, ctx, "attack")),
             train=run_attack,
             spec=attacked_spec,
         )
+        claim, unopened = None, None
+        if "claim_registered" in attack_meta:
+            try:  # loading a key opens its commitments: the protocol's first check
+                claimed_key = defense.key_type.load(attacked_folder / "claim")
+                claim = ClaimAttempt(claimed_key, attack_meta["claim_registered"])
+            except KeyTamperedError as error:
+                unopened = unopened_claim(attack.threat, attack_meta["claim_registered"], error)
 
     with timer("verify"):
         served = attack.serve(attacked, ctx)
+        detector = None
+        if isinstance(served, QueryFilter):
+            served.reset_counts()
         attacked_acc = accuracy(served, splits.test.images, splits.test.labels, ctx.device)
+        if isinstance(served, QueryFilter):
+            detector = {"test_queries": served.queries, "test_flagged": served.flagged}
+            served.reset_counts()
         # Black-box evidence queries what the attacker serves; white-box evidence reads
         # the weights, which a query-time filter does not change.
         probe = served if defense.access == "black-box" else attacked
         attacked_evidence = measure(defense, probe, key, ctx, null)
+        if detector is not None:
+            detector.update(
+                verification_queries=served.queries, verification_flagged=served.flagged
+            )
+            detector = _detector_record(detector)
         owner_head_evidence = None
         if (attack_meta.get("replaced_head") or attack.changes_task) and same_architecture:
             # The seed paper's RTLL/RTAL verification: put the owner's output layer back.
@@ -248,6 +274,15 @@ def run_match(
         changes_task=attack.changes_task,
         owner_head=owner_head_evidence,
     )
+    dispute = unopened
+    if claim is not None:
+        with timer("verify"):
+            calibrations = CalibrationStore(store.path)
+            dispute = adjudicate(
+                defense, key, marked, attacked, claim, attack.threat, ctx, null, calibrations, cache
+            )
+    if dispute is not None:
+        outcome = Outcome(dispute.attack_succeeded, dispute.reason)
     test_size = len(splits.test)
     attacked_record = _model_record(attacked_acc, test_size, attacked_evidence)
     if attack.changes_task:
@@ -273,7 +308,9 @@ def run_match(
             **attacked_record,
             "architecture": architecture,
             "owner_head_evidence": owner_head_evidence.to_dict() if owner_head_evidence else None,
+            "detector": detector,
         },
+        "claim": dispute.to_dict() if dispute else None,
         "functionality_preservation": marked_acc - clean_acc,
         "attack_succeeded": outcome.succeeded,
         "outcome": outcome.reason,
@@ -313,6 +350,17 @@ def _key(
     key = defense.keygen(ctx)
     key.save(folder)
     return key, False
+
+
+def _detector_record(counts: dict[str, int]) -> dict[str, Any]:
+    """The query filter's rates: false positives on clean test queries, detections on the
+    verifier's queries, each with its Clopper-Pearson 95% interval."""
+    record: dict[str, Any] = dict(counts)
+    for kind in ("test", "verification"):
+        queries, flagged = counts[f"{kind}_queries"], counts[f"{kind}_flagged"]
+        record[f"{kind}_flagged_rate"] = flagged / queries if queries else 0.0
+        record[f"{kind}_flagged_ci95"] = list(clopper_pearson(flagged, queries))
+    return record
 
 
 def _model_record(test_acc: float, test_size: int, evidence: Evidence) -> dict[str, Any]:

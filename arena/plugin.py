@@ -8,10 +8,11 @@ of typed parameters with defaults, and one verb (defenses: ``keygen``, ``mark``,
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import torch
 from torch import nn
 
 from arena.params import NoParams, params_to_dict, parse_params
@@ -126,6 +127,59 @@ class AttackOutcome:
     model: nn.Module
     replaced_head: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    claim: ClaimAttempt | None = None  # forgery and piracy: the key the attacker claims with
+
+
+@dataclass(frozen=True)
+class ClaimAttempt:
+    """A claim of ownership by the attacker: its key (of the defense's own scheme, with
+    ``mk`` so it can be opened) and when it was registered in the ledger.
+
+    ``"in-advance"``: before the owner's model was published (a key fixed beforehand, as
+    a universal forgery must be); ``"after-theft"``: after the attacker saw the model.
+    The arena replays those events in a fresh ledger and judges the claim on the model
+    ``run`` returned with the ownership protocol's own checks (``arena.claims``).
+    """
+
+    key: Key
+    registered: Literal["in-advance", "after-theft"]
+
+
+class QueryFilter(nn.Module):
+    """A stolen model served behind a query-time detector (evasion).
+
+    ``flags`` says which queries look like verification queries; those are answered by
+    ``deflect`` instead of the model's own answer (default: the model's second most
+    likely class). The filter counts the queries it saw and flagged, so the arena can
+    report the detector's false-positive rate on clean test queries and its detection
+    rate on the verifier's queries beside the verdict.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.reset_counts()
+
+    def reset_counts(self) -> None:
+        self.queries, self.flagged = 0, 0
+
+    def flags(self, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """A bool per image: True for a query the detector flags."""
+        raise NotImplementedError
+
+    def deflect(self, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Logits for flagged queries: here the runner-up class made the top answer."""
+        top = logits.argmax(dim=1, keepdim=True)
+        return logits.scatter(1, top, float("-inf"))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.model(images)
+        flagged = self.flags(images, logits).to(device=logits.device, dtype=torch.bool)
+        self.queries += len(images)
+        self.flagged += int(flagged.sum())
+        if not flagged.any():
+            return logits
+        return torch.where(flagged[:, None], self.deflect(images, logits), logits)
 
 
 class Attack(Plugin):
@@ -148,6 +202,17 @@ class Attack(Plugin):
         so the arena stores and reloads the attacked model in the right container.
         """
         return None
+
+    def applies_to(self, defense: Defense) -> str | None:
+        """Why this attack does not apply to ``defense`` (a sweep skips the pair and
+        ``arena run`` refuses it with this reason), or None when it applies."""
+        return None
+
+    def build(self, ctx: Context, new_model: Callable[[], nn.Module]) -> nn.Module:
+        """An empty container for the model ``run`` returns, to load it from the cache:
+        a fresh model of ``architecture()`` unless the attack returns something else
+        (an ensemble of several models)."""
+        return new_model()
 
     def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         raise NotImplementedError

@@ -57,17 +57,32 @@ def expand(names: Iterable[str], registry: Registry) -> list[str]:
 
 
 def plan(
-    protocol: str, defense_names: Iterable[str], attack_names: Iterable[str], seeds: Iterable[int]
+    protocol: str,
+    defense_names: Iterable[str],
+    attack_names: Iterable[str],
+    seeds: Iterable[int],
+    skipped: list[tuple[str, str, str]] | None = None,
 ) -> list[MatchSpec]:
-    """Every match of the sweep, in the order that trains each marked model once."""
+    """Every match of the sweep, in the order that trains each marked model once.
+
+    A pair whose attack does not apply to the defense (``Attack.applies_to``) is left
+    out and, when ``skipped`` is given, listed there as (defense, attack, reason).
+    """
     get_protocol(protocol)
     chosen_defenses = expand(defense_names, defenses)
     chosen_attacks = expand(attack_names, attacks)
+    pairs = []
+    for defense in chosen_defenses:
+        for attack in chosen_attacks:
+            reason = attacks.get(attack)().applies_to(defenses.get(defense)())
+            if reason is None:
+                pairs.append((defense, attack))
+            elif skipped is not None:
+                skipped.append((defense, attack, reason))
     return [
         MatchSpec(defense=defense, attack=attack, protocol=protocol, seed=seed)
         for seed in seeds
-        for defense in chosen_defenses
-        for attack in chosen_attacks
+        for defense, attack in pairs
     ]
 
 

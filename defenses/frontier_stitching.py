@@ -57,6 +57,9 @@ class FrontierStitching(TriggerSetDefense):
     family = "trigger set (model-dependent: FGSM adversaries with true labels)"
     paper = "Le Merrer et al., Neural Computing and Applications 2020"
     Params = FrontierParams
+    # Its keys carry true labels by design, so clean models agree with them and the
+    # public label check would reject every honest key: it does not apply.
+    labels_independent = False
     starts_from = "clean"
 
     def null_p(self, ctx: Context) -> float:

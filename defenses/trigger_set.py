@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from torch import nn
@@ -25,6 +26,9 @@ class TriggerSetDefense(Defense):
     """Base class of black-box schemes whose key is a committed trigger set."""
 
     key_type = TriggerKey
+    # The public label check (arena.public) applies: the key's labels are chosen with no
+    # regard to what clean models answer, so clean models must not agree with them.
+    labels_independent: ClassVar[bool] = True
 
     def sample_triggers(self, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
         """Trigger images (uint8, protocol shape) and their labels."""

@@ -49,5 +49,16 @@ def check_record(record: dict) -> None:
     assert record["seconds"] and all(
         isinstance(value, float) and value >= 0 for value in record["seconds"].values()
     )
+    claim = record.get("claim")
+    if claim is not None:  # forgery and piracy: the dispute decides the verdict
+        assert claim["attack_succeeded"] is record["attack_succeeded"]
+        assert claim["reason"] == record["outcome"]
+        for judged in claim["claims"]:
+            check_evidence(judged["evidence"])
+            assert judged["verified"] is (not judged["failures"])
+    detector = record["attacked"].get("detector")
+    if detector is not None:  # evasion behind a query filter
+        for kind in ("test", "verification"):
+            assert 0 <= detector[f"{kind}_flagged"] <= detector[f"{kind}_queries"]
     threat_model = record["threat_model"]
     assert {"data", "labels", "query_budget", "epochs"} <= set(threat_model)

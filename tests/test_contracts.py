@@ -5,21 +5,28 @@ from __future__ import annotations
 
 import pytest
 
+from arena.calibration import CalibrationStore
 from arena.context import Context
 from arena.match import MatchSpec, run_match
 from arena.plugin import Attack, Defense, ThreatModel
 from arena.protocols import get_protocol
 from arena.registry import attacks, defenses
 from arena.stats import Evidence
-from arena.store import ArtifactCache, ResultStore
+from arena.store import ResultStore
 from tests.record_schema import check_record
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """One store and cache for the module, so the clean and marked models are reused."""
+def shared(tmp_path_factory, smoke_calibration):
+    """One store and cache for the module, so the clean and marked models are reused.
+
+    The store holds the session's smoke calibration of ``backdoor-wm``: claim attacks
+    (forgery, piracy) judge claims with its reference models, as ``arena verify`` does.
+    """
     root = tmp_path_factory.mktemp("contracts")
-    return ResultStore(root / "results.sqlite"), ArtifactCache(root / "cache")
+    store = ResultStore(root / "results.sqlite")
+    CalibrationStore(store.path).save(smoke_calibration["record"])
+    return store, smoke_calibration["cache"]
 
 
 def _run(shared, defense: str, attack: str) -> dict:
@@ -68,7 +75,10 @@ def test_attack_contract(name, shared):
     assert record["attack"] == name
     assert record["threat_model"] == threat_model.to_dict()
     assert record["marked"]["evidence"]["verified"]
-    if record["attack_succeeded"] and attack_cls.changes_task:
+    if attack_cls.threat in ("forgery", "piracy"):
+        # Judged as claims of ownership; the record's schema check ties verdict to dispute.
+        assert record["claim"] is not None
+    elif record["attack_succeeded"] and attack_cls.changes_task:
         # Transfer learning is decided on the owner-head evidence, as the seed paper does.
         assert not record["attacked"]["owner_head_evidence"]["verified"]
     elif record["attack_succeeded"]:

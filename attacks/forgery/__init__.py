@@ -1,0 +1,1 @@
+"""Forgery: claims of ownership with keys the attacker did not legitimately own."""

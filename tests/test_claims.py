@@ -1,0 +1,108 @@
+"""Forgery and piracy judged as claims of ownership (``arena.claims``), on ``smoke``."""
+
+from __future__ import annotations
+
+import pytest
+
+from arena.calibration import CalibrationStore
+from arena.claims import ClaimCheck, _resolve_piracy
+from arena.errors import ArenaError
+from arena.match import MatchSpec, run_match
+from arena.public import LabelCheck
+from arena.stats import Evidence
+from arena.store import ResultStore
+from arena.sweep import plan
+
+
+@pytest.fixture(scope="module")
+def arena(tmp_path_factory, smoke_calibration):
+    store = ResultStore(tmp_path_factory.mktemp("claims") / "results.sqlite")
+    CalibrationStore(store.path).save(smoke_calibration["record"])
+    return store, smoke_calibration["cache"]
+
+
+def _run(arena, attack: str, defense: str = "backdoor-wm") -> dict:
+    store, cache = arena
+    spec = MatchSpec(defense=defense, attack=attack, protocol="smoke")
+    return run_match(spec, store=store, cache=cache)
+
+
+def _claims(record: dict) -> dict[tuple[str, str], dict]:
+    return {(c["party"], c["model"]): c for c in record["claim"]["claims"]}
+
+
+def test_piracy_is_resolved_for_the_owner_with_both_keys_measured(arena):
+    record = _run(arena, "piracy")
+    claims = _claims(record)
+    assert set(claims) == {(p, m) for p in ("owner", "attacker") for m in ("original", "attacked")}
+    # The pirate did implant its key: its claim on its own model passes every check ...
+    assert claims["attacker", "attacked"]["verified"], claims["attacker", "attacked"]
+    # ... but the owner's key still verifies on the pirated model, and the pirate's key
+    # neither verifies on the owner's original nor came first in the ledger.
+    assert claims["owner", "attacked"]["verified"]
+    assert not claims["attacker", "original"]["verified"]
+    assert not claims["attacker", "original"]["registered_before_model_seen"]
+    assert record["attack_succeeded"] is False
+    assert record["outcome"].startswith("resolved for the owner")
+    assert "the owner's key verifies on the pirated model" in record["outcome"]
+
+
+def test_a_universal_true_label_key_is_stopped_by_the_label_check_alone(arena):
+    record = _run(arena, "forge-universal")
+    forged = _claims(record)["attacker", "attacked"]
+    # Registered in advance and answered by the model: only the label check stands.
+    assert forged["registered_before_model_seen"] and forged["evidence"]["verified"]
+    assert forged["label_check"]["passed"] is False
+    assert record["attack_succeeded"] is False
+    clean = record["claim"]["clean_models"]
+    assert clean["verified_without_label_check"] == clean["models"] >= 3
+    assert clean["claimed_with_label_check"] == 0
+
+
+def test_a_forgery_from_the_verification_key_opens_nothing(arena):
+    record = _run(arena, "forge-from-vk")
+    assert record["attack_info"]["commitments_opened"] == 0
+    assert record["attack_info"]["hash_evaluations"] > 1000
+    assert record["attack_succeeded"] is False
+    assert "does not open" in record["outcome"]
+
+
+def _check(party, model, successes, *, key=0, seen=1, label_check=None) -> ClaimCheck:
+    return ClaimCheck(party, model, Evidence(successes, 20, 0.1, 1e-3), label_check, key, seen)
+
+
+def test_a_claim_needs_every_check():
+    assert _check("attacker", "attacked", 20).verified
+    late = _check("attacker", "attacked", 20, key=3, seen=1)
+    assert late.failures() == ["the key was registered after the model was first seen"]
+    rejected = LabelCheck(Evidence(19, 20, 0.1, 1e-3), references=3)
+    assert "label check" in _check("attacker", "attacked", 20, label_check=rejected).failures()[0]
+    assert "answers 2/20" in _check("attacker", "attacked", 2).failures()[0]
+
+
+def test_piracy_succeeds_when_the_owner_key_no_longer_verifies():
+    checks = {
+        ("attacker", "attacked"): _check("attacker", "attacked", 20, key=2, seen=3),
+        ("attacker", "original"): _check("attacker", "original", 2, key=2, seen=1),
+        ("owner", "original"): _check("owner", "original", 20, key=0, seen=1),
+        ("owner", "attacked"): _check("owner", "attacked", 2, key=0, seen=3),
+    }
+    succeeded, reason = _resolve_piracy(checks)
+    assert succeeded and "cannot tell the claims apart" in reason
+    checks["owner", "attacked"] = _check("owner", "attacked", 18, key=0, seen=3)
+    succeeded, reason = _resolve_piracy(checks)
+    assert not succeeded and reason.startswith("resolved for the owner")
+
+
+def test_an_attack_that_does_not_apply_is_refused_and_skipped(arena):
+    store, cache = arena
+    with pytest.raises(ArenaError, match="does not apply to 'uchida'"):
+        run_match(
+            MatchSpec(defense="uchida", attack="forge-universal", protocol="smoke"),
+            store=store,
+            cache=cache,
+        )
+    skipped: list = []
+    specs = plan("smoke", ["uchida", "backdoor-wm"], ["forge-universal"], [0], skipped)
+    assert [(s.defense, s.attack) for s in specs] == [("backdoor-wm", "forge-universal")]
+    assert [(d, a) for d, a, _ in skipped] == [("uchida", "forge-universal")]
