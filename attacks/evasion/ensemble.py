@@ -1,0 +1,123 @@
+"""Serve a vote of the stolen model and models the attacker retrained on its answers: the
+ensemble attack as described in Hitaj and Mancini, "Have You Stolen My Model? Evasion
+Attacks Against Deep Neural Network Watermarking Techniques" (arXiv:1809.00615, 2018),
+where no single marked model decides the answer to a query.
+
+Here the other voters are extracted from the stolen model itself (retraining on its top-1
+labels, Tramèr et al., "Stealing Machine Learning Models via Prediction APIs", USENIX
+Security 2016), so they learn the task but not the trigger labels, which no ordinary
+image carries over. On ordinary queries the voters mostly agree with the stolen model;
+on a trigger the stolen model is the one voter that gives the owner's label.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arena.context import Context
+from arena.plugin import Attack, AttackOutcome, ThreatModel
+from arena.registry import register_attack
+from arena.training import predict, train
+from attacks.removal.retrain import ScratchTraining, fresh_model
+
+if TYPE_CHECKING:
+    from arena.plugin import Defense
+
+
+@dataclass(frozen=True)
+class EnsembleParams(ScratchTraining):
+    members: int = 2  # retrained models voting beside the stolen one
+
+    def check(self) -> None:
+        super().check()
+        if self.members < 1:
+            raise ValueError(f"members must be >= 1, got {self.members}")
+
+
+@register_attack("evade-ensemble")
+class EvadeEnsemble(Attack):
+    """Serve the mean vote of the stolen model and ``members`` models retrained on its
+    labels (the ensemble attack as described in Hitaj and Mancini, arXiv:1809.00615, 2018).
+
+    The attacker queries the stolen model once per image of its split, keeps the top-1
+    answers, and trains ``members`` freshly initialised models of the victim's
+    architecture on them, each from its own seed and data order, with its own optimizer
+    (as ``retrain`` does). The served answer is the class of highest mean softmax
+    probability over all voters (soft voting), returned as the log of the mean
+    probabilities: unlike a majority of top-1 votes it has no ties to break among three
+    voters that all disagree, and a confident correct voter outweighs unsure wrong ones,
+    which keeps more test accuracy. The threat model's epochs count every member's passes
+    over the attacker's split. Defaults: 2 members (the smallest ensemble in which the
+    retrained models can outvote a confident stolen model when they agree), the owner's
+    from-scratch epochs, SGD at 0.1 (``retrain``'s defaults).
+    """
+
+    threat = "evasion"
+    paper = "Hitaj and Mancini, arXiv:1809.00615, 2018; Tramèr et al., USENIX Security 2016"
+    Params = EnsembleParams
+
+    def threat_model(self, ctx: Context) -> ThreatModel:
+        return ThreatModel(
+            data="attacker-split",
+            labels="victim-top1",
+            query_budget=len(ctx.splits.attacker),
+            epochs=self.params.members * self.params.budget(ctx),
+        )
+
+    def applies_to(self, defense: Defense) -> str | None:
+        if defense.access == "white-box":
+            return "serving an ensemble does not change the weights a white-box verifier reads"
+        return None
+
+    def build(self, ctx: Context, new_model: Callable[[], nn.Module]) -> nn.Module:
+        return Ensemble([new_model() for _ in range(self.params.members + 1)])
+
+    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+        images = ctx.splits.attacker.images
+        labels = predict(model, images, ctx.device)
+        members, steps = [], 0
+        for index in range(self.params.members):
+            purpose = f"attack:{self.name}:member{index}"
+            member = fresh_model(ctx, None, purpose)
+            report = train(
+                member,
+                images,
+                labels,
+                self.params.settings(self.params.budget(ctx)),
+                device=ctx.device,
+                generator=ctx.generator(purpose),
+                description=f"retraining ensemble member {index + 1} on the victim's labels",
+                progress=ctx.progress,
+                augment=ctx.protocol.augment,
+            )
+            members.append(member)
+            steps += report.steps
+        return AttackOutcome(
+            model=Ensemble([model, *members]),
+            info={"members": len(members), "steps": steps, "queries": len(images)},
+        )
+
+
+class Ensemble(nn.Module):
+    """Models that answer together: the log of their mean softmax probabilities.
+
+    The log keeps the output a proper log-probability, so anything that applies a softmax
+    to the served answers gets the mean probabilities back.
+    """
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.voters = nn.ModuleList(models)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        log_probabilities = torch.stack(
+            [F.log_softmax(voter(images).float(), dim=1) for voter in self.voters]
+        )
+        return torch.logsumexp(log_probabilities, dim=0) - math.log(len(self.voters))
