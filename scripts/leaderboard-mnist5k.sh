@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates leaderboards/mnist5k.md and .json and the calibration reports beside them:
-# calibrates the null of every scheme on clean reference models, then runs every defense
-# against the seed paper's fine-tuning attacks (and the null attack) on the default
-# protocol, seed 0. Trained models are cached and finished matches are cache hits, so an
+# calibrates the null of every scheme on clean reference models, runs every defense
+# against the seed paper's fine-tuning attacks (and the null attack), then the whole
+# removal catalog and the claim attacks (forgery, piracy, evasion) with `arena sweep`,
+# on the default protocol, seed 0. Trained models are cached and finished matches are cache hits, so an
 # interrupted run resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,9 @@ mkdir -p leaderboards/calibration
 # positives. The other schemes reuse the same cached models with fewer keys.
 arena calibrate --protocol mnist5k --defense backdoor-wm --models 20 --held-out 5 \
   --held-out-keys 200 > leaderboards/calibration/mnist5k-backdoor-wm.md
-for defense in backdoor-wm-pretrained uchida deepsigns content noise unrelated frontier-stitching; do
+# `none` is calibrated too: claims against the null baseline are judged like any other.
+for defense in backdoor-wm-pretrained uchida deepsigns content noise unrelated frontier-stitching \
+  none; do
   arena calibrate --protocol mnist5k --defense "$defense" --models 20 --held-out 5 --keys 20 \
     --held-out-keys 20 > "leaderboards/calibration/mnist5k-$defense.md"
 done
@@ -29,4 +32,14 @@ for strength in 0.01 0.0; do
       --attack "$attack" "$@"
   done
 done
+# Every defense against the removal catalog (attacks/removal, attacks/evasion's input
+# transformations), then against the claim attacks; each marked model is trained once.
+defenses=(--defense backdoor-wm --defense none --defense backdoor-wm-pretrained --defense content
+  --defense noise --defense unrelated --defense frontier-stitching --defense uchida
+  --defense deepsigns)
+removal=(none prune quantize jpeg smooth squeeze fine-prune weight-shift label-smooth overwrite
+  neural-cleanse distill knockoff retrain transfer adv-train)
+claims=(piracy forge-adversarial forge-from-vk forge-universal evade-detector evade-ensemble)
+arena sweep --protocol mnist5k --seed 0 "${defenses[@]}" "${removal[@]/#/--attack=}"
+arena sweep --protocol mnist5k --seed 0 "${defenses[@]}" "${claims[@]/#/--attack=}"
 arena leaderboard --protocol mnist5k --out leaderboards

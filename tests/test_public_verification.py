@@ -124,13 +124,15 @@ def test_an_in_distribution_key_is_rejected_by_the_label_check(vendor, smoke_cal
     so without the label check it would claim models its maker never saw."""
     root, _, marked, ledger = vendor
     test = Context(protocol=SMOKE).splits.test
-    images = (test.images[:40] * 255).round().to(torch.uint8).numpy()
-    key = TriggerKey.create("backdoor-wm", 10, images, test.labels[:40].numpy(), 2)
+    # 2 subsets of 40: 20 challenged images for the label check, 20 deciding the verdict,
+    # enough that a smoke model's ~90% accuracy verifies under any calibrated null.
+    images = (test.images[:80] * 255).round().to(torch.uint8).numpy()
+    key = TriggerKey.create("backdoor-wm", 10, images, test.labels[:80].numpy(), 2)
     key.save(root / "universal")
     claim = _verify(vendor, make_proof(key, 0), smoke_calibration, vk=root / "universal/vk.json")
     assert claim.evidence.verified  # the model does answer the true labels ...
     assert not claim.label_check.passed and not claim.verified  # ... but the key is rejected
-    assert claim.label_check.evidence.successes >= 8
+    assert claim.label_check.evidence.successes >= 14  # of 20
 
 
 def test_split_keeps_the_challenged_half_for_the_label_check(vendor):

@@ -82,6 +82,12 @@ class NeuralCleanse(Attack):
     ``unlearn_fraction`` of the images carrying a flagged class's reversed trigger under
     their true label. When no class is flagged, the attacker still fine-tunes on its clean
     data with the same budget (a plain fine-tuning attack); ``info`` says which happened.
+
+    Blind spot: a trigger that only works on images of one source class (Zhang et al.'s
+    ``content`` and ``noise`` stamp source-class images) is not a shortcut from every
+    class, so its target's mask need not stand out (Wang et al., Section VII-C, on
+    partial backdoors); neither does it when the clean model already has small natural
+    triggers for several classes, as small MNIST models do.
     """
 
     paper = "Wang et al., IEEE S&P 2019"
