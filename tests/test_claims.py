@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from arena.calibration import CalibrationStore
 from arena.claims import ClaimCheck, _resolve_piracy
+from arena.context import Context
 from arena.errors import ArenaError
 from arena.match import MatchSpec, run_match
+from arena.protocols import get_protocol
 from arena.public import LabelCheck
+from arena.registry import defenses
 from arena.stats import Evidence
 from arena.store import ResultStore
 from arena.sweep import plan
+from attacks.piracy.piracy import attacker_context, attacker_keygen
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +111,15 @@ def test_an_attack_that_does_not_apply_is_refused_and_skipped(arena):
     specs = plan("smoke", ["uchida", "backdoor-wm"], ["forge-universal"], [0], skipped)
     assert [(s.defense, s.attack) for s in specs] == [("backdoor-wm", "forge-universal")]
     assert [(d, a) for d, a, _ in skipped] == [("uchida", "forge-universal")]
+
+
+def test_an_attacker_short_of_source_images_draws_a_smaller_key():
+    """mnist5k's attacker split holds 87 images of content's source class 1, fewer than the
+    protocol's 100 triggers: the pirate's key has 87, the owner's keygen would refuse."""
+    ctx = Context(protocol=get_protocol("mnist5k"), device=torch.device("cpu"))
+    attacker = attacker_context(ctx, "piracy", ctx.new_model())
+    available = int((ctx.splits.attacker.labels == 1).sum())
+    assert available < ctx.protocol.trigger_size
+    key = attacker_keygen(defenses.get("content")(), attacker)
+    assert len(key.labels) == available and set(key.labels.tolist()) == {0}
+    assert len(attacker_keygen(defenses.get("backdoor-wm")(), attacker).labels) == 100

@@ -11,7 +11,7 @@ from torch import nn
 from arena.context import Context
 from arena.data import Splits
 from arena.errors import ArenaError
-from arena.plugin import Attack, AttackOutcome, ClaimAttempt, Defense, ThreatModel
+from arena.plugin import Attack, AttackOutcome, ClaimAttempt, Defense, Key, ThreatModel
 from arena.registry import register_attack
 from defenses.trigger_set import TriggerSetDefense, with_budget
 
@@ -43,7 +43,7 @@ class Piracy(Attack):
         if scheme is None:
             raise ArenaError("piracy needs the victim's scheme (a match sets ctx.victim_scheme)")
         pirate = attacker_context(ctx, self.name, model)
-        key = scheme.keygen(pirate)
+        key = attacker_keygen(scheme, pirate)
         if isinstance(scheme, TriggerSetDefense):
             scheme.continue_training(model, key, pirate, "piracy")
         else:
@@ -78,3 +78,16 @@ def attacker_context(ctx: Context, purpose: str, stolen: nn.Module) -> Context:
         _splits=Splits(owner=splits.attacker, attacker=splits.attacker, test=splits.test),
         clean_provider=lambda: stolen,
     )
+
+
+def attacker_keygen(scheme: Defense, attacker: Context) -> Key:
+    """A key of ``scheme`` drawn in the attacker's world. A scheme that stamps images of one
+    source class (Zhang et al.) gets as many triggers as the attacker's split holds images
+    of that class when that is fewer than the scheme's configured count: the attacker's
+    data is all it has."""
+    source = getattr(scheme.params, "source_class", None)
+    if source is not None and hasattr(scheme.params, "trigger_size"):
+        available = int((attacker.splits.owner.labels == source).sum())
+        if available < scheme.trigger_count(attacker):
+            scheme = type(scheme)({**scheme.params_dict(), "trigger_size": available})
+    return scheme.keygen(attacker)

@@ -16,7 +16,7 @@ from arena.context import Context
 from arena.errors import ArenaError
 from arena.plugin import Attack, AttackOutcome, Defense, ThreatModel
 from arena.registry import register_attack
-from attacks.piracy.piracy import attacker_context
+from attacks.piracy.piracy import attacker_context, attacker_keygen
 from attacks.removal.common import AttackerTraining
 from defenses.trigger_set import TriggerSetDefense
 
@@ -61,7 +61,7 @@ class Overwrite(Attack):
         if scheme is None:
             raise ArenaError(f"{self.name} needs the victim's scheme (a match sets it)")
         attacker = attacker_context(ctx, self.name, model)
-        key = scheme.keygen(attacker)
+        key = attacker_keygen(scheme, attacker)
         settings = self.params.settings(self.params.budget(ctx))
         if isinstance(scheme, TriggerSetDefense):
             per_batch = self.params.triggers_per_batch or ctx.protocol.triggers_per_batch
