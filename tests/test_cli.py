@@ -12,7 +12,7 @@ from tests.record_schema import check_record
 
 
 def arena(*args: str, home) -> subprocess.CompletedProcess:
-    return run_arena(*args, home=home, timeout=300)
+    return run_arena(*args, home=home)  # the runner's 600 s: a guard against hangs
 
 
 @pytest.fixture(scope="module")
