@@ -337,6 +337,14 @@ CLAIM_HEADER = [
 ]
 
 
+def _rate(what: str, count: int, total: int, ci95: list[float] | None) -> str:
+    """``3/20 verified (CI95 5-36%)``: a count of models with its Clopper-Pearson interval."""
+    text = f"{count}/{total} {what}"
+    if ci95:
+        text += f" (CI95 {100 * ci95[0]:.0f}-{100 * ci95[1]:.0f}%)"
+    return text
+
+
 def claim_cells(row: MatchRow) -> list[str]:
     """A forgery or piracy cell: both parties' claims and the dispute's verdict."""
     claims = {(c["party"], c["model"]): c for c in (row.claim or {}).get("claims", [])}
@@ -352,9 +360,19 @@ def claim_cells(row: MatchRow) -> list[str]:
     clean = (row.claim or {}).get("clean_models")
     on_clean = "n/a"
     if clean:
-        on_clean = f"{clean['verified_without_label_check']}/{clean['models']} verified"
+        on_clean = _rate(
+            "verified",
+            clean["verified_without_label_check"],
+            clean["models"],
+            clean.get("verified_without_label_check_ci95"),
+        )
         if clean.get("label_check_applies"):
-            on_clean += f", {clean['claimed_with_label_check']}/{clean['models']} with label check"
+            on_clean += ", " + _rate(
+                "with label check",
+                clean["claimed_with_label_check"],
+                clean["models"],
+                clean.get("claimed_with_label_check_ci95"),
+            )
     total = len(row.seeds)
     return [
         row.defense,

@@ -3,8 +3,8 @@
 # calibrates the null of every scheme on clean reference models, runs every defense
 # against the seed paper's fine-tuning attacks (and the null attack), then the whole
 # removal catalog and the claim attacks (forgery, piracy, evasion) with `arena sweep`,
-# on the default protocol, seed 0. Trained models are cached and finished matches are cache hits, so an
-# interrupted run resumes where it stopped.
+# on the default protocol, seed 0. Trained models are cached and finished matches are cache
+# hits, so an interrupted run resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p leaderboards/calibration
@@ -42,4 +42,9 @@ removal=(none prune quantize jpeg smooth squeeze fine-prune weight-shift label-s
 claims=(piracy forge-adversarial forge-from-vk forge-universal evade-detector evade-ensemble)
 arena sweep --protocol mnist5k --seed 0 "${defenses[@]}" "${removal[@]/#/--attack=}"
 arena sweep --protocol mnist5k --seed 0 "${defenses[@]}" "${claims[@]/#/--attack=}"
+# The query filter's second detector, STRIP, against every black-box scheme.
+for defense in backdoor-wm none backdoor-wm-pretrained content noise unrelated frontier-stitching; do
+  arena run --protocol mnist5k --seed 0 --defense "$defense" --attack evade-detector \
+    -A detector=strip "$@"
+done
 arena leaderboard --protocol mnist5k --out leaderboards

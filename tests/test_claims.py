@@ -9,6 +9,7 @@ from arena.calibration import CalibrationStore
 from arena.claims import ClaimCheck, _resolve_piracy
 from arena.context import Context
 from arena.errors import ArenaError
+from arena.leaderboard import build, claim_cells
 from arena.match import MatchSpec, run_match
 from arena.protocols import get_protocol
 from arena.public import LabelCheck
@@ -62,6 +63,13 @@ def test_a_universal_true_label_key_is_stopped_by_the_label_check_alone(arena):
     clean = record["claim"]["clean_models"]
     assert clean["verified_without_label_check"] == clean["models"] >= 3
     assert clean["claimed_with_label_check"] == 0
+    # Both false-claim rates reach the leaderboard with their Clopper-Pearson intervals.
+    low, high = clean["claimed_with_label_check_ci95"]
+    assert low == 0 < high < 1
+    store, _ = arena
+    rows = [r for r in build(store, get_protocol("smoke")).matches if r.attack == "forge-universal"]
+    cell = claim_cells(rows[0])[7]
+    assert f"0/{clean['models']} with label check (CI95 0-{100 * high:.0f}%)" in cell, cell
 
 
 def test_a_forgery_from_the_verification_key_opens_nothing(arena):

@@ -101,7 +101,15 @@ class EvadeEnsemble(Attack):
             steps += report.steps
         return AttackOutcome(
             model=Ensemble([model, *members]),
-            info={"members": len(members), "steps": steps, "queries": len(images)},
+            info={
+                "summary": (
+                    f"mean softmax of the stolen model and {len(members)} models retrained"
+                    f" on its labels for {len(images)} queries"
+                ),
+                "members": len(members),
+                "steps": steps,
+                "queries": len(images),
+            },
         )
 
 
