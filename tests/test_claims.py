@@ -130,4 +130,5 @@ def test_an_attacker_short_of_source_images_draws_a_smaller_key():
     assert available < ctx.protocol.trigger_size
     key = attacker_keygen(defenses.get("content")(), attacker)
     assert len(key.labels) == available and set(key.labels.tolist()) == {0}
-    assert len(attacker_keygen(defenses.get("backdoor-wm")(), attacker).labels) == 100
+    full = attacker_keygen(defenses.get("backdoor-wm")(), attacker)
+    assert len(full.labels) == ctx.protocol.trigger_size

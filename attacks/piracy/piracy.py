@@ -14,6 +14,7 @@ from arena.errors import ArenaError
 from arena.plugin import Attack, AttackOutcome, ClaimAttempt, Defense, Key, ThreatModel
 from arena.registry import register_attack
 from defenses.trigger_set import TriggerSetDefense, with_budget
+from defenses.zhang import SourceClassParams, ZhangDefense
 
 
 @register_attack("piracy")
@@ -85,8 +86,8 @@ def attacker_keygen(scheme: Defense, attacker: Context) -> Key:
     source class (Zhang et al.) gets as many triggers as the attacker's split holds images
     of that class when that is fewer than the scheme's configured count: the attacker's
     data is all it has."""
-    source = getattr(scheme.params, "source_class", None)
-    if source is not None and hasattr(scheme.params, "trigger_size"):
+    if isinstance(scheme, ZhangDefense) and isinstance(scheme.params, SourceClassParams):
+        source = scheme.params.source_class
         available = int((attacker.splits.owner.labels == source).sum())
         if available < scheme.trigger_count(attacker):
             scheme = type(scheme)({**scheme.params_dict(), "trigger_size": available})
