@@ -86,8 +86,8 @@ class NeuralCleanse(Attack):
     Blind spot: a trigger that only works on images of one source class (Zhang et al.'s
     ``content`` and ``noise`` stamp source-class images) is not a shortcut from every
     class, so its target's mask need not stand out (Wang et al., Section VII-C, on
-    partial backdoors); neither does it when the clean model already has small natural
-    triggers for several classes, as small MNIST models do.
+    partial backdoors); neither does it when the other classes' masks spread widely, as
+    on the small MNIST models of ``mnist5k`` (README, "Removal catalog").
     """
 
     paper = "Wang et al., IEEE S&P 2019"
