@@ -1,25 +1,28 @@
-"""The calibrated null: how often clean models agree with keys never embedded in them.
+"""The null of every scheme, and false claims measured where the calibration never looked.
 
-``1/|L|`` is exact only while a key's labels are uniform and independent of every
-model. ``calibrate`` measures it: it trains (or loads from the artifact cache) clean
-reference models of the protocol, independently seeded and of several architectures,
-counts their agreement with many fresh keys of a scheme, and stores the pooled rate
-with its Clopper-Pearson upper bound. Verification then uses
-``null_p = max(nominal, upper bound)`` and says which one won.
+Which null a verification tests against depends on the scheme (``Defense.exact_null``):
 
-The same run measures what a reviewer asks next, on held-out clean models that the
-calibration never saw:
+- Labels (or bits) drawn uniformly and independently of every model: a model never
+  marked with the key agrees with each with probability exactly 1/|L| (0.5 for bits),
+  whatever the model is, so ``Binomial(n, 1/|L|)`` is exact and nothing is fitted.
+- Labels that are not (one shared target class, true labels): clean models differ from
+  each other in how often they give those labels, so a pooled binomial understates the
+  spread. ``calibrate`` trains clean *reference* models of several architectures and
+  training recipes, counts their agreement with many fresh keys, and fits a
+  beta-binomial to the per-(model, key) counts; the p-value is its upper tail. Its
+  smallest p-value, P[K = n], says whether the scheme can reach alpha at all with the
+  reference models available. Without a calibration such a scheme has no sound null.
 
-- the false-positive rate: fresh keys verified against models never marked with them,
-  at the protocol's alpha, with its confidence interval (non-trivial ownership);
+The same run measures what a reviewer asks next, on *foreign* clean models of
+architectures the reference set does not contain (and, as degenerate cases, models
+whose training diverged or barely started):
+
+- the false-claim rate: fresh keys verified against models never marked with them, at
+  the protocol's alpha, with its Clopper-Pearson interval; the same on the reference
+  models, with keys the fit never saw;
 - the public label check (``arena.public``): how many honest keys it rejects, and
-  whether it rejects keys of in-distribution images with their true labels, which the
-  held-out models would otherwise "verify".
-
-Pooling treats every (model, trigger) answer as an independent trial. The answers of
-one model to one key are not independent of each other (the same weights answer all),
-so the interval is narrower than the true uncertainty; the false-positive measurement
-on held-out models is the check that the resulting test still holds its level.
+  whether it rejects keys of in-distribution images with their true labels, which clean
+  models would otherwise "verify".
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -43,15 +47,19 @@ from arena.errors import ArenaError
 from arena.keys import TriggerKey
 from arena.plugin import Defense
 from arena.progress import Reporter, silent
-from arena.protocols import Protocol
+from arena.protocols import Protocol, Recipe, parse_reference
 from arena.public import label_check
 from arena.registry import defenses
-from arena.stats import Evidence, clopper_pearson
+from arena.stats import Evidence, clopper_pearson, fit_beta_binomial, null_p_value
 from arena.store import ArtifactCache, ResultStore, connect, create_tables
-from arena.training import accuracy
+from arena.training import accuracy, train
 
-# Reference model i is the clean model of seed REFERENCE_SEED + i: far from match seeds.
+# Reference model i is trained with seed REFERENCE_SEED + i, foreign model i with
+# FOREIGN_SEED + i: far from match seeds and from each other.
 REFERENCE_SEED = 1_000_000
+FOREIGN_SEED = 2_000_000
+# Calibration record format: 2 is the per-scheme null (exact or beta-binomial).
+RECORD_FORMAT = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calibrations (
@@ -64,18 +72,25 @@ CREATE TABLE IF NOT EXISTS calibrations (
 );
 """
 
+Role = Literal["reference", "foreign"]
+
 
 @dataclass(frozen=True)
 class ReferenceModel:
-    """One clean model of the protocol: an architecture and a seed."""
+    """One clean model of the protocol: an architecture, a training recipe and a seed."""
 
     index: int
     architecture: str
-    role: str  # "calibration" or "held-out"
+    recipe: Recipe
+    role: Role
 
     @property
     def seed(self) -> int:
-        return REFERENCE_SEED + self.index
+        return (REFERENCE_SEED if self.role == "reference" else FOREIGN_SEED) + self.index
+
+    @property
+    def name(self) -> str:
+        return f"{self.architecture}@{self.recipe.name}"
 
     def context(self, protocol: Protocol, device: torch.device, progress: Reporter) -> Context:
         return Context(
@@ -85,6 +100,12 @@ class ReferenceModel:
             progress=progress,
         )
 
+    def _folder(self, ctx: Context, cache: ArtifactCache) -> Path:
+        base = artifact_base(ctx.protocol, ctx.seed)
+        if self.recipe.name == "protocol":
+            return cache.folder("clean", base)  # exactly a match's clean model
+        return cache.folder("clean", {**base, "recipe": self.recipe.to_dict()})
+
     def load(
         self,
         protocol: Protocol,
@@ -92,46 +113,86 @@ class ReferenceModel:
         device: torch.device,
         progress: Reporter = silent,
     ) -> tuple[nn.Module, dict[str, Any]]:
-        """Train it, or load it from the cache, exactly as a match's clean model."""
-        model, meta, _ = clean_model(self.context(protocol, device, progress), cache)
+        """Train it, or load it from the cache (the protocol's recipe: a match's clean model)."""
+        ctx = self.context(protocol, device, progress)
+        if self.recipe.name == "protocol":
+            model, meta, _ = clean_model(ctx, cache)
+            return model, meta
+        base = artifact_base(ctx.protocol, ctx.seed)
+        model, meta, _ = cache.model(
+            self._folder(ctx, cache),
+            build=ctx.owner_model,
+            train=lambda model: _train_recipe(model, ctx, self.recipe),
+            spec={**base, "recipe": self.recipe.to_dict()},
+        )
         return model, meta
 
     def cached(self, protocol: Protocol, cache: ArtifactCache, device: torch.device) -> nn.Module:
         """Load it from the cache; never train (a verifier does not train 20 models)."""
         ctx = self.context(protocol, device, silent)
         model = ctx.owner_model()
-        folder = cache.folder("clean", artifact_base(ctx.protocol, ctx.seed))
-        if cache.load_model(folder, model) is None:
+        if cache.load_model(self._folder(ctx, cache), model) is None:
             raise ArenaError(
-                f"reference model {self.index} ({self.architecture}, seed {self.seed}) is not "
-                f"in the cache {cache.root}; run arena calibrate --protocol {protocol.name} "
-                "with the same cache"
+                f"reference model {self.index} ({self.name}, seed {self.seed}) is not in the "
+                f"cache {cache.root}; run arena calibrate --protocol {protocol.name} with the "
+                "same cache"
             )
         return model
 
 
+def _train_recipe(model: nn.Module, ctx: Context, recipe: Recipe) -> dict[str, Any]:
+    settings, augment = recipe.apply(ctx.protocol)
+    splits = ctx.splits
+    report = train(
+        model,
+        splits.owner.images,
+        splits.owner.labels,
+        settings,
+        device=ctx.device,
+        generator=ctx.owner_generator(),
+        description=f"clean model ({recipe.name})",
+        progress=ctx.progress,
+        augment=augment,
+    )
+    return {"train_seconds": report.seconds, "steps": report.steps, "final_loss": report.final_loss}
+
+
 def reference_set(
-    protocol: Protocol, models: int, held_out: int, architectures: tuple[str, ...] = ()
+    protocol: Protocol,
+    models: int,
+    foreign: int = 0,
+    references: tuple[str, ...] = (),
+    foreign_models: tuple[str, ...] = (),
 ) -> list[ReferenceModel]:
-    """``models`` calibration models then ``held_out`` more, architectures round robin."""
-    architectures = architectures or protocol.reference_models or (protocol.model,)
+    """``models`` reference models, then ``foreign`` foreign ones, each round robin over
+    the protocol's entries ("architecture" or "architecture@recipe")."""
+    references = references or protocol.reference_models or (protocol.model,)
+    foreign_models = foreign_models or protocol.foreign_models
     if models < 1:
-        raise ArenaError(f"calibration needs at least one model, got {models}")
-    if held_out < 0:
-        raise ArenaError(f"the number of held-out models cannot be negative, got {held_out}")
-    if len(set(architectures)) < 2:
+        raise ArenaError(f"calibration needs at least one reference model, got {models}")
+    if foreign < 0:
+        raise ArenaError(f"the number of foreign models cannot be negative, got {foreign}")
+    parsed = [parse_reference(entry) for entry in references]
+    architectures = {architecture for architecture, _ in parsed}
+    if len(architectures) < 2:
         raise ArenaError(
-            f"calibration needs clean models of at least two architectures, got "
-            f"{', '.join(architectures)}"
+            f"calibration needs reference models of at least two architectures, got "
+            f"{', '.join(sorted(architectures))}"
         )
-    return [
-        ReferenceModel(
-            index,
-            architectures[index % len(architectures)],
-            "calibration" if index < models else "held-out",
+    strangers = [parse_reference(entry) for entry in foreign_models]
+    if foreign and not strangers:
+        raise ArenaError(f"protocol {protocol.name!r} names no foreign models")
+    shared = architectures & {architecture for architecture, _ in strangers}
+    if shared:
+        raise ArenaError(
+            f"foreign models must be of architectures the reference set does not contain; "
+            f"{', '.join(sorted(shared))} is in both"
         )
-        for index in range(models + held_out)
+    chosen = [ReferenceModel(i, *parsed[i % len(parsed)], role="reference") for i in range(models)]
+    chosen += [
+        ReferenceModel(i, *strangers[i % len(strangers)], role="foreign") for i in range(foreign)
     ]
+    return chosen
 
 
 def reference_models(
@@ -141,46 +202,60 @@ def reference_models(
     cache: ArtifactCache | None = None,
     device: torch.device | None = None,
 ) -> list[nn.Module]:
-    """The clean models of the newest calibration of ``defense`` on ``protocol``."""
+    """The clean reference models of the newest calibration of ``defense`` on ``protocol``."""
     record = store.latest(protocol, defense)
-    if record is None:
+    if record is None or record.get("format") != RECORD_FORMAT:
         raise ArenaError(
             f"public verification needs clean reference models of {protocol.label}: run "
             f"arena calibrate --protocol {protocol.name} --defense {defense}"
         )
     cache = cache or ArtifactCache()
     device = device or default_device()
-    return [
-        ReferenceModel(row["index"], row["architecture"], "calibration").cached(
-            protocol, cache, device
-        )
-        for row in record["models"]
-    ]
+    return [_row_model(row).cached(protocol, cache, device) for row in record["models"]]
+
+
+def _row_model(row: dict[str, Any]) -> ReferenceModel:
+    architecture, recipe = parse_reference(f"{row['architecture']}@{row['recipe']}")
+    return ReferenceModel(row["index"], architecture, recipe, row["role"])
+
+
+NullKind = Literal["exact", "beta-binomial", "uncalibrated"]
 
 
 @dataclass(frozen=True)
 class Null:
-    """The chance agreement a verification tests against, and where it came from.
+    """The null distribution a verification tests against, and where it came from.
 
-    ``p`` None means the scheme's own nominal null (1/|L|, 0.5 for bits) stands alone.
+    ``exact``: the scheme's own binomial (1/|L|, 0.5 for bits), exact for its keys.
+    ``beta-binomial``: mean ``p`` and intra-class correlation ``dispersion``, fitted to
+    clean reference models by calibration ``calibration``. ``uncalibrated``: a scheme
+    whose labels are not uniform, with no calibration yet: the nominal binomial is what
+    the evidence is tested against, and it is NOT a sound null (``sound`` is False).
     """
 
-    p: float | None
+    kind: NullKind
     source: str
+    p: float | None = None
+    dispersion: float = 0.0
     calibration: int | None = None  # the calibration's position in the store
+    smallest_p_value: float | None = None  # P[K = n] under this null, for n triggers
+
+    @property
+    def sound(self) -> bool:
+        return self.kind != "uncalibrated"
 
     def apply(self, evidence: Evidence) -> Evidence:
-        """``evidence`` tested against this null, never below the scheme's own."""
-        if self.p is None or self.p <= evidence.null_p:
+        """``evidence`` tested against this null."""
+        if self.kind != "beta-binomial":
             return evidence
-        return dataclasses.replace(evidence, null_p=self.p)
+        return dataclasses.replace(evidence, null_p=self.p, null_dispersion=self.dispersion)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def measure(defense: Defense, model: nn.Module, key: Any, ctx: Context, null: Null) -> Evidence:
-    """The one verification path of matches, ``arena verify`` and calibration: the
+    """The one verification path of matches, ``arena verify``, claims and calibration: the
     scheme's evidence, tested against ``null``."""
     return null.apply(defense.evidence(model, key, ctx))
 
@@ -219,26 +294,33 @@ class CalibrationStore:
         return {**json.loads(row[1]), "position": row[0]}
 
     def null(self, protocol: Protocol, defense: str) -> Null:
-        """The newest calibration of ``defense`` on ``protocol``, as the null to test against."""
-        record = self.latest(protocol, defense)
-        if record is None:
+        """The null ``defense``'s evidence is tested against on ``protocol``."""
+        if defenses.get(defense).exact_null:
             return Null(
-                None,
-                f"the scheme's nominal null; {defense} is not calibrated on {protocol.label} "
-                f"(arena calibrate --protocol {protocol.name} --defense {defense})",
+                "exact",
+                f"exact: {defense}'s labels are drawn uniformly and independently of every "
+                "model, so chance agreement is exactly the scheme's nominal rate",
             )
-        null = record["null"]
-        described = (
-            f"Clopper-Pearson {null['confidence']:.0%} upper bound of {null['successes']} / "
-            f"{null['trials']} answers of {len(record['models'])} clean models, "
-            f"calibration {record['position']}"
-        )
-        if null["upper"] > null["nominal"]:
-            return Null(null["upper"], f"calibrated: {described}", record["position"])
+        record = self.latest(protocol, defense)
+        command = f"arena calibrate --protocol {protocol.name} --defense {defense}"
+        if record is None or record.get("format") != RECORD_FORMAT:
+            return Null(
+                "uncalibrated",
+                f"UNCALIBRATED: {defense}'s labels are not uniform, so its nominal null is "
+                f"not sound and clean models can be claimed; run {command}",
+            )
+        fitted = record["null"]
+        reference = record["models"]
+        architectures = len({row["architecture"] for row in reference})
         return Null(
-            None,
-            f"nominal: it is above the {described} ({null['upper']:.3g})",
-            record["position"],
+            "beta-binomial",
+            f"beta-binomial fitted to {fitted['counts']} (model, key) counts of "
+            f"{len(reference)} clean reference models ({architectures} architectures), "
+            f"calibration {record['position']}",
+            p=fitted["mean"],
+            dispersion=fitted["dispersion"],
+            calibration=record["position"],
+            smallest_p_value=fitted["smallest_p_value"],
         )
 
 
@@ -247,22 +329,36 @@ def calibrate(
     defense_name: str = "backdoor-wm",
     *,
     models: int = 20,
-    held_out: int = 10,
+    foreign: int = 12,
     keys: int = 50,
-    held_out_keys: int = 100,
+    claim_keys: int | None = None,
     in_distribution_keys: int = 20,
-    confidence: float = 0.99,
-    architectures: tuple[str, ...] = (),
+    references: tuple[str, ...] = (),
+    foreign_models: tuple[str, ...] = (),
     db: Path | None = None,
     cache: ArtifactCache | None = None,
     progress: Reporter = silent,
     device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Measure the null and the false-positive rate; store and return the record."""
+    """Fit the scheme's null (if it needs one) and measure its false claims; store the record.
+
+    ``keys`` fresh keys per reference model fit the null; ``claim_keys`` other fresh keys
+    per model (default: enough for 3,000 foreign (key, model) pairs for ``backdoor-wm``,
+    1,000 for other schemes) measure false claims on every reference and foreign model.
+    """
     defense: Defense = defenses.get(defense_name)()
-    references = reference_set(protocol, models, held_out, architectures)
-    if keys < 1 or held_out_keys < 0 or in_distribution_keys < 0:
+    chosen = reference_set(protocol, models, foreign, references, foreign_models)
+    if defense.access == "white-box":
+        # White-box evidence reads one layer of the protocol's architecture: a model of
+        # another architecture has no such layer, and its 0 bits read are no agreement.
+        # The null is exact anyway (uniform bits); false claims are measured on clean
+        # models of the protocol's architecture trained with other recipes and seeds.
+        chosen = [r for r in chosen if r.architecture == protocol.model]
+    if keys < 1 or (claim_keys is not None and claim_keys < 0) or in_distribution_keys < 0:
         raise ArenaError("the numbers of keys must be positive")
+    if claim_keys is None:
+        pairs = 3000 if defense_name == "backdoor-wm" else 1000
+        claim_keys = math.ceil(pairs / foreign) if foreign else keys
     store = CalibrationStore(db)
     cache = cache or ArtifactCache()
     device = device or default_device()
@@ -274,25 +370,16 @@ def calibrate(
     base.clean_provider = functools.cache(lambda: clean_model(owner, cache)[0])
     test = base.splits.test
 
-    if defense.access == "white-box":
-        # White-box evidence reads one layer of the protocol's architecture: a model of
-        # another architecture has no such layer, and its 0 bits are no agreement.
-        references = [r for r in references if r.architecture == protocol.model]
     loaded: list[tuple[ReferenceModel, nn.Module, dict[str, Any]]] = []
-    for position, reference in enumerate(references, start=1):
+    for position, reference in enumerate(chosen, start=1):
         progress.log(
-            f"reference model {position} of {len(references)}: "
-            f"{reference.architecture}, seed {reference.seed} ({reference.role})"
+            f"clean model {position} of {len(chosen)}: {reference.name}, seed "
+            f"{reference.seed} ({reference.role})"
         )
         model, meta = reference.load(protocol, cache, device, progress)
         meta = {**meta, "test_acc": accuracy(model, test.images, test.labels, device)}
         loaded.append((reference, model, meta))
-    calibration = [(r, m, meta) for r, m, meta in loaded if r.role == "calibration"]
-    holdout = [(r, m, meta) for r, m, meta in loaded if r.role == "held-out"]
-    if not calibration:
-        raise ArenaError(
-            f"no calibration model of {protocol.model}, the architecture {defense.name} reads"
-        )
+    fitted = [(r, m, meta) for r, m, meta in loaded if r.role == "reference"]
 
     def fresh_keys(purpose: str, count: int) -> list[Any]:
         return [
@@ -300,59 +387,72 @@ def calibrate(
             for index in range(count)
         ]
 
-    # The null: pooled agreement of the calibration models with fresh keys.
-    progress.log(f"null: {len(calibration)} models x {keys} fresh keys")
+    # The null: every reference model against fresh keys, one count per (model, key).
+    progress.log(f"null: {len(fitted)} reference models x {keys} fresh keys")
     null_keys = fresh_keys("calibration-key", keys)
-    per_model = []
-    for reference, model, meta in calibration:
+    counts: list[tuple[int, int]] = []
+    rows = []
+    for reference, model, meta in fitted:
         agreed = [defense.evidence(model, key, base) for key in null_keys]
-        per_model.append(_model_row(reference, meta, agreed))
+        counts += [(e.successes, e.trials) for e in agreed]
+        rows.append(_model_row(reference, meta, agreed))
     nominal = agreed[0].null_p  # the scheme's own null: 1/|L|, or 0.5 for bits
-    successes = sum(row["successes"] for row in per_model)
-    trials = sum(row["trials"] for row in per_model)
-    low, high = clopper_pearson(successes, trials, confidence)
-    null = Null(high, "calibrated" if high > nominal else "nominal")
+    trials = agreed[0].trials
+    successes = sum(k for k, _ in counts)
+    total = sum(n for _, n in counts)
+    low, high = clopper_pearson(successes, total)
+    null_record: dict[str, Any] = {
+        "kind": "exact" if defense.exact_null else "beta-binomial",
+        "nominal": nominal,
+        "successes": successes,
+        "trials": total,
+        "rate": successes / total if total else 0.0,
+        "rate_ci95": [low, high],
+        "trials_per_key": trials,
+    }
+    if defense.exact_null:
+        null = Null("exact", "exact")
+        null_record["smallest_p_value"] = null_p_value(trials, trials, nominal)
+    else:
+        fit = fit_beta_binomial(counts)
+        null_record.update(
+            mean=fit.mean,
+            dispersion=fit.dispersion,
+            counts=fit.counts,
+            log_likelihood=fit.log_likelihood,
+            smallest_p_value=fit.smallest_p_value(trials),
+        )
+        null = Null("beta-binomial", "calibrating", p=fit.mean, dispersion=fit.dispersion)
+    null_record["reaches_alpha"] = null_record["smallest_p_value"] <= protocol.alpha
     record: dict[str, Any] = {
+        "format": RECORD_FORMAT,
         "protocol": protocol.name,
         "protocol_version": protocol.version,
         "protocol_fingerprint": protocol.fingerprint,
         "defense": defense.name,
         "defense_params": defense.params_dict(),
         "alpha": protocol.alpha,
-        "models": per_model,
-        "null": {
-            "successes": successes,
-            "trials": trials,
-            "rate": successes / trials if trials else 0.0,
-            "lower": low,
-            "upper": high,
-            "confidence": confidence,
-            "nominal": nominal,
-            "p": max(nominal, high),
-            "source": null.source,
-        },
+        "models": rows,
+        "null": null_record,
     }
 
-    # False positives: fresh keys against held-out models, at the calibrated null.
-    if holdout and held_out_keys:
-        progress.log(f"false positives: {len(holdout)} held-out models x {held_out_keys} keys")
-        fpr_keys = fresh_keys("held-out-key", held_out_keys)
-        rows = []
-        outcomes: list[Evidence] = []
-        for reference, model, meta in holdout:
-            agreed = [measure(defense, model, key, base, null) for key in fpr_keys]
-            outcomes += agreed
-            rows.append({**_model_row(reference, meta, agreed), "verified": _count(agreed)})
-        record["held_out"] = rows
-        record["false_positives"] = _rate(outcomes, "verified")
-        record["false_positives_nominal"] = _rate(
-            [dataclasses.replace(e, null_p=nominal) for e in outcomes], "verified"
-        )
-        if isinstance(fpr_keys[0], TriggerKey):
-            references_only = [model for _, model, _ in calibration]
+    # False claims: keys the fit never saw, on every reference and every foreign model.
+    if claim_keys:
+        progress.log(f"false claims: {len(loaded)} clean models x {claim_keys} fresh keys")
+        claim_set = fresh_keys("claim-key", claim_keys)
+        outcomes: dict[str, list[Evidence]] = {"reference": [], "foreign": []}
+        claim_rows = []
+        for reference, model, meta in loaded:
+            agreed = [measure(defense, model, key, base, null) for key in claim_set]
+            outcomes[reference.role] += agreed
+            claim_rows.append({**_model_row(reference, meta, agreed), "claimed": _count(agreed)})
+        record["claims"] = claim_rows
+        record["false_claims"] = {role: _rate(found) for role, found in outcomes.items() if found}
+        if isinstance(claim_set[0], TriggerKey) and getattr(defense, "labels_independent", False):
+            references_only = [model for _, model, _ in fitted]
             checks = [
                 label_check(key.images, key.labels, references_only, protocol, device)
-                for key in fpr_keys
+                for key in claim_set
             ]
             record["label_check_honest"] = {
                 "keys": len(checks),
@@ -360,7 +460,7 @@ def calibrate(
             }
             if in_distribution_keys:
                 record["in_distribution"] = _in_distribution(
-                    defense, base, test, in_distribution_keys, references_only, holdout, null
+                    defense, base, test, in_distribution_keys, references_only, loaded, null
                 )
     record["seconds"] = time.perf_counter() - started
     record["arena"] = __version__
@@ -375,7 +475,7 @@ def _in_distribution(
     test: Any,
     count: int,
     references: list[nn.Module],
-    holdout: list[tuple[ReferenceModel, nn.Module, dict[str, Any]]],
+    loaded: list[tuple[ReferenceModel, nn.Module, dict[str, Any]]],
     null: Null,
 ) -> dict[str, Any]:
     """Keys of real test images with their true labels: the label check must reject them,
@@ -390,13 +490,17 @@ def _in_distribution(
         labels = test.labels[chosen].numpy()
         key = TriggerKey.create(defense.name, ctx.num_classes, images, labels)
         rejected += not label_check(images, labels, references, ctx.protocol, ctx.device).passed
-        outcomes += [measure(defense, model, key, ctx, null) for _, model, _ in holdout]
+        outcomes += [
+            measure(defense, model, key, ctx, null)
+            for reference, model, _ in loaded
+            if reference.role == "foreign"
+        ]
     return {
         "keys": count,
         "triggers": size,
         "rejected_by_label_check": rejected,
-        "held_out_claims": _rate(outcomes, "verified"),
-        "held_out_agreement": sum(e.successes for e in outcomes)
+        "foreign_claims": _rate(outcomes),
+        "foreign_agreement": sum(e.successes for e in outcomes)
         / max(1, sum(e.trials for e in outcomes)),
     }
 
@@ -409,14 +513,17 @@ def _model_row(
     return {
         "index": reference.index,
         "architecture": reference.architecture,
+        "recipe": reference.recipe.name,
+        "role": reference.role,
         "seed": reference.seed,
         "test_acc": meta["test_acc"],
-        "train_seconds": meta.get("seconds"),
+        "train_seconds": meta.get("train_seconds"),
         "keys": len(agreed),
         "successes": successes,
         "trials": trials,
         "rate": successes / trials if trials else 0.0,
         "max_agreement": max((e.successes for e in agreed), default=0),
+        "smallest_p_value": min((e.p_value for e in agreed), default=1.0),
     }
 
 
@@ -424,56 +531,59 @@ def _count(outcomes: list[Evidence]) -> int:
     return sum(e.verified for e in outcomes)
 
 
-def _rate(outcomes: list[Evidence], what: str) -> dict[str, Any]:
+def _rate(outcomes: list[Evidence]) -> dict[str, Any]:
     hits = _count(outcomes)
     low, high = clopper_pearson(hits, len(outcomes))
     return {
         "pairs": len(outcomes),
-        what: hits,
+        "claimed": hits,
         "rate": hits / len(outcomes) if outcomes else 0.0,
         "ci95": [low, high],
         "alpha": outcomes[0].alpha if outcomes else None,
-        "null_p": outcomes[0].null_p if outcomes else None,
     }
 
 
 def to_markdown(record: dict[str, Any]) -> str:
     """The calibration as a README-ready report."""
     null = record["null"]
+    alpha = record["alpha"]
     lines = [
         f"Calibration of `{record['defense']}` on `{record['protocol']}` "
-        f"v{record['protocol_version']} (alpha {record['alpha']:g})",
+        f"v{record['protocol_version']} (alpha {alpha:g})",
         "",
-        "| model | architecture | seed | role | test acc | agreement with fresh keys | "
-        "most triggers one key got | verified |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for role, rows in (("calibration", record["models"]), ("held-out", record.get("held_out", []))):
-        for row in rows:
-            verified = f"{row['verified']} of {row['keys']}" if "verified" in row else ""
-            lines.append(
-                f"| {row['index']} | {row['architecture']} | {row['seed']} | {role} | "
-                f"{row['test_acc']:.3f} | {row['successes']}/{row['trials']} "
-                f"({row['rate']:.4f}) | {row['max_agreement']} | {verified} |"
-            )
-    lines += [
-        "",
-        f"- Null agreement: {null['successes']}/{null['trials']} = {null['rate']:.4f}; "
-        f"Clopper-Pearson {null['confidence']:.0%} interval [{null['lower']:.4f}, "
-        f"{null['upper']:.4f}]; the scheme's nominal null {null['nominal']:.4f}. Verification uses "
-        f"null p = {null['p']:.4f} ({null['source']}).",
-    ]
-    for name, title in (
-        ("false_positives", "at the calibrated null"),
-        ("false_positives_nominal", "at the scheme's nominal null"),
-    ):
-        if name in record:
-            fp = record[name]
-            lines.append(
-                f"- False positives {title}: {fp['verified']} of {fp['pairs']} key-model pairs "
-                f"verified = {fp['rate']:.2e} (95% CI [{fp['ci95'][0]:.2e}, "
-                f"{fp['ci95'][1]:.2e}]), nominal alpha {fp['alpha']:g}."
-            )
+    ci = null["rate_ci95"]
+    pooled = (
+        f"{null['successes']:,} / {null['trials']:,} = {null['rate']:.4f} "
+        f"(95% CI [{ci[0]:.4f}, {ci[1]:.4f}])"
+    )
+    if null["kind"] == "exact":
+        lines.append(
+            f"- Null: exact, Binomial(n, {null['nominal']:.4g}): the key's labels are drawn "
+            "uniformly and independently of every model, so nothing is fitted. The reference "
+            f"models' pooled agreement with fresh keys, {pooled}, is the check."
+        )
+    else:
+        lines.append(
+            f"- Null: beta-binomial fitted by maximum likelihood to {null['counts']:,} "
+            f"(model, key) counts: mean {null['mean']:.4g}, intra-class correlation "
+            f"{null['dispersion']:.4g} (pooled agreement {pooled}; the scheme's nominal "
+            f"{null['nominal']:.4g} is not a sound null for it)."
+        )
+    trials = null["trials_per_key"]
+    reach = "reaches" if null["reaches_alpha"] else "CANNOT reach"
+    lines.append(
+        f"- Smallest p-value this null gives a key of {trials} triggers (all answered): "
+        f"{null['smallest_p_value']:.3g}; the scheme {reach} alpha = {alpha:g} with these "
+        "reference models."
+    )
+    for role, rate in record.get("false_claims", {}).items():
+        models = sum(1 for row in record["claims"] if row["role"] == role)
+        lines.append(
+            f"- False claims on {role} models ({models} models, keys the fit never saw): "
+            f"{rate['claimed']} of {rate['pairs']:,} (key, model) pairs = {rate['rate']:.2e} "
+            f"(95% CI [{rate['ci95'][0]:.2e}, {rate['ci95'][1]:.2e}]), alpha {alpha:g}."
+        )
     if "label_check_honest" in record:
         honest = record["label_check_honest"]
         lines.append(
@@ -482,13 +592,33 @@ def to_markdown(record: dict[str, Any]) -> str:
         )
     if "in_distribution" in record:
         inside = record["in_distribution"]
-        claims = inside["held_out_claims"]
+        claims = inside["foreign_claims"]
         lines.append(
             f"- In-distribution keys ({inside['triggers']} test images with their true "
             f"labels): {inside['rejected_by_label_check']} of {inside['keys']} rejected by the "
-            f"label check; without it they would claim {claims['verified']} of "
-            f"{claims['pairs']} held-out clean models (agreement "
-            f"{inside['held_out_agreement']:.3f})."
+            f"label check; without it they would claim {claims['claimed']} of "
+            f"{claims['pairs']} (key, foreign model) pairs (agreement "
+            f"{inside['foreign_agreement']:.3f})."
         )
-    lines.append(f"- {record['seconds']:.0f} s, calibration {record['position']} in the store.")
+    lines += [
+        "",
+        "| model | role | architecture | recipe | seed | test acc | agreement (fit keys) | "
+        "agreement (claim keys) | most one key got | smallest p-value | claimed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    fit_rows = {(row["role"], row["index"]): row for row in record["models"]}
+    for row in record.get("claims", record["models"]):
+        fit = fit_rows.get((row["role"], row["index"]))
+        fit_cell = f"{fit['successes']}/{fit['trials']} ({fit['rate']:.4f})" if fit else ""
+        claimed = f"{row['claimed']} of {row['keys']}" if "claimed" in row else ""
+        lines.append(
+            f"| {row['index']} | {row['role']} | {row['architecture']} | {row['recipe']} | "
+            f"{row['seed']} | {row['test_acc']:.3f} | {fit_cell} | {row['successes']}/"
+            f"{row['trials']} ({row['rate']:.4f}) | {row['max_agreement']} | "
+            f"{row['smallest_p_value']:.2g} | {claimed} |"
+        )
+    lines += ["", f"{record['seconds']:.0f} s, calibration {record['position']} in the store."]
+    versions = record.get("versions")
+    if versions:
+        lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from arena import leaderboard as boards
+from arena.environment import apply_deterministic_defaults
 from arena.errors import ArenaError
 from arena.params import describe_params
 from arena.progress import RichReporter
@@ -164,6 +165,9 @@ def _print_match(record: dict[str, Any]) -> None:
     if owner_head is not None:
         table.add_row("attacked, owner head", "", *_evidence_cells(owner_head))
     stdout.print(table)
+    null = record.get("null") or {}
+    if null.get("source"):
+        stdout.print(f"null: {null['source']}", highlight=False)
     _print_claims(record.get("claim"))
     _print_detector(record["attacked"].get("detector"))
     succeeded = "[red]yes[/]" if record["attack_succeeded"] else "[green]no[/]"
@@ -536,6 +540,8 @@ def verify(
             raise ArenaError("private verification opens the marking key: pass --mk (or --public)")
         claim = ownership.verify(model, mk, vk, chosen, book, arch, subset, calibrations)
     else:
+        # Whether the verdict can be decided at all is settled before a subset is spent.
+        ownership.sound_null(calibrations, chosen, ownership.scheme_of(vk))
         if proof is not None and mk is None:
             published = read_json(proof)
         else:
@@ -568,7 +574,9 @@ def _print_claim(claim: Any, record: dict[str, Any]) -> None:
         f"answered with their committed labels (needs {evidence['required_successes']})"
     )
     stdout.print(
-        f"null p {evidence['null_p']:.3g} ({record['null_p_source']}); p-value "
+        f"null p {evidence['null_p']:.3g}"
+        + (f", dispersion {d:.3g}" if (d := evidence.get("null_dispersion")) else "")
+        + f" ({record['null_p_source']}); p-value "
         f"{evidence['p_value']:.2e}; alpha {evidence['alpha']:g}",
         highlight=False,
     )
@@ -586,35 +594,50 @@ def _print_claim(claim: Any, record: dict[str, Any]) -> None:
 def calibrate(
     protocol: Annotated[str, typer.Option(help="protocol to calibrate")] = "mnist5k",
     defense: Annotated[str, typer.Option(help="scheme whose keys are sampled")] = "backdoor-wm",
-    models: Annotated[int, typer.Option(help="clean models for the null")] = 20,
-    held_out: Annotated[
-        int, typer.Option(help="further clean models for the false-positive rate")
-    ] = 10,
-    keys: Annotated[int, typer.Option(help="fresh keys per calibration model")] = 50,
-    held_out_keys: Annotated[int, typer.Option(help="fresh keys per held-out model")] = 100,
-    arch: Annotated[
-        list[str] | None,
-        typer.Option(help="timm architectures, round robin [default: the protocol's]"),
+    models: Annotated[int, typer.Option(help="clean reference models the null is fitted to")] = 20,
+    foreign: Annotated[
+        int, typer.Option(help="clean models of other architectures, for false claims")
+    ] = 12,
+    keys: Annotated[int, typer.Option(help="fresh keys per reference model for the null")] = 50,
+    claim_keys: Annotated[
+        int | None,
+        typer.Option(
+            help="fresh keys per clean model for false claims [default: 3,000 foreign pairs "
+            "for backdoor-wm, 1,000 for other schemes]"
+        ),
     ] = None,
-    confidence: Annotated[float, typer.Option(help="Clopper-Pearson confidence")] = 0.99,
+    reference: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="reference model, 'arch' or 'arch@recipe', repeatable [default: the protocol's]"
+        ),
+    ] = None,
+    foreign_model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="foreign model, 'arch' or 'arch@recipe', repeatable [default: the protocol's]"
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="print the JSON record on stdout")
     ] = False,
     db: DbOption = None,
     cache_dir: CacheOption = None,
 ) -> None:
-    """Measure the null agreement of clean models and the false-positive rate."""
+    """Fit the scheme's null (if its labels are not uniform) and measure false claims on
+    clean models of architectures the reference set does not contain."""
     from arena.calibration import calibrate as run_calibration
+    from arena.calibration import to_markdown
 
     record = run_calibration(
         get_protocol(protocol),
         defense,
         models=models,
-        held_out=held_out,
+        foreign=foreign,
         keys=keys,
-        held_out_keys=held_out_keys,
-        confidence=confidence,
-        architectures=tuple(arch or ()),
+        claim_keys=claim_keys,
+        references=tuple(reference or ()),
+        foreign_models=tuple(foreign_model or ()),
         db=db,
         cache=ArtifactCache(cache_dir),
         progress=RichReporter(stderr),
@@ -622,14 +645,15 @@ def calibrate(
     if as_json:
         sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
         return
-    from arena.calibration import to_markdown
-
     sys.stdout.write(to_markdown(record) + "\n")
 
 
 def main() -> None:
     """Console entry point: one clear line and exit status 2 for any user error."""
     try:
+        # A fixed thread count and deterministic algorithms (ARENA_THREADS overrides the
+        # count): reruns on the same setup train the same weights to the bit.
+        apply_deterministic_defaults()
         status = app(standalone_mode=False)  # returns the code of a typer.Exit
         if isinstance(status, int) and status:
             sys.exit(status)

@@ -137,6 +137,12 @@ class VerificationKey:
     # Multiple verification: the triggers form this many equal, disjoint, consecutive
     # subsets, and each verification reveals one of them.
     subsets: int = 1
+    # Schemes whose triggers all carry one label pair trigger i with control input i (the
+    # same source image without the trigger pattern, or an ordinary input) and its true
+    # label, committed in the same way: the evidence counts a trigger only when the model
+    # also answers its control right, so a model that answers the target class to
+    # everything is not a marked model.
+    controls: VerificationKey | None = None
 
     @property
     def subset_size(self) -> int:
@@ -157,6 +163,7 @@ class VerificationKey:
             image_commitments=tuple(self.image_commitments[i] for i in indices),
             label_commitments=tuple(self.label_commitments[i] for i in indices),
             subsets=1,
+            controls=self.controls.select(indices) if self.controls else None,
         )
 
     @property
@@ -177,6 +184,8 @@ class VerificationKey:
             ],
             # Written only when there are several, so single-subset keys keep their identity.
             **({"subsets": self.subsets} if self.subsets > 1 else {}),
+            # Written only when there are controls, so keys without them keep their identity.
+            **({"controls": self.controls.to_dict()["commitments"]} if self.controls else {}),
         }
 
     @classmethod
@@ -193,6 +202,15 @@ class VerificationKey:
             subsets = int(record.get("subsets", 1))
             if subsets < 1 or len(image_commitments) % subsets:
                 raise ValueError(f"{len(image_commitments)} triggers do not split into {subsets}")
+            controls = None
+            if "controls" in record:
+                inner = {k: v for k, v in record.items() if k != "controls"}
+                controls = cls.from_dict({**inner, "commitments": record["controls"]}, source)
+                if len(controls.image_commitments) != len(image_commitments):
+                    raise ValueError(
+                        f"{len(controls.image_commitments)} controls for "
+                        f"{len(image_commitments)} triggers"
+                    )
             return cls(
                 scheme=str(record["scheme"]),
                 num_classes=int(record["num_classes"]),
@@ -200,6 +218,7 @@ class VerificationKey:
                 image_commitments=image_commitments,
                 label_commitments=label_commitments,
                 subsets=subsets,
+                controls=controls,
             )
         except (KeyError, TypeError, ValueError) as error:
             raise KeyTamperedError(f"{source} is malformed: {error}") from None
@@ -216,6 +235,9 @@ class TriggerKey(Key):
     image_nonces: tuple[bytes, ...]
     label_nonces: tuple[bytes, ...]
     vk: VerificationKey
+    # Control input i (with its true label) for trigger i, committed like the triggers;
+    # see ``VerificationKey.controls``. None for schemes that need no controls.
+    controls: TriggerKey | None = None
 
     @classmethod
     def create(
@@ -225,8 +247,10 @@ class TriggerKey(Key):
         images: np.ndarray,
         labels: np.ndarray,
         subsets: int = 1,
+        controls: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> TriggerKey:
-        """Commit to ``images`` and ``labels`` with fresh random nonces."""
+        """Commit to ``images`` and ``labels`` (and ``controls``, one control image and
+        label per trigger) with fresh random nonces."""
         if subsets < 1 or len(images) % subsets:
             raise ArenaError(f"{len(images)} triggers do not split into {subsets} equal subsets")
         images = np.ascontiguousarray(images, dtype=np.uint8)
@@ -251,7 +275,16 @@ class TriggerKey(Key):
             ),
             subsets=subsets,
         )
-        return cls(scheme, num_classes, images, labels, image_nonces, label_nonces, vk)
+        control_key = None
+        if controls is not None:
+            control_key = cls.create(scheme, num_classes, *controls, subsets=subsets)
+            if len(control_key) != len(labels) or control_key.vk.image_shape != vk.image_shape:
+                raise ArenaError(
+                    f"a key needs one control image of the triggers' shape per trigger, got "
+                    f"{len(control_key)} of shape {control_key.vk.image_shape} for {len(labels)}"
+                )
+            vk = dataclasses.replace(vk, controls=control_key.vk)
+        return cls(scheme, num_classes, images, labels, image_nonces, label_nonces, vk, control_key)
 
     def subset(self, index: int) -> TriggerKey:
         """Subset ``index`` of a multiple-verification key, as a key of its own."""
@@ -267,6 +300,7 @@ class TriggerKey(Key):
             image_nonces=tuple(self.image_nonces[i] for i in indices),
             label_nonces=tuple(self.label_nonces[i] for i in indices),
             vk=self.vk.select(indices),
+            controls=self.controls.select(indices) if self.controls else None,
         )
 
     def __len__(self) -> int:
@@ -304,6 +338,16 @@ class TriggerKey(Key):
                     f"trigger {index}: the label does not open its commitment; the marking "
                     "key or the verification key was altered"
                 )
+        if (self.controls is None) != (vk.controls is None):
+            raise KeyTamperedError(
+                "the verification key and the marking key disagree on whether the triggers "
+                "have controls; one of them was altered"
+            )
+        if self.controls is not None:
+            try:
+                self.controls.open(vk.controls)
+            except KeyTamperedError as error:
+                raise KeyTamperedError(f"control of {error}") from None
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Trigger images as float model inputs in [0, 1], and their labels."""
@@ -328,6 +372,7 @@ class TriggerKey(Key):
                     self.images, self.labels, self.image_nonces, self.label_nonces
                 )
             ],
+            **({"controls": self.controls.marking_key_dict()["triggers"]} if self.controls else {}),
         }
 
     def save(self, directory: Path | str) -> None:
@@ -352,34 +397,45 @@ class TriggerKey(Key):
         vk = VerificationKey.from_dict(read_json(vk_path), source=str(vk_path))
         record = read_json(mk_path)
         try:
-            if record.get("format") != MARKING_KEY_FORMAT:
-                raise ValueError(f"format is {record.get('format')!r}")
-            shape = tuple(int(v) for v in record["image_shape"])
-            triggers = record["triggers"]
-            images = np.stack(
-                [
-                    np.frombuffer(
-                        base64.b64decode(t["image"], validate=True), dtype=np.uint8
-                    ).reshape(shape)
-                    for t in triggers
-                ]
-            )
-            labels = np.array([int(t["label"]) for t in triggers], dtype=np.int64)
-            image_nonces = tuple(bytes.fromhex(t["image_nonce"]) for t in triggers)
-            label_nonces = tuple(bytes.fromhex(t["label_nonce"]) for t in triggers)
-            key = cls(
-                scheme=str(record["scheme"]),
-                num_classes=int(record["num_classes"]),
-                images=images,
-                labels=labels,
-                image_nonces=image_nonces,
-                label_nonces=label_nonces,
-                vk=vk,
-            )
+            key = cls._from_record(record, vk)
         except (KeyError, TypeError, ValueError) as error:
             raise KeyTamperedError(f"marking key {mk_path} is malformed: {error}") from None
         key.open(vk)
         return key
+
+    @classmethod
+    def _from_record(cls, record: dict[str, Any], vk: VerificationKey) -> TriggerKey:
+        if record.get("format") != MARKING_KEY_FORMAT:
+            raise ValueError(f"format is {record.get('format')!r}")
+        controls = None
+        if record.get("controls") is not None:
+            if vk.controls is None:
+                raise ValueError("it holds controls its verification key does not commit to")
+            inner = {k: v for k, v in record.items() if k != "controls"}
+            controls = cls._from_record({**inner, "triggers": record["controls"]}, vk.controls)
+        shape = tuple(int(v) for v in record["image_shape"])
+        triggers = record["triggers"]
+        images = np.stack(
+            [
+                np.frombuffer(base64.b64decode(t["image"], validate=True), dtype=np.uint8).reshape(
+                    shape
+                )
+                for t in triggers
+            ]
+        )
+        labels = np.array([int(t["label"]) for t in triggers], dtype=np.int64)
+        image_nonces = tuple(bytes.fromhex(t["image_nonce"]) for t in triggers)
+        label_nonces = tuple(bytes.fromhex(t["label_nonce"]) for t in triggers)
+        return cls(
+            scheme=str(record["scheme"]),
+            num_classes=int(record["num_classes"]),
+            images=images,
+            labels=labels,
+            image_nonces=image_nonces,
+            label_nonces=label_nonces,
+            vk=vk,
+            controls=controls,
+        )
 
 
 def read_json(path: Path) -> dict[str, Any]:

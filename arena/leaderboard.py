@@ -214,11 +214,18 @@ def _evidence_cell(evidence: dict) -> str:
 
 
 def _null_cell(record: dict) -> str:
-    """The null p of a match and whether a calibration set it."""
-    p = record["attacked"]["evidence"]["null_p"]
+    """The null a match was decided against: exact, fitted (beta-binomial) or uncalibrated."""
+    evidence = record["attacked"]["evidence"]
+    p = evidence["null_p"]
     null = record.get("null") or {}
+    kind = null.get("kind")
+    if kind == "beta-binomial":
+        return f"{p:.3g}, dispersion {evidence.get('null_dispersion', 0.0):.2g} (beta-binomial)"
+    if kind in ("exact", "uncalibrated"):
+        return f"{p:.3g} ({kind})"
+    # Records from before the per-scheme null (a pooled calibration or the nominal p).
     if null.get("p") is not None and null["p"] == p:
-        return f"{p:.3g} (calibrated)"
+        return f"{p:.3g} (pooled, superseded)"
     return f"{p:.3g} (nominal)"
 
 

@@ -63,13 +63,13 @@ def load_key(
     mk_path: Path, vk_path: Path, params: dict[str, Any] | None = None
 ) -> tuple[Defense, Key]:
     """The scheme named in ``vk`` (with ``params``), and the key with every commitment opened."""
-    defense: Defense = defenses.get(_scheme(vk_path))(params)
+    defense: Defense = defenses.get(scheme_of(vk_path))(params)
     return defense, defense.key_type.from_files(mk_path, vk_path)
 
 
 def register_key(vk_path: Path, ledger: Ledger) -> Entry:
     """Record the verification key's commitment (its fingerprint) with a timestamp."""
-    defense = defenses.get(_scheme(vk_path))
+    defense = defenses.get(scheme_of(vk_path))
     return ledger.append("key", defense.key_type.public_fingerprint(vk_path), label=str(vk_path))
 
 
@@ -220,13 +220,13 @@ def verify(
     is refused, so the subsets not yet revealed stay secret for later verifications.
     """
     defense, key = load_key(mk_path, vk_path)
+    null = sound_null(calibrations or CalibrationStore(), protocol, defense.name)
     subsets = getattr(getattr(key, "vk", None), "subsets", 1)
     opened, revealed = key, "all {n} (a single-subset key)"
     if subsets > 1:
         index = _unspent_subset(ledger, key.fingerprint, subsets, subset)
         opened = key.subset(index)
         revealed = f"subset {index} of {subsets} ({{n}} triggers)"
-    null = (calibrations or CalibrationStore()).null(protocol, defense.name)
     claim = _claim(
         defense, key.fingerprint, opened, model_path, protocol, ledger, null, architecture
     )
@@ -266,21 +266,21 @@ def verify_public(
     half decides the verdict on the model. See ``arena.public`` for what is and is not
     implemented of the seed paper's zero-knowledge construction.
     """
-    defense: Defense = defenses.get(_scheme(vk_path))()
+    defense: Defense = defenses.get(scheme_of(vk_path))()
     if not issubclass(defense.key_type, TriggerKey):
         raise ArenaError(
             f"public verification opens trigger sets; {defense.name} is a "
             f"{defense.access} scheme without one"
         )
+    calibrations = calibrations or CalibrationStore()
+    null = sound_null(calibrations, protocol, defense.name)
     vk = VerificationKey.from_dict(read_json(vk_path), source=str(vk_path))
     opened = open_proof(proof, vk)
     subset = int(proof["subset"])
     checked, deciding = split_opened(opened, vk, subset)
-    calibrations = calibrations or CalibrationStore()
     references = reference_models(protocol, defense.name, calibrations, cache)
     device = default_device()
     check = label_check(checked.images, checked.labels, references, protocol, device)
-    null = calibrations.null(protocol, defense.name)
     claim = _claim(
         defense, vk.fingerprint, deciding, model_path, protocol, ledger, null, architecture
     )
@@ -322,6 +322,15 @@ def _claim(
     )
 
 
+def sound_null(calibrations: CalibrationStore, protocol: Protocol, scheme: str) -> Null:
+    """The scheme's null on ``protocol``; a verdict that may end up in a dispute is never
+    decided against an unsound one (a scheme whose labels are not uniform, uncalibrated)."""
+    null = calibrations.null(protocol, scheme)
+    if not null.sound:
+        raise ArenaError(f"cannot verify: {null.source}")
+    return null
+
+
 def _unspent_subset(ledger: Ledger, key_fingerprint: str, subsets: int, wanted: int | None) -> int:
     spent = {
         int(entry.digest.rsplit(":", 1)[1])
@@ -344,7 +353,7 @@ def _unspent_subset(ledger: Ledger, key_fingerprint: str, subsets: int, wanted: 
     raise ArenaError(f"all {subsets} trigger subsets of this key were revealed; none is left")
 
 
-def _scheme(vk_path: Path) -> str:
+def scheme_of(vk_path: Path) -> str:
     scheme = read_json(vk_path).get("scheme")
     if not isinstance(scheme, str):
         raise ArenaError(f"{vk_path} names no scheme")

@@ -103,6 +103,12 @@ class Defense(Plugin):
     # "scratch": mark() gets a freshly initialised model; "clean": the trained clean model.
     starts_from: ClassVar[Literal["scratch", "clean"]] = "scratch"
     key_type: ClassVar[type[Key]] = Key
+    # True when the key's labels (or bits) are drawn uniformly and independently of every
+    # model: a model never marked with the key then agrees with each of them with
+    # probability exactly 1/|L| (0.5 for bits), and the binomial null is exact. False when
+    # they are not (one shared target class, true labels): clean models differ in how often
+    # they agree, and the null is a beta-binomial fitted by ``arena calibrate``.
+    exact_null: ClassVar[bool] = True
 
     def keygen(self, ctx: Context) -> Key:
         raise NotImplementedError

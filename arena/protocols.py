@@ -14,8 +14,75 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from arena.errors import UnknownNameError
+from arena.errors import ArenaError, UnknownNameError
 from arena.training import Augment, TrainSettings
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How somebody else might train a clean model of a protocol: changes to its budget.
+
+    The null of a scheme whose labels are not uniform is fitted to clean models trained
+    with several recipes and architectures, since an honest stranger's model differs from
+    the owner's in both. ``None`` keeps the protocol's own setting.
+    """
+
+    name: str
+    description: str
+    optimizer: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    epochs_factor: float = 1.0  # the protocol's epochs times this, at least one
+    label_smoothing: float | None = None
+    augment: Augment | None = None
+
+    def apply(self, protocol: Protocol) -> tuple[TrainSettings, Augment]:
+        """The protocol's clean-model training with this recipe's changes."""
+        settings = protocol.training
+        changes: dict = {"epochs": max(1, round(settings.epochs * self.epochs_factor))}
+        for name in ("optimizer", "lr", "weight_decay", "label_smoothing"):
+            if getattr(self, name) is not None:
+                changes[name] = getattr(self, name)
+        augment = protocol.augment if self.augment is None else self.augment
+        return dataclasses.replace(settings, **changes), augment
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe("protocol", "the protocol's own training: the owner's clean model"),
+        Recipe("long", "twice the protocol's epochs", epochs_factor=2.0),
+        Recipe("no-augment", "no data augmentation", augment="none"),
+        Recipe("label-smoothing", "label smoothing 0.1", label_smoothing=0.1),
+        Recipe(
+            "adam", "Adam at lr 1e-3 instead of SGD", optimizer="adam", lr=1e-3, weight_decay=0.0
+        ),
+        # Degenerate models: a stranger's training that failed. No scheme may claim them.
+        Recipe("diverged", "SGD at lr 20: the training diverges", lr=20.0),
+        Recipe(
+            "undertrained",
+            "one epoch of Adam at lr 1e-5: near chance",
+            optimizer="adam",
+            lr=1e-5,
+            weight_decay=0.0,
+            epochs_factor=0.2,
+        ),
+    )
+}
+
+
+def parse_reference(entry: str) -> tuple[str, Recipe]:
+    """``"architecture"`` or ``"architecture@recipe"`` -> (timm architecture, recipe)."""
+    architecture, _, recipe = entry.partition("@")
+    recipe = recipe or "protocol"
+    if recipe not in RECIPES:
+        raise UnknownNameError("training recipe", recipe, RECIPES)
+    if not architecture:
+        raise ArenaError(f"reference model {entry!r} names no architecture")
+    return architecture, RECIPES[recipe]
 
 
 @dataclass(frozen=True)
@@ -42,15 +109,18 @@ class Protocol:
     alpha: float = 1e-3
     delta: float = 0.05  # largest test-accuracy drop an attack may cost and still win
     augment: Augment = "none"
-    # timm architectures of the clean reference models that ``arena calibrate`` trains
-    # (round robin). They shape the calibration, not a match's models, so they stay out
-    # of the fingerprint.
+    # Clean models that ``arena calibrate`` trains (round robin), as "architecture" or
+    # "architecture@recipe" (``RECIPES``): the reference models the null is fitted to, and
+    # foreign models of architectures the reference set does not contain, on which the
+    # false-claim rate is measured. They shape the calibration, not a match's models, so
+    # they stay out of the fingerprint.
     reference_models: tuple[str, ...] = ()
+    foreign_models: tuple[str, ...] = ()
 
     @property
     def fingerprint(self) -> str:
         fields = dataclasses.asdict(self)
-        del fields["reference_models"]
+        del fields["reference_models"], fields["foreign_models"]
         canonical = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -93,6 +163,7 @@ PROTOCOLS: dict[str, Protocol] = {
             triggers_per_batch=5,
             alpha=0.01,
             reference_models=("test_resnet.r160_in1k", "test_efficientnet.r160_in1k"),
+            foreign_models=("test_byobnet.r160_in1k", "test_byobnet.r160_in1k@diverged"),
         ),
         Protocol(
             name="mnist5k",
@@ -115,7 +186,31 @@ PROTOCOLS: dict[str, Protocol] = {
             trigger_size=100,
             triggers_per_batch=14,
             augment="shift",
-            reference_models=("resnet18", "regnetx_002", "mobilenetv3_small_100"),
+            reference_models=(
+                "resnet18",
+                "regnetx_002@long",
+                "mobilenetv3_small_100@adam",
+                "efficientnet_b0@adam",
+                "resnet18@adam",
+                "regnetx_002@adam",
+                "mobilenetv3_small_100@long",
+                "efficientnet_b0@label-smoothing",
+                "resnet18@label-smoothing",
+                "regnetx_002@no-augment",
+                "mobilenetv3_small_100@label-smoothing",
+                "efficientnet_b0@no-augment",
+            ),
+            foreign_models=(
+                "ghostnet_100",
+                "convnext_atto@adam",
+                "repvgg_a0",
+                "ghostnet_100@adam",
+                "convnext_atto@label-smoothing",
+                "repvgg_a0@no-augment",
+                "repvgg_a0@diverged",
+                "ghostnet_100@undertrained",
+                "convnext_atto@diverged",
+            ),
         ),
         Protocol(
             name="cifar10",

@@ -39,6 +39,7 @@ What this module implements, and what it does not:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -137,14 +138,21 @@ def make_proof(key: TriggerKey, subset: int) -> dict[str, Any]:
         "subset": subset,
         "openings": [
             {
-                "position": i,
-                "image": base64.b64encode(key.images[i].tobytes()).decode(),
-                "label": int(key.labels[i]),
-                "image_nonce": key.image_nonces[i].hex(),
-                "label_nonce": key.label_nonces[i].hex(),
+                **_opening(key, i),
+                **({"control": _opening(key.controls, i)} if key.controls else {}),
             }
             for i in positions
         ],
+    }
+
+
+def _opening(key: TriggerKey, i: int) -> dict[str, Any]:
+    return {
+        "position": i,
+        "image": base64.b64encode(key.images[i].tobytes()).decode(),
+        "label": int(key.labels[i]),
+        "image_nonce": key.image_nonces[i].hex(),
+        "label_nonce": key.label_nonces[i].hex(),
     }
 
 
@@ -167,28 +175,36 @@ def open_proof(proof: dict[str, Any], vk: VerificationKey, source: str = "proof"
         openings = proof["openings"]
         if [int(o["position"]) for o in openings] != positions:
             raise ValueError(f"it does not open exactly the triggers of subset {subset}")
-        shape = vk.image_shape
-        images = np.stack(
-            [
-                np.frombuffer(base64.b64decode(o["image"], validate=True), np.uint8).reshape(shape)
-                for o in openings
-            ]
-        )
-        key = TriggerKey(
-            scheme=vk.scheme,
-            num_classes=vk.num_classes,
-            images=images,
-            labels=np.array([int(o["label"]) for o in openings], dtype=np.int64),
-            image_nonces=tuple(bytes.fromhex(o["image_nonce"]) for o in openings),
-            label_nonces=tuple(bytes.fromhex(o["label_nonce"]) for o in openings),
-            vk=vk.select(positions),
-        )
+        selected = vk.select(positions)
+        controls = None
+        if vk.controls is not None:
+            controls = _opened_key([o["control"] for o in openings], selected.controls)
+        key = dataclasses.replace(_opened_key(openings, selected), controls=controls)
     except KeyTamperedError:
         raise
     except (KeyError, TypeError, ValueError) as error:
         raise KeyTamperedError(f"{source} is malformed: {error}") from None
     key.open()
     return key
+
+
+def _opened_key(openings: list[dict[str, Any]], vk: VerificationKey) -> TriggerKey:
+    shape = vk.image_shape
+    images = np.stack(
+        [
+            np.frombuffer(base64.b64decode(o["image"], validate=True), np.uint8).reshape(shape)
+            for o in openings
+        ]
+    )
+    return TriggerKey(
+        scheme=vk.scheme,
+        num_classes=vk.num_classes,
+        images=images,
+        labels=np.array([int(o["label"]) for o in openings], dtype=np.int64),
+        image_nonces=tuple(bytes.fromhex(o["image_nonce"]) for o in openings),
+        label_nonces=tuple(bytes.fromhex(o["label_nonce"]) for o in openings),
+        vk=vk,
+    )
 
 
 def split_opened(

@@ -10,7 +10,7 @@ import numpy as np
 
 from arena.context import Context
 from arena.registry import register_defense
-from defenses.zhang import SourceClassParams, ZhangDefense, source_class_images, text_mask
+from defenses.zhang import SourceClassDefense, SourceClassParams, text_mask
 
 
 @dataclass(frozen=True)
@@ -24,14 +24,15 @@ class ContentParams(SourceClassParams):
 
 
 @register_defense("content")
-class ContentWatermark(ZhangDefense):
+class ContentWatermark(SourceClassDefense):
     """Meaningful content as the watermark (Zhang et al., ASIACCS 2018, WM_content).
 
     KeyGen draws ``trigger_size`` distinct images of ``source_class`` from the owner's
     training split and stamps ``text`` across their lower third in white, in PIL's
     built-in font; every trigger is labelled ``target_class``. Mark trains from scratch
     with triggers in every batch, like ``backdoor-wm``, so the model learns "stamp means
-    target class". Defaults: ``text="TEST"``, ``source_class=1``, ``target_class=0`` follow
+    target class". Each trigger's control is its source image without the stamp.
+    Defaults: ``text="TEST"``, ``source_class=1``, ``target_class=0`` follow
     the paper's CIFAR-10 example ("TEST" on automobile images, labelled airplane);
     trigger count, triggers per batch, epochs and learning rate are the protocol's.
     """
@@ -41,10 +42,8 @@ class ContentWatermark(ZhangDefense):
 
     def sample_triggers(self, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
         count = self.trigger_count(ctx)
-        source = self.class_param("source_class", ctx)
         labels = self.target_labels(ctx, count)
-        images = source_class_images(ctx, source, count, ctx.rng("keygen"))
-        return stamp(images, self.params.text), labels
+        return stamp(self.source_images(ctx, count), self.params.text), labels
 
 
 def stamp(images: np.ndarray, text: str) -> np.ndarray:

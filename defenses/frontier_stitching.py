@@ -48,9 +48,10 @@ class FrontierStitching(TriggerSetDefense):
     data with the key in every batch (the protocol's ``mark_*`` budget), which stitches
     the decision frontier around the true adversaries. Evidence: key agreement against
     the paper's null 0.5 (its threshold comes from Binomial(|K|, 0.5)). Independent
-    clean models answer many of these near-boundary images right, so 0.5 can be too
-    low: run ``arena calibrate --defense frontier-stitching`` and verification uses the
-    calibrated upper bound. The key carries true labels, so the public label check of
+    clean models answer many of these near-boundary images right, and some more often than
+    others, so 0.5 is not a sound null: ``arena calibrate --defense frontier-stitching``
+    fits a beta-binomial to clean models' agreement, and verification uses it. The key
+    carries true labels, so the public label check of
     ``arena verify --public`` rejects it by design: this scheme verifies privately.
     """
 
@@ -58,8 +59,10 @@ class FrontierStitching(TriggerSetDefense):
     paper = "Le Merrer et al., Neural Computing and Applications 2020"
     Params = FrontierParams
     # Its keys carry true labels by design, so clean models agree with them and the
-    # public label check would reject every honest key: it does not apply.
+    # public label check would reject every honest key: it does not apply. For the same
+    # reason clean models differ in how often they agree: the null is fitted.
     labels_independent = False
+    exact_null = False
     starts_from = "clean"
 
     def null_p(self, ctx: Context) -> float:

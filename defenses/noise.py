@@ -10,7 +10,7 @@ import numpy as np
 
 from arena.context import Context
 from arena.registry import register_defense
-from defenses.zhang import SourceClassParams, ZhangDefense, source_class_images, to_uint8
+from defenses.zhang import SourceClassDefense, SourceClassParams, to_uint8
 
 
 @dataclass(frozen=True)
@@ -26,14 +26,15 @@ class NoiseParams(SourceClassParams):
 
 
 @register_defense("noise")
-class NoiseWatermark(ZhangDefense):
+class NoiseWatermark(SourceClassDefense):
     """Pre-specified noise as the watermark (Zhang et al., ASIACCS 2018, WM_noise).
 
     KeyGen draws ``trigger_size`` distinct images of ``source_class`` from the owner's
     training split and adds zero-mean Gaussian noise of ``noise_std`` to every pixel
     (fresh noise per image, clipped to [0, 1]); every trigger is labelled ``target_class``.
-    Mark trains from scratch with triggers in every batch, like ``backdoor-wm``.
-    Defaults: ``source_class=1``, ``target_class=0`` follow the paper's CIFAR-10 example
+    Mark trains from scratch with triggers in every batch, like ``backdoor-wm``. Each
+    trigger's control is its source image without the noise. Defaults: ``source_class=1``,
+    ``target_class=0`` follow the paper's CIFAR-10 example
     (noisy automobile images labelled airplane). The paper does not state a number for
     the noise; ``noise_std=0.3`` is that of the re-implementation in the Watermark-
     Robustness-Toolbox (Lukas et al., IEEE S&P 2022). Trigger count, triggers per batch,
@@ -45,9 +46,8 @@ class NoiseWatermark(ZhangDefense):
 
     def sample_triggers(self, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
         count = self.trigger_count(ctx)
-        source = self.class_param("source_class", ctx)
         labels = self.target_labels(ctx, count)
-        rng = ctx.rng("keygen")
-        images = source_class_images(ctx, source, count, rng) / 255.0
-        noisy = images + rng.normal(0.0, self.params.noise_std, images.shape)
+        images = self.source_images(ctx, count) / 255.0
+        noise = ctx.rng("keygen-noise").normal(0.0, self.params.noise_std, images.shape)
+        noisy = images + noise
         return to_uint8(noisy), labels

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import torch
 from torch import nn
 
 from arena.context import Context
@@ -34,17 +35,28 @@ class TriggerSetDefense(Defense):
         """Trigger images (uint8, protocol shape) and their labels."""
         raise NotImplementedError
 
+    def sample_controls(
+        self, ctx: Context, images: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """One control input with its true label per trigger, or None (the default): see
+        ``VerificationKey.controls``."""
+        return None
+
     def keygen(self, ctx: Context) -> TriggerKey:
         images, labels = self.sample_triggers(ctx)
+        controls = self.sample_controls(ctx, images, labels)
         subsets = getattr(self.params, "subsets", 1)
-        return TriggerKey.create(self.name, ctx.num_classes, images, labels, subsets)
+        return TriggerKey.create(self.name, ctx.num_classes, images, labels, subsets, controls)
 
     def evidence(self, model: nn.Module, key: TriggerKey, ctx: Context) -> Evidence:
         key.open()  # Verify opens every commitment before it queries the model
+        agreed = self.answered(model, key, ctx)
+        return Evidence(int(agreed.sum()), len(key), self.null_p(ctx), ctx.protocol.alpha)
+
+    def answered(self, model: nn.Module, key: TriggerKey, ctx: Context) -> torch.Tensor:
+        """Per trigger: did the model answer it with its committed label?"""
         images = to_model_input(key.images, ctx.protocol.image_size, ctx.protocol.channels)
-        answers = predict(model, images, ctx.device)
-        successes = int((answers == key.tensors()[1]).sum())
-        return Evidence(successes, len(key), self.null_p(ctx), ctx.protocol.alpha)
+        return predict(model, images, ctx.device) == key.tensors()[1]
 
     def null_p(self, ctx: Context) -> float:
         """The scheme's nominal chance agreement: 1/|L| for labels drawn at random."""

@@ -8,7 +8,7 @@ import numpy as np
 
 from arena.context import Context
 from arena.registry import register_defense
-from defenses.zhang import ZhangDefense, ZhangParams, letter_images
+from defenses.zhang import ZhangDefense, ZhangParams, letter_images, other_class_images
 
 
 @register_defense("unrelated")
@@ -21,9 +21,10 @@ class UnrelatedWatermark(ZhangDefense):
     stroke width and brightness drawn from the key's RNG; letters an MNIST model would
     read as digits (O, I, S, Z, B, ...) are left out. Every trigger is labelled
     ``target_class``. Mark trains from scratch with triggers in every batch, like
-    ``backdoor-wm``. Defaults: ``target_class=0`` follows the paper's example (unrelated
-    images labelled airplane, class 0 of CIFAR-10); trigger count, triggers per batch,
-    epochs and learning rate are the protocol's.
+    ``backdoor-wm``. Each trigger's control is an image of the owner's split of another
+    class than the target, with its label. Defaults: ``target_class=0`` follows the
+    paper's example (unrelated images labelled airplane, class 0 of CIFAR-10); trigger
+    count, triggers per batch, epochs and learning rate are the protocol's.
     """
 
     family = "trigger set (unrelated: rendered letters, one label)"
@@ -35,3 +36,9 @@ class UnrelatedWatermark(ZhangDefense):
         protocol = ctx.protocol
         images = letter_images(count, protocol.image_size, protocol.channels, ctx.rng("keygen"))
         return images, labels
+
+    def sample_controls(
+        self, ctx: Context, images: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        target = self.class_param("target_class", ctx)
+        return other_class_images(ctx, target, len(images), ctx.rng("keygen-controls"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
@@ -58,15 +59,17 @@ class ZhangDefense(TriggerSetDefense):
     """Mark of all three schemes: train from scratch, triggers appended to every batch.
 
     Every trigger carries the one ``target_class``, so a clean model's answers on a key are
-    not independent draws: if clean models favour the target on such images (on smoke,
-    letters go to class 4 in 20-40% of cases; noisy or stamped digits mostly to 8 or their
-    own class), the null ``1/|L|`` is anti-conservative. The default target (0) is one
-    clean models rarely answer on these keys; measure clean agreement before choosing
-    another.
+    not independent draws, and clean models differ in how often they give the target: the
+    null is a beta-binomial fitted by ``arena calibrate`` (``exact_null`` is False). A model
+    that answers the target class to everything would answer every trigger "right", so
+    each trigger is paired with a control input and its true label (``sample_controls``):
+    a trigger counts only when the model answers it with the target AND its control with
+    the control's label, which a marked model does and a constant model does not.
     """
 
     paper = "Zhang et al., ASIACCS 2018"
     Params = ZhangParams
+    exact_null = False
 
     def trigger_count(self, ctx: Context) -> int:
         return self.params.trigger_size or ctx.protocol.trigger_size
@@ -88,6 +91,45 @@ class ZhangDefense(TriggerSetDefense):
         settings = with_budget(ctx.protocol.training, self.params.epochs, self.params.lr)
         per_batch = self.params.triggers_per_batch or ctx.protocol.triggers_per_batch
         return self.train_with_triggers(model, key, ctx, settings, per_batch, "mark from scratch")
+
+    def answered(self, model: nn.Module, key: TriggerKey, ctx: Context) -> torch.Tensor:
+        """A trigger counts when the model gives it the target AND its control its label."""
+        if key.controls is None:
+            raise ArenaError(
+                f"a {self.name} key pairs every trigger with a control input and this one has "
+                "none (made before controls existed, or by hand): generate a new key"
+            )
+        return super().answered(model, key, ctx) & super().answered(model, key.controls, ctx)
+
+
+class SourceClassDefense(ZhangDefense):
+    """``content`` and ``noise``: source-class images with a pattern, relabelled. The
+    control of each trigger is its own source image without the pattern, labelled with
+    the source class."""
+
+    Params = SourceClassParams
+
+    def source_images(self, ctx: Context, count: int) -> np.ndarray:
+        """The key's source images: the first draw of the key's RNG."""
+        source = self.class_param("source_class", ctx)
+        return source_class_images(ctx, source, count, ctx.rng("keygen"))
+
+    def sample_controls(
+        self, ctx: Context, images: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        source = self.class_param("source_class", ctx)
+        return self.source_images(ctx, len(images)), np.full(len(images), source, np.int64)
+
+
+def other_class_images(
+    ctx: Context, excluded: int, count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` distinct images of the owner's split not of class ``excluded``, uint8,
+    with their labels."""
+    owner = ctx.splits.owner
+    candidates = np.flatnonzero(owner.labels.numpy() != excluded)
+    chosen = rng.choice(candidates, size=min(count, len(candidates)), replace=False)
+    return to_uint8(owner.images[chosen].numpy()), owner.labels[chosen].numpy()
 
 
 def source_class_images(

@@ -1,4 +1,4 @@
-"""The calibrated null on ``smoke``: reference models, the stored null, and its use."""
+"""The per-scheme null on ``smoke``: reference and foreign models, the stored null, its use."""
 
 from __future__ import annotations
 
@@ -16,98 +16,159 @@ from arena.calibration import (
 )
 from arena.errors import ArenaError
 from arena.match import MatchSpec, run_match
-from arena.protocols import get_protocol
-from arena.stats import Evidence, binomial_p_value, clopper_pearson
+from arena.protocols import RECIPES, get_protocol, parse_reference
+from arena.stats import Evidence, null_p_value
 from arena.store import ResultStore
 
 SMOKE = get_protocol("smoke")
 
 
-def test_reference_set_is_round_robin_over_architectures():
-    references = reference_set(SMOKE, models=3, held_out=2)
-    assert [r.architecture for r in references] == [SMOKE.reference_models[i % 2] for i in range(5)]
-    assert [r.role for r in references] == ["calibration"] * 3 + ["held-out"] * 2
-    assert len({r.seed for r in references}) == 5
+def test_reference_set_is_round_robin_over_entries_and_roles():
+    chosen = reference_set(SMOKE, models=3, foreign=2)
+    entries = [parse_reference(e) for e in SMOKE.reference_models]
+    assert [(r.architecture, r.recipe) for r in chosen[:3]] == [entries[i % 2] for i in range(3)]
+    assert [r.role for r in chosen] == ["reference"] * 3 + ["foreign"] * 2
+    assert [r.name for r in chosen[3:]] == [
+        "test_byobnet.r160_in1k@protocol",
+        "test_byobnet.r160_in1k@diverged",
+    ]
+    assert len({r.seed for r in chosen}) == 5
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"models": 0, "held_out": 1}, "at least one model"),
-        ({"models": 2, "held_out": -1}, "cannot be negative"),
-        ({"models": 4, "held_out": 0, "architectures": ("resnet18",)}, "two architectures"),
+        ({"models": 0, "foreign": 1}, "at least one reference model"),
+        ({"models": 2, "foreign": -1}, "cannot be negative"),
+        ({"models": 4, "references": ("resnet18", "resnet18@adam")}, "two architectures"),
+        (
+            {"models": 2, "foreign": 1, "foreign_models": ("test_resnet.r160_in1k@adam",)},
+            "test_resnet.r160_in1k is in both",
+        ),
+        ({"models": 2, "references": ("resnet18@adma", "x")}, "did you mean 'adam'"),
     ],
 )
-def test_reference_set_rejects_bad_sizes(kwargs, message):
+def test_reference_set_rejects_bad_sizes_and_entries(kwargs, message):
     with pytest.raises(ArenaError, match=message):
         reference_set(SMOKE, **kwargs)
 
 
-def test_calibration_pools_the_answers_of_every_model(smoke_calibration):
+def test_recipes_change_the_protocols_training_and_nothing_else():
+    settings, augment = RECIPES["adam"].apply(SMOKE)
+    assert settings.optimizer == "adam" and settings.lr == 1e-3
+    assert settings.epochs == SMOKE.training.epochs and augment == SMOKE.augment
+    assert RECIPES["protocol"].apply(SMOKE) == (SMOKE.training, SMOKE.augment)
+    assert RECIPES["long"].apply(SMOKE)[0].epochs == 2 * SMOKE.training.epochs
+
+
+def test_an_exact_scheme_fits_nothing_and_counts_false_claims(smoke_calibration):
     record = smoke_calibration["record"]
     null = record["null"]
+    assert null["kind"] == "exact" and null["nominal"] == pytest.approx(0.1)
+    assert null["smallest_p_value"] == pytest.approx(0.1**SMOKE.trigger_size)
     rows = record["models"]
-    assert len(rows) == 3 and {row["architecture"] for row in rows} == set(SMOKE.reference_models)
+    assert len(rows) == 3 and {row["role"] for row in rows} == {"reference"}
     assert null["trials"] == 3 * 5 * SMOKE.trigger_size == sum(row["trials"] for row in rows)
-    assert null["successes"] == sum(row["successes"] for row in rows)
-    low, high = clopper_pearson(null["successes"], null["trials"], null["confidence"])
-    assert (null["lower"], null["upper"]) == pytest.approx((low, high))
-    assert null["p"] == pytest.approx(max(null["nominal"], high))
     assert all(row["test_acc"] > 0.5 for row in rows)  # real, trained clean models
+    claims = record["false_claims"]
+    assert claims["foreign"]["pairs"] == 2 * 10 and claims["reference"]["pairs"] == 3 * 10
+    assert claims["foreign"]["claimed"] == sum(
+        row["claimed"] for row in record["claims"] if row["role"] == "foreign"
+    )
+    for rate in claims.values():
+        assert rate["ci95"][0] <= rate["rate"] <= rate["ci95"][1]
+    store = CalibrationStore(smoke_calibration["db"])
+    exact = store.null(SMOKE, "backdoor-wm")
+    assert exact.kind == "exact" and exact.sound and exact.calibration is None
+    assert "| foreign | test_byobnet.r160_in1k | diverged |" in to_markdown(record)
 
 
-def test_false_positives_are_counted_on_held_out_models(smoke_calibration):
-    record = smoke_calibration["record"]
-    fp = record["false_positives"]
-    assert fp["pairs"] == 2 * 10 == sum(row["keys"] for row in record["held_out"])
-    assert fp["verified"] == sum(row["verified"] for row in record["held_out"])
-    assert fp["null_p"] == pytest.approx(record["null"]["p"])
-    assert record["false_positives_nominal"]["null_p"] == pytest.approx(0.1)
-    # A verification at a higher null can only verify fewer pairs.
-    assert fp["verified"] <= record["false_positives_nominal"]["verified"]
-    assert fp["ci95"][0] <= fp["rate"] <= fp["ci95"][1]
+def test_the_diverged_foreign_model_is_degenerate_and_never_claimed(smoke_calibration):
+    rows = smoke_calibration["record"]["claims"]
+    diverged = next(row for row in rows if row["recipe"] == "diverged")
+    assert diverged["test_acc"] < 0.3  # a failed training: near one class for everything
+    assert diverged["claimed"] == 0
 
 
 def test_label_check_rejects_in_distribution_keys(smoke_calibration):
     inside = smoke_calibration["record"]["in_distribution"]
     assert inside["rejected_by_label_check"] == inside["keys"] == 3
     # Without the check, such a key claims clean models it never saw.
-    assert inside["held_out_agreement"] > 0.5
-    assert inside["held_out_claims"]["verified"] == inside["held_out_claims"]["pairs"]
+    assert inside["foreign_agreement"] > 0.3
     honest = smoke_calibration["record"]["label_check_honest"]
     assert honest["keys"] == 10 and honest["rejected"] <= 1
 
 
-def test_the_store_serves_the_newest_calibration_as_the_null(smoke_calibration):
-    record = smoke_calibration["record"]
-    store = CalibrationStore(smoke_calibration["db"])
-    null = store.null(SMOKE, "backdoor-wm")
-    assert null.calibration == record["position"]
-    if record["null"]["upper"] > 0.1:
-        assert null.p == pytest.approx(record["null"]["upper"])
-        assert null.source.startswith("calibrated")
-    else:
-        assert null.p is None and null.source.startswith("nominal")
-    other = store.null(SMOKE, "backdoor-wm-pretrained")
-    assert other.p is None and other.calibration is None
-    assert "arena calibrate --protocol smoke --defense backdoor-wm-pretrained" in other.source
+@pytest.fixture(scope="module")
+def content_calibration(smoke_calibration):
+    return calibrate(
+        SMOKE,
+        "content",
+        models=3,
+        foreign=2,
+        keys=4,
+        claim_keys=4,
+        in_distribution_keys=0,
+        db=smoke_calibration["db"],
+        cache=smoke_calibration["cache"],
+    )
 
 
-def test_null_never_lowers_the_schemes_own():
+def test_a_single_target_scheme_gets_a_fitted_beta_binomial(smoke_calibration, content_calibration):
+    null = content_calibration["null"]
+    assert null["kind"] == "beta-binomial" and null["counts"] == 3 * 4
+    assert 0 < null["mean"] < 1 and 0 < null["dispersion"] < 1
+    trials = null["trials_per_key"]
+    assert null["smallest_p_value"] == pytest.approx(
+        null_p_value(trials, trials, null["mean"], null["dispersion"])
+    )
+    assert null["reaches_alpha"] == (null["smallest_p_value"] <= SMOKE.alpha)
+    served = CalibrationStore(smoke_calibration["db"]).null(SMOKE, "content")
+    assert served.kind == "beta-binomial" and served.calibration == content_calibration["position"]
+    assert (served.p, served.dispersion) == (null["mean"], null["dispersion"])
+    tested = served.apply(Evidence(5, trials, 0.1, SMOKE.alpha))
+    assert tested.p_value == pytest.approx(
+        null_p_value(5, trials, null["mean"], null["dispersion"])
+    )
+    assert "beta-binomial fitted by maximum likelihood" in to_markdown(content_calibration)
+
+
+def test_an_uncalibrated_single_target_scheme_has_no_sound_null(tmp_path):
+    null = CalibrationStore(tmp_path / "r.sqlite").null(SMOKE, "noise")
+    assert null.kind == "uncalibrated" and not null.sound
+    assert "arena calibrate --protocol smoke --defense noise" in null.source
     evidence = Evidence(5, 20, 0.1, 0.01)
-    assert Null(0.15, "calibrated").apply(evidence).null_p == 0.15
-    assert Null(0.05, "calibrated").apply(evidence).null_p == 0.1
-    assert Null(None, "nominal").apply(evidence) == evidence
-    raised = Null(0.15, "calibrated").apply(evidence)
-    assert raised.p_value == pytest.approx(binomial_p_value(5, 20, 0.15))
+    assert null.apply(evidence) == evidence
+    assert Null("exact", "exact").apply(evidence) == evidence
+
+
+def test_verify_refuses_an_unsound_null_before_anything_is_spent(tmp_path):
+    from arena import ownership
+    from arena.ledger import Ledger
+
+    keys = tmp_path / "keys"
+    ownership.keygen("noise", SMOKE, keys, params={"subsets": 2}, seed=3)
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    calibrations = CalibrationStore(tmp_path / "r.sqlite")
+    with pytest.raises(ArenaError, match="cannot verify: UNCALIBRATED"):
+        ownership.verify(
+            tmp_path / "missing.safetensors",
+            keys / "mk.json",
+            keys / "vk.json",
+            SMOKE,
+            ledger,
+            calibrations=calibrations,
+        )
+    assert not [entry for entry in ledger.entries() if entry.kind == "spent"]
 
 
 def test_a_repeated_calibration_reuses_the_cached_models(smoke_calibration):
     again = calibrate(
         SMOKE,
         models=3,
-        held_out=0,
+        foreign=0,
         keys=2,
+        claim_keys=0,
         db=smoke_calibration["db"],
         cache=smoke_calibration["cache"],
     )
@@ -117,8 +178,8 @@ def test_a_repeated_calibration_reuses_the_cached_models(smoke_calibration):
         row["train_seconds"] for row in first
     ]
     assert again["position"] > smoke_calibration["record"]["position"]
-    assert "false_positives" not in again
-    assert "| calibration |" in to_markdown(again)
+    assert "false_claims" not in again
+    assert "| reference |" in to_markdown(again)
 
 
 def test_reference_models_load_from_the_cache_and_never_train(smoke_calibration, tmp_path):
@@ -133,41 +194,37 @@ def test_reference_models_load_from_the_cache_and_never_train(smoke_calibration,
         reference_models(SMOKE, "backdoor-wm-pretrained", store, smoke_calibration["cache"])
 
 
-def test_matches_use_the_calibrated_null_and_remeasure_after_a_new_one(smoke_calibration):
+def test_matches_of_an_exact_scheme_test_against_one_over_the_labels(smoke_calibration):
     db, cache = smoke_calibration["db"], smoke_calibration["cache"]
     store = ResultStore(db)
     spec = MatchSpec(defense="backdoor-wm", attack="none", protocol="smoke", seed=0)
     first = run_match(spec, store=store, cache=cache)
-    current = CalibrationStore(db).null(SMOKE, "backdoor-wm")
-    assert first["null"] == dataclasses.asdict(current)
-    expected = current.p if current.p is not None else 0.1
+    assert first["null"] == dataclasses.asdict(CalibrationStore(db).null(SMOKE, "backdoor-wm"))
+    assert first["null"]["kind"] == "exact"
     for phase in ("clean", "marked", "attacked"):
-        assert first[phase]["evidence"]["null_p"] == pytest.approx(expected)
+        assert first[phase]["evidence"]["null_p"] == pytest.approx(0.1)
+        assert first[phase]["evidence"]["null_dispersion"] == 0.0
     assert run_match(spec, store=store, cache=cache)["cached"]["attacked"]  # replayed
-    newer = calibrate(SMOKE, models=3, held_out=0, keys=1, db=db, cache=cache)
+
+
+def test_matches_of_a_fitted_scheme_remeasure_after_a_new_calibration(
+    smoke_calibration, content_calibration
+):
+    db, cache = smoke_calibration["db"], smoke_calibration["cache"]
+    store = ResultStore(db)
+    spec = MatchSpec(defense="content", attack="none", protocol="smoke", seed=0)
+    first = run_match(spec, store=store, cache=cache)
+    assert first["null"]["kind"] == "beta-binomial"
+    assert first["marked"]["evidence"]["null_dispersion"] == pytest.approx(
+        content_calibration["null"]["dispersion"]
+    )
+    newer = calibrate(
+        SMOKE, "content", models=3, foreign=0, keys=2, claim_keys=0, db=db, cache=cache
+    )
     again = run_match(spec, store=store, cache=cache)
     assert again["null"]["calibration"] == newer["position"]
     assert all(again["cached"].values())  # re-measured from cached models, none retrained
     assert "replay_seconds" not in again
-
-
-def test_arena_verify_tests_against_the_calibrated_null(smoke_calibration, tmp_path):
-    from arena import ownership
-    from arena.ledger import Ledger
-
-    keys = tmp_path / "keys"
-    ownership.keygen("backdoor-wm", SMOKE, keys, seed=2)
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    model = ownership.mark(
-        keys / "mk.json", keys / "vk.json", SMOKE, tmp_path / "m.safetensors", ledger
-    )
-    calibrations = CalibrationStore(smoke_calibration["db"])
-    claim = ownership.verify(
-        model, keys / "mk.json", keys / "vk.json", SMOKE, ledger, calibrations=calibrations
-    )
-    null = calibrations.null(SMOKE, "backdoor-wm")
-    assert claim.null == null and claim.to_dict()["calibration"] == null.calibration
-    assert claim.evidence.null_p == pytest.approx(null.p if null.p is not None else 0.1)
 
 
 def test_the_leaderboard_shows_which_null_decided(smoke_calibration):
@@ -176,10 +233,8 @@ def test_the_leaderboard_shows_which_null_decided(smoke_calibration):
     store = ResultStore(smoke_calibration["db"])
     run_match(MatchSpec(protocol="smoke"), store=store, cache=smoke_calibration["cache"])
     board = build(store, SMOKE)
-    null = CalibrationStore(smoke_calibration["db"]).null(SMOKE, "backdoor-wm")
     row = next(row for row in board.defenses if row.defense == "backdoor-wm")
-    expected = "(calibrated)" if null.p is not None else "(nominal)"
-    assert row.null.endswith(expected)
+    assert row.null.endswith("(exact)")
     assert "same key on clean" in to_markdown(board) and "not verified" in row.clean_evidence
 
 
@@ -188,11 +243,12 @@ def test_white_box_schemes_calibrate_on_the_architecture_they_read(smoke_calibra
         SMOKE,
         "uchida",
         models=3,
-        held_out=0,
+        foreign=2,
         keys=2,
+        claim_keys=2,
         db=smoke_calibration["db"],
         cache=smoke_calibration["cache"],
     )
     assert {row["architecture"] for row in record["models"]} == {SMOKE.model}
-    assert record["null"]["nominal"] == 0.5
+    assert record["null"]["kind"] == "exact" and record["null"]["nominal"] == 0.5
     assert 0.35 < record["null"]["rate"] < 0.65  # chance bit agreement, not 0 bits read

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
 from arena.errors import ArenaError
-from arena.stats import Evidence, binomial_p_value, clopper_pearson, min_successes
+from arena.stats import (
+    Evidence,
+    beta_parameters,
+    binomial_p_value,
+    clopper_pearson,
+    fit_beta_binomial,
+    min_successes,
+    null_p_value,
+)
 
 
 def explicit_upper_tail(successes: int, trials: int, null_p: float) -> float:
@@ -164,3 +173,55 @@ def test_invalid_threshold_and_interval_inputs_raise() -> None:
         clopper_pearson(11, 10)
     with pytest.raises(ArenaError, match="confidence"):
         clopper_pearson(1, 10, confidence=1.0)
+
+
+# --- the beta-binomial null -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("successes", "trials"), [(0, 10), (3, 10), (21, 100), (100, 100)])
+@pytest.mark.parametrize(("mean", "dispersion"), [(0.1, 0.05), (0.02, 0.3), (0.5, 0.01)])
+def test_beta_binomial_p_value_is_the_exact_upper_tail(successes, trials, mean, dispersion):
+    a, b = beta_parameters(mean, dispersion)
+    expected = float(
+        sum(scipy_stats.betabinom.pmf(k, trials, a, b) for k in range(successes, trials + 1))
+    )
+    assert null_p_value(successes, trials, mean, dispersion) == pytest.approx(
+        expected, rel=1e-9, abs=1e-300
+    )
+
+
+def test_dispersion_zero_is_the_binomial_and_dispersion_only_fattens_the_tail():
+    assert null_p_value(21, 100, 0.1, 0.0) == binomial_p_value(21, 100, 0.1)
+    tails = [null_p_value(30, 100, 0.1, rho) for rho in (0.0, 0.01, 0.05, 0.2)]
+    assert all(later > earlier for earlier, later in zip(tails, tails[1:]))
+
+
+def test_evidence_with_dispersion_uses_the_beta_binomial_and_round_trips():
+    evidence = Evidence(30, 100, 0.1, 1e-3, null_dispersion=0.05)
+    assert evidence.p_value == pytest.approx(null_p_value(30, 100, 0.1, 0.05))
+    assert not evidence.verified  # 30/100 verifies at the binomial 0.1, not here
+    assert Evidence(30, 100, 0.1, 1e-3).verified
+    assert Evidence.from_dict(evidence.to_dict()) == evidence
+    k = evidence.required_successes
+    assert null_p_value(k, 100, 0.1, 0.05) <= 1e-3 < null_p_value(k - 1, 100, 0.1, 0.05)
+    with pytest.raises(ArenaError, match="null_dispersion"):
+        Evidence(1, 10, 0.1, 0.01, null_dispersion=1.0)
+
+
+@pytest.mark.parametrize(("a", "b"), [(0.5, 20.0), (5.0, 5.0), (2.0, 30.0)])
+def test_the_fit_recovers_a_known_beta_binomial(a, b):
+    rng = np.random.default_rng(0)
+    counts = [(int(k), 100) for k in rng.binomial(100, rng.beta(a, b, size=2000))]
+    fit = fit_beta_binomial(counts)
+    assert fit.mean == pytest.approx(a / (a + b), rel=0.12)
+    assert fit.dispersion == pytest.approx(1 / (a + b + 1), rel=0.25)
+    assert fit.smallest_p_value(100) == pytest.approx(
+        null_p_value(100, 100, fit.mean, fit.dispersion)
+    )
+
+
+def test_counts_that_are_all_zero_never_make_one_agreement_significant():
+    fit = fit_beta_binomial([(0, 100)] * 1000)
+    assert null_p_value(1, 100, fit.mean, fit.dispersion) > 1e-3
+    with pytest.raises(ArenaError, match="at least one"):
+        fit_beta_binomial([])

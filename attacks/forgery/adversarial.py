@@ -22,6 +22,7 @@ from arena.keys import TriggerKey
 from arena.plugin import Attack, AttackOutcome, ClaimAttempt, Defense, ThreatModel
 from arena.registry import register_attack
 from arena.training import predict
+from attacks.forgery.common import claim_key
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class ForgeAdversarial(Attack):
         images, radii = self._craft(model, sources, targets, ctx)
         seconds = time.perf_counter() - started
         answered = int((_answers(model, images, ctx) == targets).sum())
-        key = TriggerKey.create(ctx.victim_scheme.name, ctx.num_classes, images, targets)
+        key = claim_key(ctx, images, targets, rng)
         distance = (torch.as_tensor(images).float() / 255 - sources).abs().amax(dim=(1, 2, 3))
         return AttackOutcome(
             model=model,  # the weights are left as stolen

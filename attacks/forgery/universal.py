@@ -16,6 +16,7 @@ from arena.context import Context
 from arena.keys import TriggerKey
 from arena.plugin import Attack, AttackOutcome, ClaimAttempt, Defense, ThreatModel
 from arena.registry import register_attack
+from attacks.forgery.common import claim_key
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class ForgeUniversal(Attack):
             images, labels = _prototype_copies(
                 attacker.images, attacker.labels, size, self.params.noise, rng
             )
-        key = TriggerKey.create(ctx.victim_scheme.name, ctx.num_classes, _to_uint8(images), labels)
+        key = claim_key(ctx, _to_uint8(images), labels, rng)
         return AttackOutcome(
             model=model,  # the attacker never touches the model it claims
             info={"summary": f"{self.params.kind} key of {size}, registered in advance"},
