@@ -7,12 +7,10 @@ and re-measures.
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
 import torch
@@ -23,6 +21,7 @@ from arena.calibration import CalibrationStore, measure
 from arena.claims import adjudicate, unopened_claim
 from arena.clean import artifact_base, clean_model
 from arena.context import Context, default_device
+from arena.environment import environment
 from arena.errors import ArenaError, KeyTamperedError
 from arena.models import clone_model, head_state, load_head_state
 from arena.plugin import Attack, ClaimAttempt, Defense, Key, QueryFilter
@@ -320,13 +319,13 @@ def run_match(
         "cached": cached,
         "seconds": timer.seconds,
         "device": str(ctx.device),
+        # The packages, device kind, thread count and CPU capability: what two runs must
+        # share to agree to the bit (README, "Reproducibility").
         "versions": {
             "arena": __version__,
             "defense": defense.version,
             "attack": attack.version,
-            "torch": torch.__version__,
-            "timm": metadata.version("timm"),
-            "python": platform.python_version(),
+            **environment(ctx.device),
         },
     }
     record["seconds"]["total"] = sum(timer.seconds.values())

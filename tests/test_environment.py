@@ -1,0 +1,100 @@
+"""arena.environment: the facts a match record keeps, and the defaults for bit-identical reruns."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+
+from arena.clean import train_clean
+from arena.context import Context
+from arena.environment import (
+    DEFAULT_THREADS,
+    THREADS_VARIABLE,
+    apply_deterministic_defaults,
+    environment,
+)
+from arena.errors import ArenaError
+from arena.protocols import get_protocol
+from tests.cli_runner import run_arena
+
+
+@pytest.fixture
+def restored_torch_settings() -> Iterator[None]:
+    """The process-wide settings ``apply_deterministic_defaults`` changes, put back after."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+def test_environment_reports_versions_device_threads_and_capability() -> None:
+    facts = environment("cpu")
+    json.dumps(facts)  # stored in the match record as it is
+    assert facts["python"] == platform.python_version()
+    assert facts["torch"] == torch.__version__
+    for name, package in (
+        ("torchvision", "torchvision"),
+        ("timm", "timm"),
+        ("numpy", "numpy"),
+        ("scipy", "scipy"),
+        ("art", "adversarial-robustness-toolbox"),
+    ):
+        assert facts[name] == metadata.version(package)
+    assert facts["device_kind"] == "cpu" and facts["gpu"] is None
+    assert facts["threads"] == torch.get_num_threads()
+    assert facts["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert facts["deterministic_algorithms"] == torch.are_deterministic_algorithms_enabled()
+
+
+def test_defaults_fix_the_threads_unless_the_user_sets_them(
+    monkeypatch: pytest.MonkeyPatch, restored_torch_settings: None
+) -> None:
+    monkeypatch.delenv(THREADS_VARIABLE, raising=False)
+    assert apply_deterministic_defaults() == DEFAULT_THREADS
+    assert torch.get_num_threads() == DEFAULT_THREADS
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()  # never fails an old run
+    monkeypatch.setenv(THREADS_VARIABLE, "2")
+    assert apply_deterministic_defaults() == 2 and torch.get_num_threads() == 2
+    assert apply_deterministic_defaults(threads=1) == 1 and torch.get_num_threads() == 1
+    monkeypatch.setenv(THREADS_VARIABLE, "many")
+    with pytest.raises(ArenaError, match=f"{THREADS_VARIABLE} must be a whole number"):
+        apply_deterministic_defaults()
+
+
+def test_two_trainings_under_the_defaults_agree_to_the_bit(
+    restored_torch_settings: None,
+) -> None:
+    apply_deterministic_defaults(threads=1)
+    smoke = get_protocol("smoke")
+    protocol = dataclasses.replace(smoke, training=dataclasses.replace(smoke.training, epochs=1))
+    ctx = Context(protocol=protocol, seed=0, device=torch.device("cpu"))
+    states = []
+    for _ in range(2):
+        model = ctx.owner_model()
+        train_clean(model, ctx)
+        states.append(model.state_dict())
+    assert states[0].keys() == states[1].keys()
+    for name, tensor in states[0].items():
+        assert torch.equal(tensor, states[1][name]), name
+
+
+def test_the_command_refuses_a_bad_thread_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(THREADS_VARIABLE, "0")  # the subprocess inherits the environment
+    result = run_arena("list", "protocols", home=tmp_path)
+    assert result.returncode == 2
+    assert f"{THREADS_VARIABLE} must be a whole number >= 1" in result.stderr
+    assert "Traceback" not in result.stderr
