@@ -43,6 +43,7 @@ from torch import nn
 from arena import __version__
 from arena.clean import artifact_base, clean_model
 from arena.context import Context, default_device, derive_seed
+from arena.environment import environment
 from arena.errors import ArenaError
 from arena.keys import TriggerKey
 from arena.plugin import Defense
@@ -464,6 +465,7 @@ def calibrate(
                 )
     record["seconds"] = time.perf_counter() - started
     record["arena"] = __version__
+    record["versions"] = environment(device)
     record["created_at"] = time.time()
     record["position"] = store.save(record)
     return record

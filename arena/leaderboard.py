@@ -78,6 +78,9 @@ class DefenseRow:
     null: str
     attacks: int
     survived: int
+    # Fresh keys of the scheme on clean models of architectures its calibration never saw
+    # (the newest calibration): claimed / pairs with the 95% Clopper-Pearson interval.
+    false_claims: str = "not measured"
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ def build(store: ResultStore, protocol: Protocol) -> Leaderboard:
     )
     return Leaderboard(
         protocol,
-        _rank(matches),
+        _rank(matches, _false_claims(store, protocol)),
         matches,
         older_versions=len(records) - len(current),
         superseded=len(current) - len(latest),
@@ -233,7 +236,26 @@ def _agreement(evidence: dict) -> float:
     return evidence["successes"] / evidence["trials"] if evidence["trials"] else 0.0
 
 
-def _rank(matches: list[MatchRow]) -> list[DefenseRow]:
+def _false_claims(store: ResultStore, protocol: Protocol) -> dict[str, str]:
+    """Per scheme, the false-claim rate its newest calibration measured on foreign models."""
+    from arena.calibration import RECORD_FORMAT, CalibrationStore
+
+    calibrations = CalibrationStore(store.path)
+    cells = {}
+    for name in defenses.names():
+        record = calibrations.latest(protocol, name)
+        if record is None or record.get("format") != RECORD_FORMAT:
+            continue
+        rate = record.get("false_claims", {}).get("foreign")
+        if rate:
+            low, high = rate["ci95"]
+            cells[name] = (
+                f"{rate['claimed']}/{rate['pairs']} (95% CI {100 * low:.2f}-{100 * high:.2f}%)"
+            )
+    return cells
+
+
+def _rank(matches: list[MatchRow], false_claims: dict[str, str]) -> list[DefenseRow]:
     by_defense: dict[str, list[MatchRow]] = defaultdict(list)
     for row in matches:
         by_defense[row.defense].append(row)
@@ -257,6 +279,7 @@ def _rank(matches: list[MatchRow]) -> list[DefenseRow]:
                 null=cells[0].null,
                 attacks=len(attacked),
                 survived=survived,
+                false_claims=false_claims.get(defense.split(" [")[0], "not measured"),
             )
         )
     # Attacks survived, counted not as a share: a variant run against fewer attacks
@@ -295,6 +318,7 @@ def defense_cells(row: DefenseRow) -> list[str]:
         row.marked_evidence,
         row.clean_evidence,
         row.null,
+        row.false_claims,
         f"{row.survived}/{row.attacks}",
     ]
 
@@ -308,7 +332,8 @@ DEFENSE_HEADER = [
     "Δ acc (pts)",
     "marked evidence",
     "same key on clean",
-    "null p",
+    "null",
+    "false claims (foreign clean models)",
     "attacks survived",
 ]
 
