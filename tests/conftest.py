@@ -1,4 +1,11 @@
-"""Shared fixtures: every test runs against throwaway arena folders, never the user's."""
+"""Shared fixtures: every test runs against throwaway arena folders, never the user's.
+
+Tests that train a model and assert what the training achieved (a mark verifies, a
+backdoor is flagged, a thief agrees with its victim) take their seed from the
+``train_seed`` fixture, so their margins can be checked on other seeds than the one CI
+runs: ``python -m pytest --train-seed 2`` or ``ARENA_TEST_SEED=2 python -m pytest`` (the
+option wins; default 0). A test needing several seeds offsets them from this one.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,40 @@ import pytest
 import torch
 
 from arena.store import ArtifactCache, ResultStore
+
+TRAIN_SEED_VARIABLE = "ARENA_TEST_SEED"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--train-seed",
+        type=int,
+        default=None,
+        help=f"seed of tests that assert a training outcome (default ${TRAIN_SEED_VARIABLE} or 0)",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"train seed: {_train_seed(config)}"
+
+
+def _train_seed(config: pytest.Config) -> int:
+    option = config.getoption("--train-seed")
+    if option is not None:
+        return option
+    variable = os.environ.get(TRAIN_SEED_VARIABLE, "").strip()
+    if not variable:
+        return 0
+    try:
+        return int(variable)
+    except ValueError:
+        raise pytest.UsageError(f"{TRAIN_SEED_VARIABLE}={variable!r} is not an integer") from None
+
+
+@pytest.fixture(scope="session")
+def train_seed(request: pytest.FixtureRequest) -> int:
+    """The seed of a test that trains and asserts the outcome (``--train-seed``)."""
+    return _train_seed(request.config)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,8 +99,9 @@ def cache(tmp_path: Path) -> ArtifactCache:
 
 @pytest.fixture(scope="session")
 def smoke_calibration(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A small calibration of ``backdoor-wm`` on ``smoke``: 3 + 2 reference models of two
-    architectures, trained once for the session. Returns its database, cache and record."""
+    """A small calibration of ``backdoor-wm`` on ``smoke``: 3 reference models of two
+    architectures and 2 foreign ones (one diverged), trained once for the session. Returns
+    its database, cache and record."""
     from arena.calibration import calibrate
     from arena.protocols import get_protocol
 
@@ -69,9 +111,9 @@ def smoke_calibration(tmp_path_factory: pytest.TempPathFactory) -> dict:
         get_protocol("smoke"),
         "backdoor-wm",
         models=3,
-        held_out=2,
+        foreign=2,
         keys=5,
-        held_out_keys=10,
+        claim_keys=10,
         in_distribution_keys=3,
         db=root / "results.sqlite",
         cache=cache,
