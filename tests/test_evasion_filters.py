@@ -20,8 +20,11 @@ from attacks.evasion.ensemble import Ensemble, EvadeEnsemble
 from defenses.backdoor_wm import BackdoorWatermark
 
 TARGET = 3
-# fpr is 0.05; 100 calibration and 200 test images leave a few points of sampling noise.
-CLEAN_FLAG_CEILING = 0.12
+# fpr is 0.05. With 100 conformal calibration images (ood; STRIP has 180) a detector
+# that keeps its promise flags Beta(5, 96) of clean queries, and 200 test images add
+# binomial noise: it exceeds 0.15 with chance 0.2% (STRIP 0.03%), 0.12 with 1.2%.
+# Measured on seeds 0-9: ood 0.015-0.09, STRIP 0.025-0.10.
+CLEAN_FLAG_CEILING = 0.15
 
 
 def stamp(images: torch.Tensor) -> torch.Tensor:
@@ -32,8 +35,8 @@ def stamp(images: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def ctx() -> Context:
-    return Context(protocol=get_protocol("smoke"), device=torch.device("cpu"))
+def ctx(train_seed) -> Context:
+    return Context(protocol=get_protocol("smoke"), seed=train_seed, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

@@ -25,26 +25,29 @@ EPOCHS = SMOKE.training.epochs  # extraction trains from scratch: the owner's bu
 
 
 @pytest.fixture(scope="module")
-def arena(tmp_path_factory):
-    """One store and cache for the module: the clean and marked models are trained once."""
+def arena(tmp_path_factory, train_seed):
+    """One store and cache for the module: the clean and marked models are trained once.
+    Returns the store, the cache and the seed of every match in them."""
     root = tmp_path_factory.mktemp("extraction")
     store, cache = ResultStore(root / "results.sqlite"), ArtifactCache(root / "cache")
-    spec = MatchSpec(defense="backdoor-wm", attack="none", protocol="smoke")
+    spec = MatchSpec(defense="backdoor-wm", attack="none", protocol="smoke", seed=train_seed)
     run_match(spec, store=store, cache=cache)
-    return store, cache
+    return store, cache, train_seed
 
 
 @pytest.fixture(scope="module")
 def victim(arena):
     """The owner's clean smoke model (from the module's cache) and its context."""
-    ctx = Context(protocol=SMOKE)
+    ctx = Context(protocol=SMOKE, seed=arena[2])
     model, _, cached = clean_model(ctx, arena[1])
     assert cached
     return model, ctx
 
 
 def _match(arena, attack: str, store: ResultStore | None = None, **params) -> dict:
-    spec = MatchSpec(defense="backdoor-wm", attack=attack, protocol="smoke", attack_params=params)
+    spec = MatchSpec(
+        defense="backdoor-wm", attack=attack, protocol="smoke", seed=arena[2], attack_params=params
+    )
     record = run_match(spec, store=store or arena[0], cache=arena[1])
     check_record(record)
     return record
@@ -159,7 +162,8 @@ def test_distill_trains_a_fresh_student_that_agrees_with_the_victim(victim):
     student = outcome.model
     assert student is not model and not _shares_weights(student, model)
     assert counter.images == len(ctx.splits.attacker) == outcome.info["queries"]
-    # Far above the 10% of chance, on test images the student never saw.
+    # Far above the 10% of chance, on test images the student never saw (0.63-0.74 on
+    # seeds 0-7).
     assert _agreement(student, model, ctx.splits.test.images, ctx.device) > 0.4
 
 
@@ -202,7 +206,8 @@ def test_knockoff_labels_are_top1_or_probabilities(victim, use_probability, monk
 
 def test_knockoff_thief_learns_the_victim(victim):
     model, ctx = victim
-    thief = attacks.get("knockoff")().run(model, ctx).model
+    # Twice the owner's epochs: 0.72-0.78 on seeds 0-4; the default 8 gave 0.50-0.66.
+    thief = attacks.get("knockoff")({"epochs": 2 * EPOCHS}).run(model, ctx).model
     assert _agreement(thief, model, ctx.splits.test.images, ctx.device) > 0.4
 
 

@@ -16,9 +16,14 @@ from attacks.forgery.adversarial import ForgeAdversarial
 
 
 @pytest.fixture(scope="module")
-def ctx() -> Context:
+def ctx(train_seed) -> Context:
     scheme = defenses.get("backdoor-wm")()
-    return Context(protocol=get_protocol("smoke"), device=torch.device("cpu"), victim_scheme=scheme)
+    return Context(
+        protocol=get_protocol("smoke"),
+        seed=train_seed,
+        device=torch.device("cpu"),
+        victim_scheme=scheme,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +42,7 @@ def test_the_stolen_model_answers_the_forged_key(ctx, stolen):
     assert key.scheme == "backdoor-wm" and len(key) == ctx.protocol.trigger_size
     inputs = to_model_input(key.images, ctx.protocol.image_size, ctx.protocol.channels)
     answered = (predict(stolen, inputs, ctx.device) == key.tensors()[1]).float().mean()
-    assert answered >= 0.8, outcome.info
+    assert answered >= 0.8, outcome.info  # 20/20 on seeds 0-4
     assert outcome.info["agreement"] == pytest.approx(float(answered))
     assert outcome.info["max_linf"] <= attack.params.eps + 1 / 255  # quantization's half step
     assert outcome.model is stolen

@@ -280,43 +280,49 @@ def test_no_triggers_without_a_count(resnet: nn.Module) -> None:
     assert sizes == [8, 8, 4]
 
 
-def test_training_with_triggers_learns_the_trigger_labels(resnet: nn.Module) -> None:
-    images, labels = toy_data(8)
-    rng = np.random.default_rng(0)
+def test_training_with_triggers_learns_the_trigger_labels(train_seed: int) -> None:
+    images, labels = toy_data(8, train_seed)
+    rng = np.random.default_rng(train_seed)
     trigger_images = torch.as_tensor(abstract_images(4, SIZE, 1, rng)).float() / 255
     trigger_labels = torch.tensor([3, 7, 1, 9])
-    model = clone_model(resnet)
+    model = tiny_model(seed=train_seed)
     assert accuracy(model, trigger_images, trigger_labels, CPU) < 1.0
-    settings = TrainSettings(epochs=40, batch_size=8, lr=0.1, schedule="constant")
+    # All 4 after 40 epochs on seeds 0-9, but 3 of those 10 still missed one after 30.
+    settings = TrainSettings(epochs=60, batch_size=8, lr=0.1, schedule="constant")
     train(
         model,
         images,
         labels,
         settings,
         device=CPU,
-        generator=generator(),
+        generator=generator(train_seed),
         triggers=(trigger_images, trigger_labels),
         triggers_per_batch=4,
     )
     assert accuracy(model, trigger_images, trigger_labels, CPU) == 1.0
 
 
-def test_extra_loss_is_added_every_step(resnet: nn.Module) -> None:
-    images, labels = toy_data(20)
-    model = clone_model(resnet)
+def test_extra_loss_is_added_every_step(train_seed: int) -> None:
+    images, labels = toy_data(20, train_seed)
+    model, plain = tiny_model(seed=train_seed), tiny_model(seed=train_seed)
     calls: list[int] = []
 
     def shrink_head(module: nn.Module) -> torch.Tensor:
         calls.append(1)
         return 2.0 * module.fc.weight.pow(2).sum()
 
-    plain = clone_model(resnet)
-    train(plain, images, labels, QUICK, device=CPU, generator=generator())
+    train(plain, images, labels, QUICK, device=CPU, generator=generator(train_seed))
     report = train(
-        model, images, labels, QUICK, device=CPU, generator=generator(), extra_loss=shrink_head
+        model,
+        images,
+        labels,
+        QUICK,
+        device=CPU,
+        generator=generator(train_seed),
+        extra_loss=shrink_head,
     )
     assert len(calls) == report.steps
-    with torch.no_grad():
+    with torch.no_grad():  # 0.26-0.28 of the plain norm on seeds 0-9
         assert float(model.fc.weight.norm()) < 0.5 * float(plain.fc.weight.norm())
 
 

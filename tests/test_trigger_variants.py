@@ -141,10 +141,10 @@ def test_keys_the_protocol_cannot_hold_are_refused(name, params, message):
         defenses.get(name)(params).keygen(Context(protocol=SMOKE))
 
 
-def test_frontier_stitching_key_is_half_true_half_false_adversaries():
+def test_frontier_stitching_key_is_half_true_half_false_adversaries(train_seed):
     from arena.training import predict
 
-    ctx = Context(protocol=get_protocol("smoke"), seed=3)
+    ctx = Context(protocol=get_protocol("smoke"), seed=train_seed)
     defense = defenses.get("frontier-stitching")()
     key = defense.keygen(ctx)
     clean = ctx.clean_model()

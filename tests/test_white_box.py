@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import stat
 from pathlib import Path
 
@@ -32,23 +33,23 @@ def scheme(name: str, **params) -> WhiteBoxDefense:
 
 
 @pytest.fixture(scope="module")
-def keys() -> dict[str, WhiteBoxKey]:
-    ctx = smoke_context()
+def keys(train_seed) -> dict[str, WhiteBoxKey]:
+    ctx = smoke_context(train_seed)
     return {name: scheme(name).keygen(ctx) for name in SCHEMES}
 
 
 @pytest.fixture(scope="module")
-def clean() -> nn.Module:
-    ctx = smoke_context()
+def clean(train_seed) -> nn.Module:
+    ctx = smoke_context(train_seed)
     model = ctx.owner_model()
     train_clean(model, ctx)
     return model
 
 
 @pytest.fixture(scope="module")
-def marked(keys) -> dict[str, nn.Module]:
+def marked(keys, train_seed) -> dict[str, nn.Module]:
     """Each scheme's marked smoke model, trained once for the module."""
-    ctx = smoke_context()
+    ctx = smoke_context(train_seed)
     return {name: scheme(name).mark(ctx.owner_model(), keys[name], ctx) for name in SCHEMES}
 
 
@@ -205,12 +206,20 @@ def test_tampered_key_images_are_refused(keys, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("name", SCHEMES)
-def test_marked_model_verifies_and_clean_model_does_not(name, keys, marked, clean) -> None:
-    ctx = smoke_context()
+def test_marked_model_verifies_and_clean_model_answers_at_chance(
+    name, keys, marked, clean, train_seed
+) -> None:
+    ctx = smoke_context(train_seed)
     evidence = scheme(name).evidence(marked[name], keys[name], ctx)
+    # Seeds 0-4: uchida 240-247 of 256 bits (148 verify), deepsigns 30-32 of 32 (24).
     assert evidence.verified and evidence.null_p == 0.5
     assert evidence.trials == len(keys[name].bits)
-    assert not scheme(name).evidence(clean, keys[name], ctx).verified
+    # The clean model's bits are fair coins independent of the key, so it stays
+    # unverified only with probability 1 - alpha (seed 1: 149 of 256 verify uchida at
+    # alpha 0.01). What the scheme guarantees is chance agreement: within four standard
+    # deviations (sqrt(trials) / 2 each) of half; 109-149 of 256 on seeds 0-14.
+    chance = scheme(name).evidence(clean, keys[name], ctx)
+    assert abs(chance.successes - chance.trials / 2) <= 2 * math.sqrt(chance.trials), chance
 
 
 @pytest.mark.parametrize("name", SCHEMES)
