@@ -28,10 +28,10 @@ def shared(tmp_path_factory):
 
 
 @pytest.mark.parametrize("defense", ["backdoor-wm", "backdoor-wm-pretrained"])
-def test_mark_meets_the_bars_on_mnist5k(defense, shared):
+def test_mark_meets_the_bars_on_mnist5k(defense, shared, train_seed):
     store, cache = shared
     record = run_match(
-        MatchSpec(defense=defense, attack="none", protocol="mnist5k", seed=0),
+        MatchSpec(defense=defense, attack="none", protocol="mnist5k", seed=train_seed),
         store=store,
         cache=cache,
     )
