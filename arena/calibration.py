@@ -333,7 +333,7 @@ def calibrate(
     foreign: int = 12,
     keys: int = 50,
     claim_keys: int | None = None,
-    in_distribution_keys: int = 20,
+    in_distribution_keys: int = 10,
     references: tuple[str, ...] = (),
     foreign_models: tuple[str, ...] = (),
     db: Path | None = None,
@@ -344,8 +344,9 @@ def calibrate(
     """Fit the scheme's null (if it needs one) and measure its false claims; store the record.
 
     ``keys`` fresh keys per reference model fit the null; ``claim_keys`` other fresh keys
-    per model (default: enough for 3,000 foreign (key, model) pairs for ``backdoor-wm``,
-    1,000 for other schemes) measure false claims on every reference and foreign model.
+    per foreign model (default: enough for 3,000 foreign (key, model) pairs for
+    ``backdoor-wm``, 1,000 for other schemes) measure false claims, and the first ``keys``
+    of them on every reference model; the public label check is measured on those too.
     """
     defense: Defense = defenses.get(defense_name)()
     chosen = reference_set(protocol, models, foreign, references, foreign_models)
@@ -437,14 +438,19 @@ def calibrate(
         "null": null_record,
     }
 
-    # False claims: keys the fit never saw, on every reference and every foreign model.
+    # False claims: keys the fit never saw, on every foreign model (``claim_keys`` each)
+    # and on every reference model (at most ``keys`` of them each).
     if claim_keys:
-        progress.log(f"false claims: {len(loaded)} clean models x {claim_keys} fresh keys")
         claim_set = fresh_keys("claim-key", claim_keys)
+        progress.log(
+            f"false claims: {len(claim_set)} fresh keys on each foreign model, "
+            f"{min(len(claim_set), keys)} on each reference model"
+        )
         outcomes: dict[str, list[Evidence]] = {"reference": [], "foreign": []}
         claim_rows = []
         for reference, model, meta in loaded:
-            agreed = [measure(defense, model, key, base, null) for key in claim_set]
+            tried = claim_set if reference.role == "foreign" else claim_set[:keys]
+            agreed = [measure(defense, model, key, base, null) for key in tried]
             outcomes[reference.role] += agreed
             claim_rows.append({**_model_row(reference, meta, agreed), "claimed": _count(agreed)})
         record["claims"] = claim_rows
@@ -453,7 +459,7 @@ def calibrate(
             references_only = [model for _, model, _ in fitted]
             checks = [
                 label_check(key.images, key.labels, references_only, protocol, device)
-                for key in claim_set
+                for key in claim_set[:keys]
             ]
             record["label_check_honest"] = {
                 "keys": len(checks),

@@ -3,17 +3,22 @@
 # leaderboards/calibration/mnist5k-<scheme>.md. Each run fits a beta-binomial null for the
 # schemes whose labels are not uniform (content, noise, unrelated, frontier-stitching; the
 # others are exact and fit nothing) to the protocol's 12 clean reference models (4
-# architectures x 3 training recipes) with 50 fresh keys each, and measures false claims
+# architectures x 3 training recipes) with 30 fresh keys each, and measures false claims
 # with keys the fit never saw on the 9 foreign clean models (3 architectures the reference
 # set lacks, 2 recipes each, and 3 whose training failed): 3,000 (key, model) pairs for
 # backdoor-wm, 1,000 for every other scheme. The 21 models are trained once (cached) and
 # shared by every scheme, so an interrupted run resumes where it stopped.
+# Usage: bash scripts/calibrate-mnist5k.sh [scheme ...]   (default: every scheme)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p leaderboards/calibration
-for defense in backdoor-wm content noise unrelated frontier-stitching backdoor-wm-pretrained \
-  none uchida deepsigns; do
-  arena calibrate --protocol mnist5k --defense "$defense" --models 12 --foreign 9 "$@" \
+schemes=("$@")
+if [ ${#schemes[@]} -eq 0 ]; then
+  schemes=(backdoor-wm content noise unrelated frontier-stitching backdoor-wm-pretrained none
+    uchida deepsigns)
+fi
+for defense in "${schemes[@]}"; do
+  arena calibrate --protocol mnist5k --defense "$defense" --models 12 --foreign 9 --keys 30 \
     > "leaderboards/calibration/mnist5k-$defense.md.tmp"
   mv "leaderboards/calibration/mnist5k-$defense.md.tmp" "leaderboards/calibration/mnist5k-$defense.md"
 done

@@ -71,7 +71,8 @@ def test_an_exact_scheme_fits_nothing_and_counts_false_claims(smoke_calibration)
     assert null["trials"] == 3 * 5 * SMOKE.trigger_size == sum(row["trials"] for row in rows)
     assert all(row["test_acc"] > 0.5 for row in rows)  # real, trained clean models
     claims = record["false_claims"]
-    assert claims["foreign"]["pairs"] == 2 * 10 and claims["reference"]["pairs"] == 3 * 10
+    # Every foreign model gets all 10 claim keys, every reference model the first 5.
+    assert claims["foreign"]["pairs"] == 2 * 10 and claims["reference"]["pairs"] == 3 * 5
     assert claims["foreign"]["claimed"] == sum(
         row["claimed"] for row in record["claims"] if row["role"] == "foreign"
     )
@@ -96,7 +97,7 @@ def test_label_check_rejects_in_distribution_keys(smoke_calibration):
     # Without the check, such a key claims clean models it never saw.
     assert inside["foreign_agreement"] > 0.3
     honest = smoke_calibration["record"]["label_check_honest"]
-    assert honest["keys"] == 10 and honest["rejected"] <= 1
+    assert honest["keys"] == 5 and honest["rejected"] <= 1
 
 
 @pytest.fixture(scope="module")
