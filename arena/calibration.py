@@ -489,14 +489,19 @@ def _in_distribution(
     """Keys of real test images with their true labels: the label check must reject them,
     although clean models "verify" them."""
     rng = np.random.default_rng(derive_seed(0, "in-distribution-key"))
-    size = min(ctx.protocol.trigger_size, len(test))
+    size = min(ctx.protocol.trigger_size, len(test) // 2)
+    # A scheme whose keys pair triggers with controls gets controls a forger would pick:
+    # more test images with their true labels.
+    controlled = getattr(defense.keygen(ctx), "controls", None) is not None
     rejected = 0
     outcomes: list[Evidence] = []
     for _ in range(count):
-        chosen = rng.choice(len(test), size=size, replace=False)
+        chosen = rng.choice(len(test), size=2 * size, replace=False)
         images = (test.images[chosen] * 255).round().to(torch.uint8).numpy()
         labels = test.labels[chosen].numpy()
-        key = TriggerKey.create(defense.name, ctx.num_classes, images, labels)
+        controls = (images[size:], labels[size:]) if controlled else None
+        images, labels = images[:size], labels[:size]
+        key = TriggerKey.create(defense.name, ctx.num_classes, images, labels, controls=controls)
         rejected += not label_check(images, labels, references, ctx.protocol, ctx.device).passed
         outcomes += [
             measure(defense, model, key, ctx, null)

@@ -109,7 +109,7 @@ def content_calibration(smoke_calibration):
         foreign=2,
         keys=4,
         claim_keys=4,
-        in_distribution_keys=0,
+        in_distribution_keys=2,
         db=smoke_calibration["db"],
         cache=smoke_calibration["cache"],
     )
@@ -132,6 +132,8 @@ def test_a_single_target_scheme_gets_a_fitted_beta_binomial(smoke_calibration, c
         null_p_value(5, trials, null["mean"], null["dispersion"])
     )
     assert "beta-binomial fitted by maximum likelihood" in to_markdown(content_calibration)
+    # Keys of test images with their true labels (and controls, as a forger would add).
+    assert content_calibration["in_distribution"]["keys"] == 2
 
 
 def test_an_uncalibrated_single_target_scheme_has_no_sound_null(tmp_path):

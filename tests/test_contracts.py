@@ -3,6 +3,8 @@ here on the ``smoke`` protocol without anyone writing a test for it."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from arena.calibration import CalibrationStore
@@ -55,8 +57,12 @@ def test_defense_contract(name, shared):
     # The null attack changes nothing: the evidence after it is the marked evidence.
     assert record["attacked"]["evidence"] == record["marked"]["evidence"]
     assert record["attack_succeeded"] is False
-    # The same key never verifies on the clean model it was not embedded in.
-    assert not record["clean"]["evidence"]["verified"]
+    # The same key on the clean model it was not embedded in agrees by chance only. A
+    # clean model verifies with probability alpha at most, so the contract is agreement
+    # within 4 standard deviations of the null's mean, not "never verified".
+    clean = Evidence.from_dict(record["clean"]["evidence"])
+    n, p, rho = clean.trials, clean.null_p, clean.null_dispersion
+    assert clean.successes <= n * p + 4 * math.sqrt(n * p * (1 - p) * (1 + (n - 1) * rho))
     if name != "none":
         assert record["marked"]["evidence"]["verified"], record["marked"]["evidence"]
 
