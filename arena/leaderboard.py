@@ -10,9 +10,10 @@ own variant row, e.g. ``ftal [lr=0.05]``.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -90,6 +91,7 @@ class Leaderboard:
     matches: list[MatchRow]
     older_versions: int  # records of earlier protocol versions left out
     superseded: int = 0  # records replaced by a later run of the same cell and seed
+    versions: list[dict[str, Any]] = field(default_factory=list)  # per record shown
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,6 +134,7 @@ def build(store: ResultStore, protocol: Protocol) -> Leaderboard:
         matches,
         older_versions=len(records) - len(current),
         superseded=len(current) - len(latest),
+        versions=[record.get("versions", {}) for record in latest.values()],
     )
 
 
@@ -246,11 +249,15 @@ def _false_claims(store: ResultStore, protocol: Protocol) -> dict[str, str]:
         record = calibrations.latest(protocol, name)
         if record is None or record.get("format") != RECORD_FORMAT:
             continue
-        rate = record.get("false_claims", {}).get("foreign")
+        claims = record.get("false_claims", {})
+        # White-box keys fit no foreign architecture: their rate is the reference models'.
+        role = "foreign" if "foreign" in claims else "reference"
+        rate = claims.get(role)
         if rate:
             low, high = rate["ci95"]
             cells[name] = (
                 f"{rate['claimed']}/{rate['pairs']} (95% CI {100 * low:.2f}-{100 * high:.2f}%)"
+                + ("" if role == "foreign" else f", {role} models")
             )
     return cells
 
@@ -466,6 +473,20 @@ def match_cells(row: MatchRow) -> list[str]:
     ]
 
 
+def _versions_line(board: Leaderboard) -> str:
+    """The package versions and settings the shown matches ran with (all of them)."""
+    seen = sorted({json.dumps(v, sort_keys=True) for v in board.versions})
+    if not seen:
+        return "Versions: not recorded."
+    described = []
+    for text in seen:
+        v = json.loads(text)
+        described.append(
+            ", ".join(f"{k} {v[k]}" for k in sorted(v) if k not in ("arena", "defense", "attack"))
+        )
+    return "Versions of the matches shown: " + "; ".join(described) + "."
+
+
 def to_markdown(board: Leaderboard) -> str:
     protocol = board.protocol
     lines = [
@@ -486,6 +507,8 @@ def to_markdown(board: Leaderboard) -> str:
         "task-changing attacks (transfer learning), whose model answers another task: "
         "there the owner-head evidence decides and the accuracy shown is the new task's, "
         "reported as information.",
+        "",
+        _versions_line(board),
         "",
         "## Defenses",
         "",
