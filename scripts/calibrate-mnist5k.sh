@@ -18,11 +18,11 @@ if [ ${#schemes[@]} -eq 0 ]; then
     uchida deepsigns)
 fi
 for defense in "${schemes[@]}"; do
-  keys=30
+  sizes=(--keys 30)
   # White-box keys read a layer of resnet18: only the 3 resnet18 reference models fit them
-  # (no foreign architecture has the layer), so 340 keys each give the 1,020 pairs.
-  case "$defense" in uchida | deepsigns) keys=340 ;; esac
-  arena calibrate --protocol mnist5k --defense "$defense" --models 12 --foreign 9 --keys "$keys" \
+  # (no foreign architecture has the layer), so 340 claim keys each give the 1,020 pairs.
+  case "$defense" in uchida | deepsigns) sizes=(--keys 340 --claim-keys 340) ;; esac
+  arena calibrate --protocol mnist5k --defense "$defense" --models 12 --foreign 9 "${sizes[@]}" \
     > "leaderboards/calibration/mnist5k-$defense.md.tmp"
   mv "leaderboards/calibration/mnist5k-$defense.md.tmp" "leaderboards/calibration/mnist5k-$defense.md"
 done
