@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from arena import __version__
-from arena.clean import artifact_base, clean_model
+from arena.clean import artifact_base, clean_model, train_clean
 from arena.context import Context, default_device, derive_seed
 from arena.environment import environment
 from arena.errors import ArenaError
@@ -53,7 +53,7 @@ from arena.public import label_check
 from arena.registry import defenses
 from arena.stats import Evidence, clopper_pearson, fit_beta_binomial, null_p_value
 from arena.store import ArtifactCache, ResultStore, connect, create_tables
-from arena.training import accuracy, train
+from arena.training import accuracy
 
 # Reference model i is trained with seed REFERENCE_SEED + i, foreign model i with
 # FOREIGN_SEED + i: far from match seeds and from each other.
@@ -143,19 +143,7 @@ class ReferenceModel:
 
 def _train_recipe(model: nn.Module, ctx: Context, recipe: Recipe) -> dict[str, Any]:
     settings, augment = recipe.apply(ctx.protocol)
-    splits = ctx.splits
-    report = train(
-        model,
-        splits.owner.images,
-        splits.owner.labels,
-        settings,
-        device=ctx.device,
-        generator=ctx.owner_generator(),
-        description=f"clean model ({recipe.name})",
-        progress=ctx.progress,
-        augment=augment,
-    )
-    return {"train_seconds": report.seconds, "steps": report.steps, "final_loss": report.final_loss}
+    return train_clean(model, ctx, settings, augment, f"clean model ({recipe.name})")
 
 
 def reference_set(

@@ -15,7 +15,7 @@ from arena import __version__
 from arena.context import Context
 from arena.protocols import Protocol
 from arena.store import ArtifactCache
-from arena.training import train
+from arena.training import Augment, TrainSettings, train
 
 
 def artifact_base(protocol: Protocol, seed: int) -> dict[str, Any]:
@@ -37,18 +37,25 @@ def clean_model(ctx: Context, cache: ArtifactCache) -> tuple[nn.Module, dict[str
     )
 
 
-def train_clean(model: nn.Module, ctx: Context) -> dict[str, Any]:
-    """Train the owner's clean model: the protocol's budget on the owner's split."""
+def train_clean(
+    model: nn.Module,
+    ctx: Context,
+    settings: TrainSettings | None = None,
+    augment: Augment | None = None,
+    description: str = "clean model",
+) -> dict[str, Any]:
+    """Train a clean model on the owner's split: the protocol's budget and augmentation,
+    unless ``settings`` or ``augment`` say otherwise (a reference model's recipe)."""
     splits = ctx.splits
     report = train(
         model,
         splits.owner.images,
         splits.owner.labels,
-        ctx.protocol.training,
+        settings or ctx.protocol.training,
         device=ctx.device,
         generator=ctx.owner_generator(),
-        description="clean model",
+        description=description,
         progress=ctx.progress,
-        augment=ctx.protocol.augment,
+        augment=ctx.protocol.augment if augment is None else augment,
     )
     return {"train_seconds": report.seconds, "steps": report.steps}
