@@ -12,6 +12,10 @@ Which null a verification tests against depends on the scheme (``Defense.exact_n
   beta-binomial to the per-(model, key) counts; the p-value is its upper tail. Its
   smallest p-value, P[K = n], says whether the scheme can reach alpha at all with the
   reference models available. Without a calibration such a scheme has no sound null.
+  A fitted null is only as good as the reference set is varied: when the clean models
+  the fit never saw (foreign ones above all) are claimed more often than alpha, beyond
+  the 95% interval of the measured rate, the null is *refuted* and gives no verdicts
+  (``Null.sound`` is False) until a wider reference set is calibrated.
 
 The same run measures what a reviewer asks next, on *foreign* clean models of
 architectures the reference set does not contain (and, as degenerate cases, models
@@ -208,7 +212,9 @@ def _row_model(row: dict[str, Any]) -> ReferenceModel:
     return ReferenceModel(row["index"], architecture, recipe, row["role"])
 
 
-NullKind = Literal["exact", "beta-binomial", "uncalibrated"]
+NullKind = Literal["exact", "beta-binomial", "uncalibrated", "refuted"]
+# Nulls that decide no verdict: the evidence is measured and shown, never judged.
+UNSOUND_NULLS = frozenset({"uncalibrated", "refuted"})
 
 
 @dataclass(frozen=True)
@@ -220,6 +226,9 @@ class Null:
     clean reference models by calibration ``calibration``. ``uncalibrated``: a scheme
     whose labels are not uniform, with no calibration yet: the nominal binomial is what
     the evidence is tested against, and it is NOT a sound null (``sound`` is False).
+    ``refuted``: a fitted beta-binomial that the same calibration caught claiming clean
+    models it never saw more often than alpha (``refutation``); the evidence is still
+    tested against the fit, for information, but it is not a sound null either.
     """
 
     kind: NullKind
@@ -231,11 +240,11 @@ class Null:
 
     @property
     def sound(self) -> bool:
-        return self.kind != "uncalibrated"
+        return self.kind not in UNSOUND_NULLS
 
     def apply(self, evidence: Evidence) -> Evidence:
         """``evidence`` tested against this null."""
-        if self.kind != "beta-binomial":
+        if self.kind not in ("beta-binomial", "refuted"):
             return evidence
         return dataclasses.replace(evidence, null_p=self.p, null_dispersion=self.dispersion)
 
@@ -301,11 +310,21 @@ class CalibrationStore:
         fitted = record["null"]
         reference = record["models"]
         architectures = len({row["architecture"] for row in reference})
-        return Null(
-            "beta-binomial",
+        source = (
             f"beta-binomial fitted to {fitted['counts']} (model, key) counts of "
             f"{len(reference)} clean reference models ({architectures} architectures), "
-            f"calibration {record['position']}",
+            f"calibration {record['position']}"
+        )
+        refuted = refutation(record)
+        if refuted:
+            source = (
+                f"REFUTED: the {source} {refuted}, so {defense}'s verdicts on "
+                f"{protocol.name} would claim clean models; widen the reference set "
+                f"(--reference) and run {command}"
+            )
+        return Null(
+            "refuted" if refuted else "beta-binomial",
+            source,
             p=fitted["mean"],
             dispersion=fitted["dispersion"],
             calibration=record["position"],
@@ -528,6 +547,20 @@ def _model_row(
     }
 
 
+def refutation(record: dict[str, Any]) -> str | None:
+    """Why the calibration's own false-claim measurements refute its fitted null (the
+    lower end of the 95% interval of some measured rate lies above alpha), or None."""
+    for role in ("foreign", "reference"):
+        rate = record.get("false_claims", {}).get(role)
+        if rate and rate["ci95"][0] > record["alpha"]:
+            return (
+                f"claimed {rate['claimed']:,} of {rate['pairs']:,} (key, {role} clean model) "
+                f"pairs it never saw (95% CI {100 * rate['ci95'][0]:.2f}-"
+                f"{100 * rate['ci95'][1]:.2f}%, alpha {100 * record['alpha']:g}%)"
+            )
+    return None
+
+
 def _count(outcomes: list[Evidence]) -> int:
     return sum(e.verified for e in outcomes)
 
@@ -584,6 +617,14 @@ def to_markdown(record: dict[str, Any]) -> str:
             f"- False claims on {role} models ({models} models, keys the fit never saw): "
             f"{rate['claimed']} of {rate['pairs']:,} (key, model) pairs = {rate['rate']:.2e} "
             f"(95% CI [{rate['ci95'][0]:.2e}, {rate['ci95'][1]:.2e}]), alpha {alpha:g}."
+        )
+    refuted = refutation(record) if null["kind"] != "exact" else None
+    if refuted:
+        lines.append(
+            f"- **The fitted null is REFUTED**: it {refuted}. The reference models do not "
+            f"span the clean models a stranger may hold, so `arena verify` refuses to decide "
+            f"a {record['defense']} key on this protocol and matches record no verdict, "
+            "until a wider reference set is calibrated."
         )
     if "label_check_honest" in record:
         honest = record["label_check_honest"]

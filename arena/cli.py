@@ -93,11 +93,15 @@ def run(
         _print_match(record)
 
 
-def _evidence_cells(evidence: dict[str, Any] | None) -> list[str]:
+def _evidence_cells(evidence: dict[str, Any] | None, null_kind: str | None = None) -> list[str]:
+    from arena.calibration import UNSOUND_NULLS
+
     if evidence is None:
         return ["n/a"] * 4
     verdict = "[green]verified[/]" if evidence["verified"] else "[red]not verified[/]"
-    if evidence.get("applicable") is False:
+    if null_kind in UNSOUND_NULLS:
+        verdict = f"[yellow]no verdict (null {null_kind})[/]"
+    elif evidence.get("applicable") is False:
         verdict = "not applicable (another task)"
     return [
         f"{evidence['successes']} of {evidence['trials']}"
@@ -150,6 +154,8 @@ def _print_detector(detector: dict[str, Any] | None) -> None:
 
 
 def _print_match(record: dict[str, Any]) -> None:
+    from arena.calibration import UNSOUND_NULLS
+
     title = (
         f"{record['attack']} vs {record['defense']} on {record['protocol']} "
         f"v{record['protocol_version']} ({record['model']}), seed {record['seed']}"
@@ -157,20 +163,25 @@ def _print_match(record: dict[str, Any]) -> None:
     table = Table(title=title, title_justify="left")
     for column in ("model", "test acc", "trigger evidence", "null p", "p-value", "verdict"):
         table.add_column(column)
+    null = record.get("null") or {}
+    kind = null.get("kind")
     for label, part in (("clean", "clean"), ("marked", "marked"), ("attacked", "attacked")):
         table.add_row(
-            label, f"{record[part]['test_acc']:.4f}", *_evidence_cells(record[part]["evidence"])
+            label,
+            f"{record[part]['test_acc']:.4f}",
+            *_evidence_cells(record[part]["evidence"], kind),
         )
     owner_head = record["attacked"]["owner_head_evidence"]
     if owner_head is not None:
-        table.add_row("attacked, owner head", "", *_evidence_cells(owner_head))
+        table.add_row("attacked, owner head", "", *_evidence_cells(owner_head, kind))
     stdout.print(table)
-    null = record.get("null") or {}
     if null.get("source"):
         stdout.print(f"null: {null['source']}", highlight=False)
     _print_claims(record.get("claim"))
     _print_detector(record["attacked"].get("detector"))
     succeeded = "[red]yes[/]" if record["attack_succeeded"] else "[green]no[/]"
+    if kind in UNSOUND_NULLS:
+        succeeded = "[yellow]no verdict[/]"
     stdout.print(
         f"attack succeeded: {succeeded} ({record['outcome']}); alpha "
         f"{record['marked']['evidence']['alpha']:g}"
@@ -621,27 +632,43 @@ def calibrate(
     as_json: Annotated[
         bool, typer.Option("--json", help="print the JSON record on stdout")
     ] = False,
+    stored: Annotated[
+        bool,
+        typer.Option(
+            "--stored", help="print the newest stored calibration's report; calibrate nothing"
+        ),
+    ] = False,
     db: DbOption = None,
     cache_dir: CacheOption = None,
 ) -> None:
     """Fit the scheme's null (if its labels are not uniform) and measure false claims on
     clean models of architectures the reference set does not contain."""
+    from arena.calibration import CalibrationStore, to_markdown
     from arena.calibration import calibrate as run_calibration
-    from arena.calibration import to_markdown
 
-    record = run_calibration(
-        get_protocol(protocol),
-        defense,
-        models=models,
-        foreign=foreign,
-        keys=keys,
-        claim_keys=claim_keys,
-        references=tuple(reference or ()),
-        foreign_models=tuple(foreign_model or ()),
-        db=db,
-        cache=ArtifactCache(cache_dir),
-        progress=RichReporter(stderr),
-    )
+    if stored:
+        chosen = get_protocol(protocol)
+        found = CalibrationStore(db).latest(chosen, registry_for("defense").get(defense).name)
+        if found is None:
+            raise ArenaError(
+                f"no calibration of {defense!r} on {chosen.name!r} is stored; run arena "
+                f"calibrate --protocol {chosen.name} --defense {defense}"
+            )
+        record = found
+    else:
+        record = run_calibration(
+            get_protocol(protocol),
+            defense,
+            models=models,
+            foreign=foreign,
+            keys=keys,
+            claim_keys=claim_keys,
+            references=tuple(reference or ()),
+            foreign_models=tuple(foreign_model or ()),
+            db=db,
+            cache=ArtifactCache(cache_dir),
+            progress=RichReporter(stderr),
+        )
     if as_json:
         sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
         return

@@ -2,7 +2,8 @@
 
 A defense is ranked by how many attacks its mark survived (still verified, or the attack
 cost more accuracy than delta), then by the share survived, the marked agreement and
-functionality preservation. Matches over several seeds are aggregated: mean accuracies,
+functionality preservation; a scheme whose null is not sound (uncalibrated, or refuted
+by its calibration's false claims) decides nothing and ranks last. Matches over several seeds are aggregated: mean accuracies,
 and counts of seeds verified / succeeded. A later run of the same match and seed
 supersedes the earlier; a run with parameters set away from a plugin's defaults is its
 own variant row, e.g. ``ftal [lr=0.05]``.
@@ -63,6 +64,9 @@ class MatchRow:
     task_acc: float | None = None  # mean over seeds, on the new task's test split
     notes: str = ""  # the attack's own one-line summary, of the first seed
     claim: dict | None = None  # forgery and piracy: the judged claims, of the first seed
+    # The kind of null a seed was decided against when it was not a sound one
+    # (uncalibrated, refuted): its evidence is shown, its verdicts are not.
+    unsound_null: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ class DefenseRow:
     clean_evidence: str
     null: str
     attacks: int
-    survived: int
+    survived: int | None  # None: no verdict, the scheme's null is not sound
     # Fresh keys of the scheme on clean models of architectures its calibration never saw
     # (the newest calibration): claimed / pairs with the 95% Clopper-Pearson interval.
     false_claims: str = "not measured"
@@ -182,8 +186,8 @@ def _match_row(key: tuple[str, str, str], records: list[dict]) -> MatchRow:
         attacked_acc=mean(r["attacked"]["test_acc"] for r in records),
         marked_agreement=mean(_agreement(r["marked"]["evidence"]) for r in records),
         marked_verified=sum(r["marked"]["evidence"]["verified"] for r in records),
-        marked_evidence=_evidence_cell(first["marked"]["evidence"]),
-        clean_evidence=_evidence_cell(first["clean"]["evidence"]),
+        marked_evidence=_evidence_cell(first["marked"]["evidence"], _unsound(first)),
+        clean_evidence=_evidence_cell(first["clean"]["evidence"], _unsound(first)),
         null=_null_cell(first),
         attacked_successes=f"{first['attacked']['evidence']['successes']}/{first['attacked']['evidence']['trials']}",
         attacked_agreement=mean(_agreement(r["attacked"]["evidence"]) for r in records),
@@ -199,7 +203,16 @@ def _match_row(key: tuple[str, str, str], records: list[dict]) -> MatchRow:
         task_acc=None if applicable or None in task_accs else mean(task_accs),
         notes=_notes(first),
         claim=first.get("claim"),
+        unsound_null=next((kind for r in records if (kind := _unsound(r))), None),
     )
+
+
+def _unsound(record: dict) -> str | None:
+    """The kind of the record's null when it decides no verdict, else None."""
+    from arena.calibration import UNSOUND_NULLS
+
+    kind = (record.get("null") or {}).get("kind")
+    return kind if kind in UNSOUND_NULLS else None
 
 
 def _notes(record: dict) -> str:
@@ -214,8 +227,10 @@ def _notes(record: dict) -> str:
     return "; ".join(note for note in notes if note)
 
 
-def _evidence_cell(evidence: dict) -> str:
+def _evidence_cell(evidence: dict, unsound_null: str | None = None) -> str:
     verdict = "verified" if evidence["verified"] else "not verified"
+    if unsound_null:
+        verdict = f"no verdict, null {unsound_null}"
     return f"{evidence['successes']}/{evidence['trials']} (p {evidence['p_value']:.1e}, {verdict})"
 
 
@@ -229,6 +244,11 @@ def _null_cell(record: dict) -> str:
         return f"{p:.3g}, dispersion {evidence.get('null_dispersion', 0.0):.2g} (beta-binomial)"
     if kind in ("exact", "uncalibrated"):
         return f"{p:.3g} ({kind})"
+    if kind == "refuted":
+        return (
+            f"{p:.3g}, dispersion {evidence.get('null_dispersion', 0.0):.2g} (beta-binomial, "
+            "REFUTED by false claims: no verdicts)"
+        )
     # Records from before the per-scheme null (a pooled calibration or the nominal p).
     if null.get("p") is not None and null["p"] == p:
         return f"{p:.3g} (pooled, superseded)"
@@ -269,10 +289,15 @@ def _rank(matches: list[MatchRow], false_claims: dict[str, str]) -> list[Defense
     rows = []
     for defense, cells in by_defense.items():
         attacked = [c for c in cells if c.threat != "none"]
-        # A mark survives an attack when it was verified to begin with and no seed lost it.
-        survived = sum(
-            1 for c in attacked if c.marked_verified == len(c.seeds) and c.attack_succeeded == 0
-        )
+        # A mark survives an attack when it was verified to begin with and no seed lost it;
+        # against a null that is not sound nothing was decided, so nothing is counted.
+        survived = None
+        if not any(c.unsound_null for c in cells):
+            survived = sum(
+                1
+                for c in attacked
+                if c.marked_verified == len(c.seeds) and c.attack_succeeded == 0
+            )
         rows.append(
             dict(
                 defense=defense,
@@ -283,7 +308,8 @@ def _rank(matches: list[MatchRow], false_claims: dict[str, str]) -> list[Defense
                 marked_agreement=mean(c.marked_agreement for c in cells),
                 marked_evidence=cells[0].marked_evidence,
                 clean_evidence=cells[0].clean_evidence,
-                null=cells[0].null,
+                # The null that decided, or (when one did not) the one that could not.
+                null=next((c.null for c in cells if c.unsound_null), cells[0].null),
                 attacks=len(attacked),
                 survived=survived,
                 false_claims=false_claims.get(defense.split(" [")[0], "not measured"),
@@ -291,10 +317,12 @@ def _rank(matches: list[MatchRow], false_claims: dict[str, str]) -> list[Defense
         )
     # Attacks survived, counted not as a share: a variant run against fewer attacks
     # must not outrank a scheme that met them all.
+    # Schemes without a sound null rank last: they decided nothing.
     rows.sort(
         key=lambda r: (
-            -r["survived"],
-            -(r["survived"] / r["attacks"] if r["attacks"] else 0),
+            r["survived"] is None,
+            -(r["survived"] or 0),
+            -((r["survived"] or 0) / r["attacks"] if r["attacks"] else 0),
             -r["marked_agreement"],
             -r["preservation"],
             r["defense"],
@@ -326,7 +354,7 @@ def defense_cells(row: DefenseRow) -> list[str]:
         row.clean_evidence,
         row.null,
         row.false_claims,
-        f"{row.survived}/{row.attacks}",
+        f"{row.survived}/{row.attacks}" if row.survived is not None else "no verdict",
     ]
 
 
@@ -422,7 +450,7 @@ def claim_cells(row: MatchRow) -> list[str]:
         judged("owner"),
         judged("attacker"),
         on_clean,
-        _seeds(row.attack_succeeded, total),
+        _verdict(row, _seeds(row.attack_succeeded, total)),
         f"{row.attack_seconds:.1f}",
         row.notes,
         row.outcome,
@@ -464,13 +492,18 @@ def match_cells(row: MatchRow) -> list[str]:
         _pct(row.attacked_acc),
         row.attacked_successes,
         f"{row.attacked_p_value:.1e}",
-        _seeds(row.attacked_verified, total),
+        _verdict(row, _seeds(row.attacked_verified, total)),
         row.owner_head or "n/a",
-        _seeds(row.attack_succeeded, total),
+        _verdict(row, _seeds(row.attack_succeeded, total)),
         f"{row.attack_seconds:.1f}",
         row.notes,
         row.outcome,
     ]
+
+
+def _verdict(row: MatchRow, counted: str) -> str:
+    """A count of verdicts, or why there are none."""
+    return f"no verdict (null {row.unsound_null})" if row.unsound_null else counted
 
 
 def _versions_line(board: Leaderboard) -> str:

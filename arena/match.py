@@ -168,6 +168,7 @@ def run_match(
     if (
         finished is not None
         and finished.get("null", {}).get("calibration") == null.calibration
+        and finished.get("null", {}).get("kind") == null.kind
         and all(
             cache.check(folder) is not None
             for folder in (clean_folder, marked_folder, attacked_folder)
@@ -282,6 +283,10 @@ def run_match(
             )
     if dispute is not None:
         outcome = Outcome(dispute.attack_succeeded, dispute.reason)
+    if not null.sound:
+        # Measured and kept, but no verdict: a null that is not sound cannot say whether
+        # the mark survived (nor whether a clean model would have been claimed).
+        outcome = Outcome(False, f"the {null.kind} null decides nothing: {null.source}")
     test_size = len(splits.test)
     attacked_record = _model_record(attacked_acc, test_size, attacked_evidence)
     if attack.changes_task:

@@ -324,7 +324,8 @@ def _claim(
 
 def sound_null(calibrations: CalibrationStore, protocol: Protocol, scheme: str) -> Null:
     """The scheme's null on ``protocol``; a verdict that may end up in a dispute is never
-    decided against an unsound one (a scheme whose labels are not uniform, uncalibrated)."""
+    decided against an unsound one (a scheme whose labels are not uniform, uncalibrated,
+    or whose fitted null its own calibration caught claiming clean models)."""
     null = calibrations.null(protocol, scheme)
     if not null.sound:
         raise ArenaError(f"cannot verify: {null.source}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arena.calibration import RECORD_FORMAT, CalibrationStore
+from arena.calibration import RECORD_FORMAT, CalibrationStore, refutation
 from arena.protocols import get_protocol
 from arena.registry import defenses
 
@@ -50,6 +50,8 @@ def main() -> None:
             described = (
                 f"beta-binomial, mean {null['mean']:.3g}, dispersion {null['dispersion']:.3g}"
             )
+            if refutation(record):
+                described += " (**refuted**: no verdicts)"
         reach = "" if null["reaches_alpha"] else " (cannot reach alpha)"
         claims = record.get("false_claims", {})
         cells = []

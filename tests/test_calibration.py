@@ -255,3 +255,85 @@ def test_white_box_schemes_calibrate_on_the_architecture_they_read(smoke_calibra
     assert {row["architecture"] for row in record["models"]} == {SMOKE.model}
     assert record["null"]["kind"] == "exact" and record["null"]["nominal"] == 0.5
     assert 0.35 < record["null"]["rate"] < 0.65  # chance bit agreement, not 0 bits read
+
+
+def _refuted_copy(smoke_calibration, content_calibration, tmp_path) -> CalibrationStore:
+    """A copy of the session's database whose newest content calibration measured, on the
+    foreign models, far more false claims than alpha allows."""
+    import shutil
+
+    db = tmp_path / "results.sqlite"
+    shutil.copy(smoke_calibration["db"], db)
+    record = {k: v for k, v in content_calibration.items() if k != "position"}
+    record["false_claims"] = {
+        **record.get("false_claims", {}),
+        "foreign": {"pairs": 100, "claimed": 12, "rate": 0.12, "ci95": [0.064, 0.2], "alpha": 0.01},
+    }
+    store = CalibrationStore(db)
+    store.save(record)
+    return store
+
+
+def test_a_null_its_calibration_caught_claiming_clean_models_is_refuted(
+    smoke_calibration, content_calibration, tmp_path
+):
+    from arena import ownership
+    from arena.calibration import refutation
+    from arena.ledger import Ledger
+
+    assert refutation(content_calibration) is None  # the real one claimed nothing
+    store = _refuted_copy(smoke_calibration, content_calibration, tmp_path)
+    null = store.null(SMOKE, "content")
+    assert null.kind == "refuted" and not null.sound
+    assert "12 of 100 (key, foreign clean model) pairs" in null.source
+    assert "--reference" in null.source
+    # Still tested against the fit, for information.
+    fitted = content_calibration["null"]
+    assert (null.p, null.dispersion) == (fitted["mean"], fitted["dispersion"])
+    assert "REFUTED" in to_markdown(store.latest(SMOKE, "content"))
+    # A claim within the interval's reach of alpha does not refute it.
+    within = store.latest(SMOKE, "content")
+    within["false_claims"]["foreign"]["ci95"] = [0.0, 0.05]
+    assert refutation(within) is None
+
+    keys = tmp_path / "keys"
+    ownership.keygen("content", SMOKE, keys, params={"subsets": 2}, seed=3)
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    with pytest.raises(ArenaError, match="cannot verify: REFUTED"):
+        ownership.verify(
+            tmp_path / "missing.safetensors",
+            keys / "mk.json",
+            keys / "vk.json",
+            SMOKE,
+            ledger,
+            calibrations=store,
+        )
+    assert not [entry for entry in ledger.entries() if entry.kind == "spent"]
+
+
+def test_matches_against_a_refuted_null_record_no_verdict_and_rank_last(
+    smoke_calibration, content_calibration, tmp_path
+):
+    from arena.leaderboard import build, match_cells
+    from arena.leaderboard import to_markdown as board_markdown
+
+    store = _refuted_copy(smoke_calibration, content_calibration, tmp_path)
+    results = ResultStore(store.path)
+    cache = smoke_calibration["cache"]
+    for defense in ("content", "backdoor-wm"):
+        spec = MatchSpec(defense=defense, attack="ftll", protocol="smoke", seed=0)
+        record = run_match(spec, store=results, cache=cache)
+    content = [
+        r for r in results.records("smoke") if (r["defense"], r["attack"]) == ("content", "ftll")
+    ][-1]
+    assert content["null"]["kind"] == "refuted"
+    assert content["outcome"].startswith("the refuted null decides nothing")
+    assert not content["attack_succeeded"]
+    assert record["null"]["kind"] == "exact"  # backdoor-wm's null is untouched
+    board = build(results, SMOKE)
+    assert [row.defense for row in board.defenses][-1] == "content"
+    row = next(row for row in board.defenses if row.defense == "content")
+    assert row.survived is None and "REFUTED" in row.null
+    cell = next(m for m in board.matches if m.defense == "content" and m.attack == "ftll")
+    assert "no verdict (null refuted)" in match_cells(cell)
+    assert "| no verdict |" in board_markdown(board)
