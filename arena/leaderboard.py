@@ -3,8 +3,8 @@
 A defense is ranked by how many attacks its mark survived (still verified, or the attack
 cost more accuracy than delta), then by the share survived, the marked agreement and
 functionality preservation; a scheme whose null is not sound (uncalibrated, or refuted
-by its calibration's false claims) decides nothing and ranks last. Matches over several seeds are aggregated: mean accuracies,
-and counts of seeds verified / succeeded. A later run of the same match and seed
+by its calibration's false claims) decides nothing and ranks last. Matches over several
+seeds are aggregated: mean accuracies, and counts of seeds verified / succeeded. A later run of the same match and seed
 supersedes the earlier; a run with parameters set away from a plugin's defaults is its
 own variant row, e.g. ``ftal [lr=0.05]``.
 """
@@ -294,9 +294,7 @@ def _rank(matches: list[MatchRow], false_claims: dict[str, str]) -> list[Defense
         survived = None
         if not any(c.unsound_null for c in cells):
             survived = sum(
-                1
-                for c in attacked
-                if c.marked_verified == len(c.seeds) and c.attack_succeeded == 0
+                1 for c in attacked if c.marked_verified == len(c.seeds) and c.attack_succeeded == 0
             )
         rows.append(
             dict(
