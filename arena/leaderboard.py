@@ -4,9 +4,9 @@ A defense is ranked by how many attacks its mark survived (still verified, or th
 cost more accuracy than delta), then by the share survived, the marked agreement and
 functionality preservation; a scheme whose null is not sound (uncalibrated, or refuted
 by its calibration's false claims) decides nothing and ranks last. Matches over several
-seeds are aggregated: mean accuracies, and counts of seeds verified / succeeded. A later run of the same match and seed
-supersedes the earlier; a run with parameters set away from a plugin's defaults is its
-own variant row, e.g. ``ftal [lr=0.05]``.
+seeds are aggregated: mean accuracies, and counts of seeds verified / succeeded. A later
+run of the same match and seed supersedes the earlier; a run with parameters set away
+from a plugin's defaults is its own variant row, e.g. ``ftal [lr=0.05]``.
 """
 
 from __future__ import annotations
