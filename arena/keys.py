@@ -31,6 +31,13 @@ from arena.plugin import Key
 MARKING_KEY_FORMAT = "arena-marking-key/1"
 VERIFICATION_KEY_FORMAT = "arena-verification-key/1"
 NONCE_BYTES = 32
+# What a key file may claim, far above any real key: more is refused before anything is
+# allocated. A JSON file (key, proof, model card) is read only up to MAX_JSON_BYTES.
+MAX_CLASSES = 100_000
+MAX_TRIGGERS = 100_000
+MAX_IMAGE_SIDE = 1024
+MAX_CHANNELS = 4
+MAX_JSON_BYTES = 512 * 2**20
 
 
 # --- commitments -------------------------------------------------------------------
@@ -199,6 +206,10 @@ class VerificationKey:
             for digest in image_commitments + label_commitments:
                 if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                     raise ValueError(f"{digest!r} is not a SHA-256 hex digest")
+            if not 1 <= len(image_commitments) <= MAX_TRIGGERS:
+                raise ValueError(
+                    f"it commits to {len(image_commitments)} triggers (1-{MAX_TRIGGERS:,} allowed)"
+                )
             subsets = int(record.get("subsets", 1))
             if subsets < 1 or len(image_commitments) % subsets:
                 raise ValueError(f"{len(image_commitments)} triggers do not split into {subsets}")
@@ -213,15 +224,39 @@ class VerificationKey:
                     )
             return cls(
                 scheme=str(record["scheme"]),
-                num_classes=int(record["num_classes"]),
-                image_shape=tuple(int(v) for v in record["image_shape"]),
+                num_classes=check_num_classes(record["num_classes"]),
+                image_shape=check_image_shape(record["image_shape"]),
                 image_commitments=image_commitments,
                 label_commitments=label_commitments,
                 subsets=subsets,
                 controls=controls,
             )
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
             raise KeyTamperedError(f"{source} is malformed: {error}") from None
+
+
+def check_num_classes(value: Any) -> int:
+    """A key's class count: an integer from 2 to ``MAX_CLASSES``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"num_classes must be an integer, got {value!r}")
+    if not 2 <= value <= MAX_CLASSES:
+        raise ValueError(f"num_classes must lie in [2, {MAX_CLASSES:,}], got {value}")
+    return value
+
+
+def check_image_shape(value: Any) -> tuple[int, int, int]:
+    """A trigger image's (C, H, W): integers, 1-4 channels, sides 1 to ``MAX_IMAGE_SIDE``."""
+    if not isinstance(value, list | tuple) or len(value) != 3:
+        raise ValueError(f"image_shape must be [channels, height, width], got {value!r}")
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+        raise ValueError(f"image_shape must hold integers, got {value!r}")
+    channels, height, width = value
+    if not (1 <= channels <= MAX_CHANNELS and 1 <= height <= MAX_IMAGE_SIDE >= width >= 1):
+        raise ValueError(
+            f"image_shape {list(value)} is out of range (1-{MAX_CHANNELS} channels, sides "
+            f"1-{MAX_IMAGE_SIDE})"
+        )
+    return channels, height, width
 
 
 @dataclass(frozen=True, eq=False)
@@ -398,7 +433,7 @@ class TriggerKey(Key):
         record = read_json(mk_path)
         try:
             key = cls._from_record(record, vk)
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
             raise KeyTamperedError(f"marking key {mk_path} is malformed: {error}") from None
         key.open(vk)
         return key
@@ -413,8 +448,29 @@ class TriggerKey(Key):
                 raise ValueError("it holds controls its verification key does not commit to")
             inner = {k: v for k, v in record.items() if k != "controls"}
             controls = cls._from_record({**inner, "triggers": record["controls"]}, vk.controls)
-        shape = tuple(int(v) for v in record["image_shape"])
+        # The header is bound to the verification key: the same classes and image shape
+        # (the image commitments bind each image's own shape, the labels are checked below).
+        num_classes = check_num_classes(record["num_classes"])
+        if num_classes != vk.num_classes:
+            raise ValueError(
+                f"it has {num_classes} classes and its verification key {vk.num_classes}; "
+                "one of them was altered"
+            )
+        shape = check_image_shape(record["image_shape"])
+        if shape != vk.image_shape:
+            raise ValueError(
+                f"its image shape {list(shape)} differs from its verification key's "
+                f"{list(vk.image_shape)}; one of them was altered"
+            )
         triggers = record["triggers"]
+        if not isinstance(triggers, list) or not triggers:
+            raise ValueError("it holds no list of triggers")
+        for t in triggers:
+            label = t["label"]
+            if isinstance(label, bool) or not isinstance(label, int):
+                raise ValueError(f"trigger label {label!r} is not an integer")
+            if not 0 <= label < num_classes:
+                raise ValueError(f"trigger label {label} is not a class (0-{num_classes - 1})")
         images = np.stack(
             [
                 np.frombuffer(base64.b64decode(t["image"], validate=True), dtype=np.uint8).reshape(
@@ -423,12 +479,12 @@ class TriggerKey(Key):
                 for t in triggers
             ]
         )
-        labels = np.array([int(t["label"]) for t in triggers], dtype=np.int64)
+        labels = np.array([t["label"] for t in triggers], dtype=np.int64)
         image_nonces = tuple(bytes.fromhex(t["image_nonce"]) for t in triggers)
         label_nonces = tuple(bytes.fromhex(t["label_nonce"]) for t in triggers)
         return cls(
             scheme=str(record["scheme"]),
-            num_classes=int(record["num_classes"]),
+            num_classes=num_classes,
             images=images,
             labels=labels,
             image_nonces=image_nonces,
@@ -439,12 +495,21 @@ class TriggerKey(Key):
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in the regular file ``path``, read up to ``MAX_JSON_BYTES``."""
     path = Path(path)
     try:
-        record = json.loads(path.read_text())
+        if path.exists() and not path.is_file():  # a device (/dev/zero), a pipe, a folder
+            raise ArenaError(f"{path} is not a regular file")
+        with path.open("rb") as stream:
+            data = stream.read(MAX_JSON_BYTES + 1)
+        if len(data) > MAX_JSON_BYTES:
+            raise ArenaError(f"{path} is larger than {MAX_JSON_BYTES // 2**20} MiB; not a key")
+        record = json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ArenaError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except IsADirectoryError:
+        raise ArenaError(f"{path} is a folder, not a file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise KeyTamperedError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(record, dict):
         raise KeyTamperedError(f"{path} does not hold a JSON object")

@@ -1,30 +1,45 @@
 """The ownership ledger: an append-only, hash-chained log of keys and models.
 
-Each entry records a verification-key commitment (``key``) or a model fingerprint
-(``model``: SHA-256 of the canonical weights) with its time. Every entry carries the hash
-of the one before it, so altering, deleting or reordering a row breaks the chain, and
-every read checks the whole chain. A claim can then say whether the key was registered
-before the model was first seen.
+Each entry records a verification-key commitment (``key``), a model fingerprint
+(``model``: SHA-256 of the canonical weights) or a revealed trigger subset (``spent``),
+with its time. Every entry carries the hash of the one before it and every read checks
+the whole chain, and times never run backwards along it. A claim can then say whether
+the key was registered before the model was first seen.
+
+What the chain proves depends on who could write the file. Whoever can write it can
+delete its newest rows, or rewrite any row and recompute every hash after it, and the
+chain still holds: alone it catches accidental corruption and edits that did not
+recompute the hashes, nothing more. A ``Receipt``, kept outside the ledger by the one an
+entry matters to, records that entry and the chain head when it was issued. By the hash
+chain, a ledger whose entry at the receipt's head position still has the head's hash
+holds every entry up to it unchanged; ``Ledger.check_receipts`` refuses any other (rows
+deleted, altered, backdated or reordered at or before the head, or a receipt of another
+ledger). Entries after the newest receipt's head, and the truth of the times when they
+were written (the ledger machine's clock), stay unproven.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sqlite3
 import struct
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from arena.errors import ArenaError
+from arena.keys import read_json, write_json_atomic
 from arena.store import connect, create_tables, default_db_path
 
 EntryKind = Literal["key", "model", "spent"]  # "spent": a revealed trigger subset
 GENESIS = "0" * 64
+RECEIPT_FORMAT = "arena-ledger-receipt/1"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
@@ -40,7 +55,7 @@ CREATE TABLE IF NOT EXISTS ledger (
 
 
 class LedgerTamperedError(ArenaError):
-    """A ledger row was altered, removed or reordered."""
+    """A ledger row was altered, removed or reordered, or no longer matches a receipt."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,66 @@ class Entry:
         return entry_hash(
             self.position, self.kind, self.digest, self.label, self.recorded_at, self.previous
         )
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """One entry and the chain head when the receipt was issued, kept outside the ledger.
+
+    It fixes entries 0 to ``head_position``: a ledger still holding ``head`` there holds
+    them all unchanged. ``source`` names the file it was read from, for messages.
+    """
+
+    entry: Entry
+    head_position: int
+    head: str
+    source: str = field(default="", compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": RECEIPT_FORMAT,
+            "entry": dataclasses.asdict(self.entry),
+            "head_position": self.head_position,
+            "head": self.head,
+        }
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any], source: str = "") -> Receipt:
+        """The receipt in ``record``; one that is malformed or does not hash is refused."""
+        name = source or "the receipt"
+        if record.get("format") != RECEIPT_FORMAT:
+            raise ArenaError(f"{name} is not a ledger receipt ({RECEIPT_FORMAT})")
+        try:
+            fields = record["entry"]
+            entry = Entry(
+                int(fields["position"]),
+                str(fields["kind"]),
+                str(fields["digest"]),
+                str(fields["label"]),
+                float(fields["recorded_at"]),
+                str(fields["previous"]),
+                str(fields["entry_hash"]),
+            )
+            receipt = cls(entry, int(record["head_position"]), str(record["head"]), source)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ArenaError(f"{name} is not a well-formed ledger receipt: {error!r}") from None
+        head_is_entry = receipt.head_position == entry.position
+        if (
+            entry.position < 0
+            or entry.entry_hash != entry.expected_hash()
+            or receipt.head_position < entry.position
+            or (head_is_entry and receipt.head != entry.entry_hash)
+        ):
+            raise ArenaError(f"{name} was altered: its entry does not hash to what it records")
+        return receipt
+
+
+def save_receipt(receipt: Receipt, path: Path) -> None:
+    write_json_atomic(path, receipt.to_dict())
+
+
+def load_receipt(path: Path) -> Receipt:
+    return Receipt.from_dict(read_json(path), source=str(path))
 
 
 def entry_hash(
@@ -119,7 +194,8 @@ class Ledger:
                         return entry
                 position = len(entries)
                 previous = entries[-1].entry_hash if entries else GENESIS
-                recorded_at = time.time()
+                # A clock stepped back must not make an honest ledger read as tampered.
+                recorded_at = max(time.time(), entries[-1].recorded_at if entries else 0.0)
                 new = Entry(
                     position,
                     kind,
@@ -148,6 +224,30 @@ class Ledger:
                     connection.execute("ROLLBACK")
                 raise
 
+    def receipt(self, entry: Entry) -> Receipt:
+        """A receipt for ``entry``, which the ledger holds, with today's chain head."""
+        entries = self.entries()
+        if entry.position >= len(entries) or entries[entry.position] != entry:
+            raise ArenaError(f"ledger {self.path} holds no entry {entry.position} like this one")
+        return Receipt(entry, entries[-1].position, entries[-1].entry_hash)
+
+    def head(self) -> Receipt:
+        """A receipt for the newest entry: published, it fixes every entry so far."""
+        entries = self.entries()
+        if not entries:
+            raise ArenaError(f"ledger {self.path} is empty; there is no head to anchor")
+        return Receipt(entries[-1], entries[-1].position, entries[-1].entry_hash)
+
+    def check_receipts(self, receipts: Sequence[Receipt]) -> int | None:
+        """The last position the receipts fix, after checking that the ledger still holds
+        every entry up to it as they record; ``None`` without receipts."""
+        if not receipts:
+            return None
+        entries = self.entries()
+        for receipt in receipts:
+            _check_receipt(receipt, entries, self.path)
+        return max(receipt.head_position for receipt in receipts)
+
     def first_seen(self, kind: EntryKind, digest: str) -> Entry | None:
         for entry in self.entries():
             if entry.kind == kind and entry.digest == digest:
@@ -156,7 +256,7 @@ class Ledger:
 
 
 def _check_chain(entries: list[Entry], path: Path) -> None:
-    previous = GENESIS
+    previous, previous_time = GENESIS, float("-inf")
     for index, entry in enumerate(entries):
         if (
             entry.position != index
@@ -166,4 +266,30 @@ def _check_chain(entries: list[Entry], path: Path) -> None:
             raise LedgerTamperedError(
                 f"ledger {path} was altered at entry {index}: its hash chain does not hold"
             )
-        previous = entry.entry_hash
+        if entry.recorded_at < previous_time:
+            raise LedgerTamperedError(
+                f"ledger {path} was altered at entry {index}: it was recorded before entry "
+                f"{index - 1}"
+            )
+        previous, previous_time = entry.entry_hash, entry.recorded_at
+
+
+def _check_receipt(receipt: Receipt, entries: list[Entry], path: Path) -> None:
+    name = receipt.source or "the receipt"
+    if len(entries) <= receipt.head_position:
+        raise LedgerTamperedError(
+            f"ledger {path} has {len(entries)} entries but held {receipt.head_position + 1} "
+            f"when {name} was issued: entries were deleted"
+        )
+    entry = receipt.entry
+    if entries[entry.position].entry_hash != entry.entry_hash:
+        raise LedgerTamperedError(
+            f"ledger {path} no longer holds entry {entry.position} as {name} records it "
+            f"({entry.kind} {entry.digest[:16]}): the entry was rewritten, or the receipt "
+            "is from another ledger"
+        )
+    if entries[receipt.head_position].entry_hash != receipt.head:
+        raise LedgerTamperedError(
+            f"ledger {path} was rewritten between entries {entry.position} and "
+            f"{receipt.head_position}: its hash there is not the head {name} records"
+        )

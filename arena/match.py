@@ -116,8 +116,11 @@ def run_match(
         raise ArenaError(
             f"attack {attack.name!r} does not apply to {defense.name!r}: {not_applicable}"
         )
+    if not 0 <= spec.seed < 2**63:
+        raise ArenaError(f"--seed must lie in [0, 2^63), got {spec.seed}")
     cache = cache or ArtifactCache()
     store = store or ResultStore()
+    store.check_writable()  # the record is written at the end: refuse now, not after training
     ctx = Context(
         protocol=protocol, seed=spec.seed, device=device or default_device(), progress=progress
     )
@@ -349,11 +352,12 @@ def _key(
     defense: Defense, ctx: Context, cache: ArtifactCache, key_spec: dict[str, Any]
 ) -> tuple[Key, bool]:
     folder = cache.folder("key", key_spec)
-    if (folder / "vk.json").exists():
-        return defense.key_type.load(folder), True
-    key = defense.keygen(ctx)
-    key.save(folder)
-    return key, False
+    with cache.lock(folder):  # two runs of one match share one key, never make two
+        if (folder / "vk.json").exists():
+            return defense.key_type.load(folder), True
+        key = defense.keygen(ctx)
+        key.save(folder)
+        return key, False
 
 
 def _detector_record(counts: dict[str, int]) -> dict[str, Any]:

@@ -12,10 +12,12 @@ Nothing here is pickled.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,8 +35,51 @@ from arena.keys import read_json, write_json_atomic
 
 
 def arena_home() -> Path:
-    """``$ARENA_HOME``, else the user's data directory for watermark-arena."""
+    """``$ARENA_HOME``, else the user's data directory for watermark-arena.
+
+    A home that is there but is no folder is refused here, in one line naming the
+    setting to change, rather than as a failed mkdir wherever it is first used.
+    """
+    home = _home_setting()
+    try:
+        is_file = not stat.S_ISDIR(home.stat().st_mode)
+    except FileNotFoundError:
+        is_file = False  # made when first written
+    except OSError as error:
+        raise ArenaError(
+            f"the arena's home {home} is unusable: {_reason(error, home)}{_HOME_HINT}"
+        ) from None
+    if is_file:
+        raise ArenaError(f"the arena's home {home} is a file, not a folder{_HOME_HINT}")
+    return home
+
+
+_HOME_HINT = "; set ARENA_HOME to a folder you can write"
+
+
+def _home_setting() -> Path:
     return Path(os.environ.get("ARENA_HOME") or platformdirs.user_data_dir("watermark-arena"))
+
+
+def make_folder(folder: Path, what: str) -> None:
+    """Create ``folder`` and its parents, or say in one line why it cannot be made."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        home = _home_setting()
+        hint = _HOME_HINT if folder == home or home in folder.parents else ""
+        raise ArenaError(
+            f"cannot create the folder {folder} for {what}: {_reason(error, folder)}{hint}"
+        ) from None
+
+
+def _reason(error: OSError, path: Path) -> str:
+    """``not a directory: /a/b`` from an OSError; the file is named only if not ``path``."""
+    reason = (error.strerror or str(error)).lower()
+    if isinstance(error, FileExistsError):
+        reason = "a file is in the way"
+    named = error.filename
+    return reason if named is None or Path(os.fsdecode(named)) == path else f"{reason}: {named}"
 
 
 def default_db_path() -> Path:
@@ -95,12 +140,25 @@ def connect(path: Path) -> Iterator[sqlite3.Connection]:
 
 def create_tables(path: Path, schema: str, what: str) -> None:
     """Create ``schema``'s tables in the database at ``path`` if they are missing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent, f"the {what} {path.name}")
     try:
         with connect(path) as connection:
             connection.executescript(schema)
     except sqlite3.DatabaseError as error:
         raise ArenaError(f"{what} {path} is unreadable: {error}") from None
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Refuse, before any work, a database that will not take the result at the end."""
+    try:
+        with connect(path) as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            try:  # a real write, rolled back: the file itself is never changed
+                connection.execute("CREATE TABLE arena_write_check (x)")
+            finally:
+                connection.execute("ROLLBACK")
+    except sqlite3.Error as error:
+        raise ArenaError(f"{what} {path} is not writable: {error}") from None
 
 
 class ResultStore:
@@ -112,6 +170,9 @@ class ResultStore:
 
     def _connect(self):
         return connect(self.path)
+
+    def check_writable(self) -> None:
+        check_writable(self.path, "results database")
 
     def save(self, match_id: str, record: dict[str, Any]) -> None:
         row = (
@@ -177,6 +238,18 @@ class ArtifactCache:
         digest = content_hash({"kind": kind, **spec})
         return self.root / kind / digest[:2] / digest
 
+    @contextmanager
+    def lock(self, folder: Path) -> Iterator[None]:
+        """Hold ``folder``'s lock while it is made: a second run that needs the same
+        artifact waits, then finds it finished, instead of making a second one."""
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.parent / f"{folder.name}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def check(self, folder: Path) -> dict[str, Any] | None:
         """The metadata of a finished entry whose model file is intact; None if unfinished.
 
@@ -230,12 +303,16 @@ class ArtifactCache:
         meta = self.load_model(folder, model)
         if meta is not None:
             return model, meta, True
-        start = time.perf_counter()
-        info = train(model)
-        model = info.pop("model", model)
-        seconds = time.perf_counter() - start  # what producing it cost, kept for cache hits
-        meta = {"spec": spec, "created_at": time.time(), "seconds": seconds, **info}
-        return model, self.save_model(folder, model, meta), False
+        with self.lock(folder):
+            meta = self.load_model(folder, model)  # finished by a run that held the lock
+            if meta is not None:
+                return model, meta, True
+            start = time.perf_counter()
+            info = train(model)
+            model = info.pop("model", model)
+            seconds = time.perf_counter() - start  # what producing it cost, kept for cache hits
+            meta = {"spec": spec, "created_at": time.time(), "seconds": seconds, **info}
+            return model, self.save_model(folder, model, meta), False
 
 
 def _state_for_file(model: nn.Module) -> dict[str, torch.Tensor]:

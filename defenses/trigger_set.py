@@ -17,7 +17,7 @@ from torch import nn
 
 from arena.context import Context
 from arena.data import to_model_input
-from arena.keys import TriggerKey, abstract_images, load_image_folder
+from arena.keys import MAX_TRIGGERS, TriggerKey, abstract_images, load_image_folder
 from arena.plugin import Defense
 from arena.stats import Evidence
 from arena.training import TrainSettings, predict, train
@@ -128,10 +128,14 @@ def abstract_trigger_set(
 
 def check_trigger_budget(params: object) -> None:
     """The checks every trigger-set scheme's parameters share (those it declares)."""
-    for name, least in (("trigger_size", 1), ("triggers_per_batch", 1), ("epochs", 1)):
+    for name, least, most in (
+        ("trigger_size", 1, MAX_TRIGGERS),
+        ("triggers_per_batch", 1, MAX_TRIGGERS),
+        ("epochs", 1, 10_000),
+    ):
         value = getattr(params, name, None)
-        if value is not None and value < least:
-            raise ValueError(f"{name} must be >= {least}, got {value}")
+        if value is not None and not least <= value <= most:
+            raise ValueError(f"{name} must lie in [{least}, {most:,}], got {value}")
     lr = getattr(params, "lr", None)
     if lr is not None and lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
