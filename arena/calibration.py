@@ -50,15 +50,19 @@ from arena.context import Context, default_device, derive_seed
 from arena.environment import environment
 from arena.errors import ArenaError
 from arena.keys import TriggerKey
+from arena.models import check_model_name
 from arena.plugin import Defense
 from arena.progress import Reporter, silent
 from arena.protocols import Protocol, Recipe, parse_reference
 from arena.public import label_check
 from arena.registry import defenses
 from arena.stats import Evidence, clopper_pearson, fit_beta_binomial, null_p_value
-from arena.store import ArtifactCache, ResultStore, connect, create_tables
+from arena.store import ArtifactCache, ResultStore, check_writable, connect, create_tables
 from arena.training import accuracy
 
+# Bounds on a calibration's size, far above any real one: checked before anything trains.
+MAX_MODELS = 1_000
+MAX_KEYS = 100_000
 # Reference model i is trained with seed REFERENCE_SEED + i, foreign model i with
 # FOREIGN_SEED + i: far from match seeds and from each other.
 REFERENCE_SEED = 1_000_000
@@ -161,10 +165,10 @@ def reference_set(
     the protocol's entries ("architecture" or "architecture@recipe")."""
     references = references or protocol.reference_models or (protocol.model,)
     foreign_models = foreign_models or protocol.foreign_models
-    if models < 1:
-        raise ArenaError(f"calibration needs at least one reference model, got {models}")
-    if foreign < 0:
-        raise ArenaError(f"the number of foreign models cannot be negative, got {foreign}")
+    if not 1 <= models <= MAX_MODELS:
+        raise ArenaError(f"--models must lie in [1, {MAX_MODELS}], got {models}")
+    if not 0 <= foreign <= MAX_MODELS:
+        raise ArenaError(f"--foreign must lie in [0, {MAX_MODELS}], got {foreign}")
     parsed = [parse_reference(entry) for entry in references]
     architectures = {architecture for architecture, _ in parsed}
     if len(architectures) < 2:
@@ -181,6 +185,8 @@ def reference_set(
             f"foreign models must be of architectures the reference set does not contain; "
             f"{', '.join(sorted(shared))} is in both"
         )
+    for architecture in architectures | {architecture for architecture, _ in strangers}:
+        check_model_name(architecture)  # before any model is trained, not at the first new one
     chosen = [ReferenceModel(i, *parsed[i % len(parsed)], role="reference") for i in range(models)]
     chosen += [
         ReferenceModel(i, *strangers[i % len(strangers)], role="foreign") for i in range(foreign)
@@ -363,12 +369,18 @@ def calibrate(
         # The null is exact anyway (uniform bits); false claims are measured on clean
         # models of the protocol's architecture trained with other recipes and seeds.
         chosen = [r for r in chosen if r.architecture == protocol.model]
-    if keys < 1 or (claim_keys is not None and claim_keys < 0) or in_distribution_keys < 0:
-        raise ArenaError("the numbers of keys must be positive")
+    for name, count, least in (
+        ("--keys", keys, 1),
+        ("--claim-keys", 0 if claim_keys is None else claim_keys, 0),
+        ("in-distribution keys", in_distribution_keys, 0),
+    ):
+        if not least <= count <= MAX_KEYS:
+            raise ArenaError(f"{name} must lie in [{least}, {MAX_KEYS:,}], got {count}")
     if claim_keys is None:
         pairs = 3000 if defense_name == "backdoor-wm" else 1000
         claim_keys = math.ceil(pairs / foreign) if foreign else keys
     store = CalibrationStore(db)
+    check_writable(store.path, "results database")  # the record is saved at the end
     cache = cache or ArtifactCache()
     device = device or default_device()
     started = time.perf_counter()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from arena import leaderboard as boards
@@ -38,12 +41,17 @@ CacheOption = Annotated[
 
 
 def _parse_assignments(values: list[str] | None, option: str) -> dict[str, str]:
-    parsed = {}
+    parsed: dict[str, str] = {}
     for value in values or []:
         name, sep, setting = value.partition("=")
+        name = name.strip()
         if not sep or not name:
             raise ArenaError(f"{option} expects name=value, got {value!r}")
-        parsed[name.strip()] = setting.strip()
+        if name in parsed:  # the last one silently winning would hide a typo in a script
+            raise ArenaError(
+                f"{option} sets {name!r} twice: {parsed[name]!r} and {setting.strip()!r}"
+            )
+        parsed[name] = setting.strip()
     return parsed
 
 
@@ -88,7 +96,7 @@ def run(
         spec, store=ResultStore(db), cache=ArtifactCache(cache_dir), progress=RichReporter(stderr)
     )
     if as_json:
-        sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
+        _print_json(record)
     else:
         _print_match(record)
 
@@ -395,8 +403,10 @@ def keygen(
 
     chosen = get_protocol(protocol)
     if classes is not None:
-        if classes < 2:
-            raise ArenaError(f"--classes must be >= 2, got {classes}")
+        from arena.keys import MAX_CLASSES
+
+        if not 2 <= classes <= MAX_CLASSES:
+            raise ArenaError(f"--classes must lie in [2, {MAX_CLASSES:,}], got {classes}")
         chosen = dataclasses.replace(chosen, num_classes=classes)
     key = ownership.keygen(
         defense, chosen, out, _parse_assignments(defense_param, "--defense-param"), seed
@@ -407,19 +417,37 @@ def keygen(
     )
 
 
+ReceiptsOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--receipt", help="ledger receipt (arena register, arena ledger head), repeatable"
+    ),
+]
+
+
 @app.command()
 def register(
     vk: Annotated[Path, typer.Argument(help="verification key to record")],
     ledger: LedgerOption = None,
+    receipt: Annotated[
+        Path | None,
+        typer.Option(help="receipt to keep outside the ledger [default: VK.receipt.json]"),
+    ] = None,
 ) -> None:
-    """Record a verification key's commitment in the ledger, timestamped."""
+    """Record a verification key's commitment in the ledger, timestamped, and write the
+    receipt that later shows whether the ledger was rewritten."""
     from arena import ownership
-    from arena.ledger import Ledger
+    from arena.ledger import Ledger, load_receipt, save_receipt
 
-    entry = ownership.register_key(vk, Ledger(ledger))
+    book = Ledger(ledger)
+    receipt = receipt or vk.with_name(vk.name + ".receipt.json")
+    if receipt.exists():  # a receipt kept from before is evidence: replaced only if it holds
+        book.check_receipts([load_receipt(receipt)])
+    entry = ownership.register_key(vk, book)
+    save_receipt(book.receipt(entry), receipt)
     stdout.print(
         f"key {entry.digest} registered at {ownership._iso(entry.recorded_at)} "
-        f"(ledger entry {entry.position})"
+        f"(ledger entry {entry.position}); keep the receipt {receipt} outside the ledger"
     )
 
 
@@ -452,6 +480,7 @@ def mark(
     from arena.data import folder_protocol
     from arena.ledger import Ledger
 
+    _warn_if_exposed(key)
     if Path(data).is_dir():
         chosen = folder_protocol(Path(data), get_protocol(like)).with_model(model)
     else:
@@ -484,11 +513,10 @@ def prove(
 ) -> None:
     """Reveal one trigger subset as a public proof that anyone with vk can check."""
     from arena import ownership
-    from arena.keys import write_json_atomic
     from arena.ledger import Ledger
 
-    proof = ownership.prove(mk, vk or mk.with_name("vk.json"), Ledger(ledger), subset)
-    write_json_atomic(out, proof)
+    _warn_if_exposed(mk)
+    proof = ownership.prove(mk, vk or mk.with_name("vk.json"), Ledger(ledger), subset, out)
     stdout.print(
         f"wrote {out}: the openings of subset {proof['subset']} "
         f"({len(proof['openings'])} triggers), now spent"
@@ -516,8 +544,12 @@ def verify(
         typer.Option(help="public mode: the owner's proof (arena prove); made from mk if absent"),
     ] = None,
     protocol: Annotated[
-        str, typer.Option(help="protocol: input shape, classes, alpha, calibration")
-    ] = "mnist5k",
+        str | None,
+        typer.Option(
+            help="protocol: input shape, classes, alpha, calibration [default: the one the "
+            "model card names, else mnist5k]"
+        ),
+    ] = None,
     arch: Annotated[
         str | None, typer.Option(help="timm model when no model card is beside it")
     ] = None,
@@ -528,6 +560,7 @@ def verify(
         int | None, typer.Option(help="trigger subset to reveal [default: first unrevealed]")
     ] = None,
     ledger: LedgerOption = None,
+    receipt: ReceiptsOption = None,
     db: Annotated[
         Path | None,
         typer.Option(
@@ -541,18 +574,21 @@ def verify(
     from arena import ownership
     from arena.calibration import CalibrationStore
     from arena.keys import read_json
-    from arena.ledger import Ledger
+    from arena.ledger import Ledger, load_receipt
 
+    _warn_if_exposed(mk)
     book = Ledger(ledger)
+    receipts = [load_receipt(path) for path in receipt or ()]
     calibrations = CalibrationStore(db)
-    chosen = get_protocol(protocol)
+    chosen = ownership.suspect_protocol(model, protocol)
     if not public:
         if mk is None:
             raise ArenaError("private verification opens the marking key: pass --mk (or --public)")
-        claim = ownership.verify(model, mk, vk, chosen, book, arch, subset, calibrations)
+        claim = ownership.verify(model, mk, vk, chosen, book, arch, subset, calibrations, receipts)
     else:
-        # Whether the verdict can be decided at all is settled before a subset is spent.
-        ownership.sound_null(calibrations, chosen, ownership.scheme_of(vk))
+        # A proof made here from mk spends a subset only after every check has passed
+        # (the null, the model, the reference models, the ledger): ownership.verify_public.
+        published = None
         if proof is not None and mk is None:
             published = read_json(proof)
         else:
@@ -562,14 +598,24 @@ def verify(
                     "public verification needs the owner's proof (--proof, made by arena prove) "
                     f"or the marking key to make one (--mk); {mk} does not exist"
                 )
-            published = ownership.prove(mk, vk, book, subset)
-            stderr.print(f"proof made from {mk}: subset {published['subset']} revealed")
         claim = ownership.verify_public(
-            model, vk, published, chosen, book, calibrations, ArtifactCache(cache_dir), arch
+            model,
+            vk,
+            published,
+            chosen,
+            book,
+            calibrations,
+            ArtifactCache(cache_dir),
+            arch,
+            receipts,
+            mk_path=mk if published is None else None,
+            subset=subset,
         )
+        if published is None:
+            stderr.print(f"proof made from {mk}: {claim.triggers_opened.split(':')[0]} revealed")
     record = claim.to_dict()
     if as_json:
-        sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
+        _print_json(record)
     else:
         _print_claim(claim, record)
     raise typer.Exit(0 if claim.verified else 1)
@@ -599,6 +645,17 @@ def _print_claim(claim: Any, record: dict[str, Any]) -> None:
         f"{record['model_first_seen_at']}; key registered before the model was "
         f"first seen: {'yes' if claim.registered_before_seen else 'NO'}"
     )
+    stdout.print(_receipt_note(claim.receipted_through, claim.order_receipted), highlight=False)
+
+
+def _receipt_note(receipted_through: int | None, order_receipted: bool) -> str:
+    if receipted_through is None:
+        return (
+            "no receipt checked: whoever can write the ledger file could have rewritten "
+            "this order (arena verify --receipt)"
+        )
+    fixed = "fix this order" if order_receipted else "do not reach this order's entries"
+    return f"receipts fix ledger entries 0-{receipted_through}: they {fixed}"
 
 
 @app.command()
@@ -670,32 +727,214 @@ def calibrate(
             progress=RichReporter(stderr),
         )
     if as_json:
-        sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
+        _print_json(record)
         return
     sys.stdout.write(to_markdown(record) + "\n")
 
 
+ledger_app = typer.Typer(
+    help="The ownership ledger: anchor its head, check receipts.", no_args_is_help=True
+)
+app.add_typer(ledger_app, name="ledger")
+
+
+@ledger_app.command("head")
+def ledger_head(
+    out: Annotated[Path, typer.Option(help="receipt of the newest entry, to keep or publish")],
+    ledger: LedgerOption = None,
+) -> None:
+    """Write a receipt for the newest entry: it fixes every entry so far."""
+    from arena.ledger import Ledger, save_receipt
+
+    head = Ledger(ledger).head()
+    save_receipt(head, out)
+    stdout.print(f"wrote {out}: ledger entry {head.head_position}, head {head.head}")
+
+
+@ledger_app.command("check")
+def ledger_check(
+    receipts: Annotated[list[Path], typer.Argument(help="receipts to check")],
+    ledger: LedgerOption = None,
+) -> None:
+    """Check that the ledger still holds every entry the receipts fix: exit 0, else 2."""
+    from arena.ledger import Ledger, load_receipt
+
+    book = Ledger(ledger)
+    through = book.check_receipts([load_receipt(path) for path in receipts])
+    stdout.print(f"ledger {book.path} holds entries 0-{through} as the receipts record them")
+
+
+def _print_json(record: dict[str, Any]) -> None:
+    """One strict JSON line on stdout: a NaN or infinity is refused, never printed as ``NaN``."""
+    try:
+        text = json.dumps(record, sort_keys=True, allow_nan=False)
+    except ValueError as error:
+        raise ArenaError(f"the record holds a number JSON cannot hold ({error})") from None
+    sys.stdout.write(text + "\n")
+
+
+def _warn_if_exposed(key: Path | None) -> None:
+    """Warn, as ssh does for a private key, when others can read the marking key."""
+    try:
+        mode = key.stat().st_mode if key is not None else 0
+    except (OSError, ValueError):
+        return  # a missing or unreadable key is the command's own error to report
+    if stat.S_ISREG(mode) and mode & 0o077:
+        stderr.print(
+            f"[yellow]warning[/]: the marking key {escape(str(key))} can be read by others "
+            f"(mode {stat.S_IMODE(mode):04o}); it is a secret: chmod 600 {escape(str(key))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+class _UntilClosed:
+    """A standard stream that, once its reader is gone (``arena verify ... | true``),
+    sends the rest to the null device instead of raising: the command runs to its end
+    and exits with its own status (a verdict), not with a broken pipe's."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_null_device()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_null_device()
+
+    def _to_null_device(self) -> None:
+        # Onto the descriptor itself, so the interpreter's last flush has nowhere to fail.
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, self._stream.fileno())
+        finally:
+            os.close(null)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+INTERRUPTED = "interrupted; finished artifacts are kept in the cache, re-run to resume"
+
+
 def main() -> None:
-    """Console entry point: one clear line and exit status 2 for any user error."""
+    """Console entry point: exit 0 done (or verified), 1 failed (or not verified), 2 with
+    one line on stderr for any user error, 130 interrupted."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (_UntilClosed(stream) if stream else stream for stream in streams)
+    try:
+        status = _run()
+        if sys.stdout:
+            sys.stdout.flush()
+    finally:
+        sys.stdout, sys.stderr = streams
+    sys.exit(status)
+
+
+def _run() -> int:
+    """Run the command line; the exit status, with what went wrong printed on stderr."""
     try:
         # A fixed thread count and deterministic algorithms (ARENA_THREADS overrides the
         # count): reruns on the same setup train the same weights to the bit.
         apply_deterministic_defaults()
-        status = app(standalone_mode=False)  # returns the code of a typer.Exit
-        if isinstance(status, int) and status:
-            sys.exit(status)
+        empty = _empty_value(sys.argv[1:])
+        if empty:
+            return _refuse(empty)
+        status = app(prog_name="arena", standalone_mode=False)  # a typer.Exit's code
     except ArenaError as error:
-        stderr.print(f"[bold red]error[/]: {error}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        return _refuse(str(error))
     except KeyboardInterrupt:
-        stderr.print("interrupted; finished artifacts are kept in the cache, re-run to resume")
-        sys.exit(130)
-    except Exception as error:  # click's usage errors carry their own exit code
-        import click
+        return _interrupted()
+    except OSError as error:  # a path the system refused: too long, not permitted, ...
+        return _refuse(_os_error_line(error))
+    except Exception as error:
+        if _is_a(error, "Abort"):  # click's form of Ctrl-C
+            return _interrupted()
+        if not _is_a(error, "ClickException"):
+            raise
+        return _refuse(_usage_line(error))
+    if status == 130:  # typer answers Ctrl-C with exit code 130 and nothing said
+        return _interrupted()
+    return status if isinstance(status, int) else 0
 
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        if isinstance(error, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+
+def _is_a(error: BaseException, class_name: str) -> bool:
+    # typer 0.2x raises its own copies of click's exceptions, older typer click's:
+    # recognised by name, whichever module defines them.
+    return any(cls.__name__ == class_name for cls in type(error).__mro__)
+
+
+def _empty_value(args: list[str]) -> str | None:
+    """What is wrong when an option or argument is the empty string (``--out "$UNSET"``):
+    no value of arena's means anything empty, and an empty path is the current folder."""
+    for index, token in enumerate(args):
+        option, equals, value = token.partition("=")
+        if token.startswith("--") and equals and not value:
+            return f"{option} was given an empty value; give one or leave the option out"
+        if token == "":
+            before = args[index - 1] if index else ""
+            if before.startswith("-") and before != "--" and "=" not in before:
+                return f"{before} was given an empty value; give one or leave the option out"
+            return "an argument is empty; give a value or leave it out"
+    return None
+
+
+def _refuse(message: str) -> int:
+    line = " ".join(_shorten(word) for word in message.split())
+    stderr.print(f"[bold red]error[/]: {escape(line)}", highlight=False, soft_wrap=True)
+    return 2
+
+
+def _shorten(word: str) -> str:
+    # A 5,000-character path would bury the message; both of its ends say which it is.
+    return f"{word[:80]}...{word[-80:]}" if len(word) > 200 else word
+
+
+def _interrupted() -> int:
+    stderr.print(INTERRUPTED, highlight=False, soft_wrap=True)
+    return 130
+
+
+def _usage_line(error: Any) -> str:
+    """``no such option: --sed; did you mean --seed? (arena run --help)``"""
+    possibilities = getattr(error, "possibilities", None)
+    if _is_a(error, "NoArgsIsHelpError"):  # a bare group; its message is the help
+        message = "missing command"
+    elif possibilities:
+        message = f"{error.message}; did you mean {' or '.join(sorted(possibilities))}?"
+    else:
+        message = error.format_message()
+    message = message.strip().rstrip(".")
+    message = message[:1].lower() + message[1:]
+    context = getattr(error, "ctx", None)
+    command = context.command_path if context is not None else _command_path(sys.argv[1:])
+    return f"{message} ({command} --help)"
+
+
+def _command_path(args: list[str]) -> str:
+    """``arena ledger head`` from the words that name a command, for errors without one."""
+    command, path = typer.main.get_command(app), ["arena"]
+    for word in args:
+        commands = getattr(command, "commands", None) or {}
+        if word not in commands:
+            break
+        command = commands[word]
+        path.append(word)
+    return " ".join(path)
+
+
+def _os_error_line(error: OSError) -> str:
+    """``permission denied: /srv/arena``: the reason, then the path."""
+    reason = (error.strerror or str(error)).lower()
+    return reason if error.filename is None else f"{reason}: {os.fsdecode(error.filename)}"
+
+
+if __name__ == "__main__":
+    main()

@@ -11,12 +11,21 @@ from torch import nn
 from arena.errors import ArenaError, UnknownNameError
 
 
-def create_model(name: str, num_classes: int, channels: int, image_size: int) -> nn.Module:
-    """A randomly initialised timm model with the right input channels and classes."""
+def check_model_name(name: str) -> None:
+    """Refuse a name timm does not know, suggesting the closest few it does."""
     import timm  # pulls in torchvision: imported when a model is built, not at start-up
 
     if not timm.is_model(name):
-        raise UnknownNameError("timm model", name, timm.list_models(), hint="timm.list_models()")
+        # Only the closest few: timm has over a thousand names, too many for one line.
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
+        raise UnknownNameError("timm model", name, close, hint="timm.list_models() lists all")
+
+
+def create_model(name: str, num_classes: int, channels: int, image_size: int) -> nn.Module:
+    """A randomly initialised timm model with the right input channels and classes."""
+    import timm
+
+    check_model_name(name)
     try:
         # Transformers need the input size; convolutional models refuse the argument.
         model = timm.create_model(

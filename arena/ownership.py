@@ -209,16 +209,24 @@ def read_card(model_path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     card = read_json(path)
+    from arena.data import FOLDER_PREFIX
+    from arena.protocols import PROTOCOLS
+
     fields: dict[str, tuple[type, Callable[[Any], bool], str]] = {
+        "format": (str, lambda v: v == MODEL_CARD_FORMAT, repr(MODEL_CARD_FORMAT)),
         "model": (str, lambda v: 0 < len(v) <= 200, "a timm model name"),
-        "protocol": (str, lambda v: 0 < len(v) <= 200, "a protocol name"),
+        "protocol": (
+            str,
+            lambda v: v in PROTOCOLS or (v.startswith(FOLDER_PREFIX) and len(v) <= 300),
+            f"a protocol ({', '.join(PROTOCOLS)}, or {FOLDER_PREFIX}<name>)",
+        ),
         "num_classes": (int, lambda v: 2 <= v <= MAX_CLASSES, f"2-{MAX_CLASSES:,}"),
         "channels": (int, lambda v: 1 <= v <= MAX_CHANNELS, f"1-{MAX_CHANNELS}"),
         "image_size": (int, lambda v: 1 <= v <= MAX_IMAGE_SIDE, f"1-{MAX_IMAGE_SIDE}"),
     }
     for name, (kind, fits, allowed) in fields.items():
-        if name not in card:
-            continue
+        if name not in card:  # a card is whole or it is not ours: nothing falls back
+            raise ArtifactError(f"model card {path} has no {name!r}")
         value = card[name]
         if isinstance(value, bool) or not isinstance(value, kind) or not fits(value):
             raise ArtifactError(f"model card {path}: {name} must be {allowed}, got {value!r}")
@@ -453,6 +461,8 @@ def verify(
     _check_key_fits(getattr(key, "num_classes", None), model, model_path)
     check_writable(ledger.path, "ledger")
     subsets = getattr(getattr(key, "vk", None), "subsets", 1)
+    if subset is not None and not 0 <= subset < subsets:
+        raise ArenaError(f"subset {subset} does not exist; the key has {subsets} (0-{subsets - 1})")
     opened, revealed = key, "all {n} (a single-subset key)"
     with subset_lock(ledger):  # two verifications at once never reveal the same subset
         if subsets > 1:

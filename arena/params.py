@@ -8,6 +8,7 @@ type (``"0.01"`` from the command line becomes a float), and the dataclass's own
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -104,18 +105,25 @@ def _convert(value: Any, annotation: Any) -> Any:
                 pass
         raise ValueError(f"expected an integer, got {value!r}")
     if annotation is float:
-        if isinstance(value, bool):
-            raise ValueError(f"expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ValueError(f"expected a number, got {value!r}")
+        return _finite_float(value)
     if annotation is str:
         if isinstance(value, str):
             return value
         raise ValueError(f"expected a string, got {value!r}")
     raise TypeError(f"unsupported parameter type {annotation!r}")
+
+
+def _finite_float(value: Any) -> float:
+    # float() accepts "nan" and "inf"; a NaN learning rate trains a NaN model that would
+    # be stored and ranked like any other, so only finite numbers are parameters.
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"expected a number, got {value!r}") from None
+    except OverflowError:  # an int beyond any float
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number

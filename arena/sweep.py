@@ -69,6 +69,10 @@ def plan(
     out and, when ``skipped`` is given, listed there as (defense, attack, reason).
     """
     get_protocol(protocol)
+    seeds = list(seeds)
+    for seed in seeds:  # refused here, before the first match, not by each match
+        if not 0 <= seed < 2**63:
+            raise ArenaError(f"--seed must lie in [0, 2^63), got {seed}")
     chosen_defenses = expand(defense_names, defenses)
     chosen_attacks = expand(attack_names, attacks)
     pairs = []

@@ -38,8 +38,8 @@ def test_reference_set_is_round_robin_over_entries_and_roles():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"models": 0, "foreign": 1}, "at least one reference model"),
-        ({"models": 2, "foreign": -1}, "cannot be negative"),
+        ({"models": 0, "foreign": 1}, r"--models must lie in \[1, 1000\], got 0"),
+        ({"models": 2, "foreign": -1}, r"--foreign must lie in \[0, 1000\], got -1"),
         ({"models": 4, "references": ("resnet18", "resnet18@adam")}, "two architectures"),
         (
             {"models": 2, "foreign": 1, "foreign_models": ("test_resnet.r160_in1k@adam",)},

@@ -368,3 +368,11 @@ def test_predict_logits_batches_agree_with_one_pass(resnet: nn.Module) -> None:
         whole = resnet(images)
     assert batched.shape == (7, CLASSES)
     assert torch.allclose(batched, whole, atol=1e-5)
+
+
+def test_unknown_model_name_far_from_all_is_one_short_line() -> None:
+    """timm has over a thousand names: the error lists none of them, only where to look."""
+    with pytest.raises(UnknownNameError) as raised:
+        create_model("zzzz-qqqq", num_classes=CLASSES, channels=1, image_size=SIZE)
+    message = str(raised.value)
+    assert message == "unknown timm model 'zzzz-qqqq' (timm.list_models() lists all)"

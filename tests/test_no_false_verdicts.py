@@ -215,7 +215,8 @@ def test_a_card_naming_a_giant_model_beside_a_small_file_is_refused_without_buil
 def test_a_state_dict_of_the_wrong_shapes_is_refused_before_the_model_is_built(tmp_path):
     path = tmp_path / "m.safetensors"
     save_file({"fc.weight": torch.zeros(2, 2)}, str(path))
-    with pytest.raises(ArenaError, match=r"does not fit test_resnet.r160_in1k: tensor fc.weight is \[2, 2\]"):
+    fits = r"does not fit test_resnet.r160_in1k: tensor fc.weight is \[2, 2\]"
+    with pytest.raises(ArenaError, match=fits):
         ownership.load_model(path, SMOKE)
     pt = tmp_path / "m.pt"
     torch.save({"fc.weight": torch.zeros(2, 2)}, pt)

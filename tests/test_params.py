@@ -173,3 +173,20 @@ def test_defense_plugin_converts_its_parameters() -> None:
     assert defenses.get("backdoor-wm")({}).params.trigger_size is None
     with pytest.raises(ArenaError, match="trigger_size"):
         defenses.get("backdoor-wm")({"trigger_size": "0"})
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "-nan", "inf", "-inf", "Infinity", "1e400"])
+def test_non_finite_numbers_are_refused(value: str) -> None:
+    """float() takes them; a NaN learning rate would train a NaN model that is stored
+    and ranked like any other."""
+    with pytest.raises(ArenaError, match="expected a finite number") as raised:
+        parse({"lr": value})
+    assert "parameter 'lr'" in str(raised.value)
+    with pytest.raises(ArenaError, match="expected a finite number"):
+        parse({"lr": float(value)})
+
+
+def test_an_optional_float_refuses_nan_too() -> None:
+    with pytest.raises(ArenaError, match="expected a finite number"):
+        defenses.get("backdoor-wm")({"lr": "nan"})
+    assert defenses.get("backdoor-wm")({"lr": "0.05"}).params.lr == 0.05

@@ -96,9 +96,7 @@ def test_prove_into_a_missing_folder_spends_nothing(home):
     # An existing file is not overwritten (it may be the proof of a subset spent before).
     existing = home / "proof.json"
     existing.write_text("{}")
-    result = run_arena(
-        "prove", "--mk", str(keys / "mk.json"), "--out", str(existing), home=home
-    )
+    result = run_arena("prove", "--mk", str(keys / "mk.json"), "--out", str(existing), home=home)
     assert "exists" in one_line_error(result)
     assert existing.read_text() == "{}" and spent(ledger) == []
 
