@@ -147,13 +147,19 @@ def test_an_uncalibrated_single_target_scheme_has_no_sound_null(tmp_path):
 
 def test_verify_refuses_an_unsound_null_before_anything_is_spent(tmp_path):
     from arena import ownership
-    from arena.ledger import Ledger
 
     keys = tmp_path / "keys"
     ownership.keygen("noise", SMOKE, keys, params={"subsets": 2}, seed=3)
+    assert_refused_unspent(keys, tmp_path, CalibrationStore(tmp_path / "r.sqlite"), "UNCALIBRATED")
+
+
+def assert_refused_unspent(keys, tmp_path, calibrations, kind: str) -> None:
+    """``verify`` of the key in ``keys`` is refused for its null, and nothing is spent."""
+    from arena import ownership
+    from arena.ledger import Ledger
+
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    calibrations = CalibrationStore(tmp_path / "r.sqlite")
-    with pytest.raises(ArenaError, match="cannot verify: UNCALIBRATED"):
+    with pytest.raises(ArenaError, match=f"cannot verify: {kind}"):
         ownership.verify(
             tmp_path / "missing.safetensors",
             keys / "mk.json",
@@ -279,7 +285,6 @@ def test_a_null_its_calibration_caught_claiming_clean_models_is_refuted(
 ):
     from arena import ownership
     from arena.calibration import refutation
-    from arena.ledger import Ledger
 
     assert refutation(content_calibration) is None  # the real one claimed nothing
     store = _refuted_copy(smoke_calibration, content_calibration, tmp_path)
@@ -298,17 +303,7 @@ def test_a_null_its_calibration_caught_claiming_clean_models_is_refuted(
 
     keys = tmp_path / "keys"
     ownership.keygen("content", SMOKE, keys, params={"subsets": 2}, seed=3)
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    with pytest.raises(ArenaError, match="cannot verify: REFUTED"):
-        ownership.verify(
-            tmp_path / "missing.safetensors",
-            keys / "mk.json",
-            keys / "vk.json",
-            SMOKE,
-            ledger,
-            calibrations=store,
-        )
-    assert not [entry for entry in ledger.entries() if entry.kind == "spent"]
+    assert_refused_unspent(keys, tmp_path, store, "REFUTED")
 
 
 def test_matches_against_a_refuted_null_record_no_verdict_and_rank_last(

@@ -15,6 +15,7 @@ import pytest
 
 from arena import ownership
 from arena.context import Context
+from arena.keys import TriggerKey
 from arena.ledger import Ledger
 from arena.protocols import get_protocol
 from tests.cli_runner import run_arena
@@ -38,6 +39,21 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     lines = result.stderr.strip().splitlines()
     assert 1 <= len(lines) <= 2, result.stderr
     return result.stderr
+
+
+def at_once(count: int, args: list[str], home: Path) -> list[tuple[int, str, str]]:
+    """``arena ARGS`` in ``count`` processes started together: (status, stdout, stderr)."""
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", "from arena.cli import main; main()", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "ARENA_HOME": str(home), "COLUMNS": "250"},
+        )
+        for _ in range(count)
+    ]
+    return [(run.wait(timeout=600), *run.communicate()) for run in runs]
 
 
 @pytest.fixture(scope="module")
@@ -142,22 +158,12 @@ def test_keygen_into_a_folder_with_a_published_vk_is_refused(home):
 def test_two_keygens_into_one_new_folder_leave_one_key_and_one_refusal(tmp_path):
     for round_ in range(4):
         folder = tmp_path / f"round{round_}"
-        runs = [
-            subprocess.Popen(
-                [sys.executable, "-c", "from arena.cli import main; main()", "keygen",
-                 "--out", str(folder), "--protocol", "smoke"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env={**os.environ, "ARENA_HOME": str(tmp_path / "home"), "COLUMNS": "250"},
-            )
-            for _ in range(2)
-        ]  # fmt: skip
-        outcomes = [(run.wait(timeout=300), *run.communicate()) for run in runs]
+        args = ["keygen", "--out", str(folder), "--protocol", "smoke"]
+        outcomes = at_once(2, args, tmp_path / "home")
         codes = sorted(code for code, _, _ in outcomes)
         assert codes == [0, 2], outcomes
         winner = next(out for code, out, _ in outcomes if code == 0)
         fingerprint = winner.split("key fingerprint")[1].strip()
-        from arena.keys import TriggerKey
-
         assert TriggerKey.load(folder).fingerprint == fingerprint  # the key it reported
         assert sorted(p.name for p in folder.iterdir()) == ["mk.json", "vk.json"]
         assert (folder / "mk.json").stat().st_mode & 0o777 == 0o600
@@ -250,15 +256,7 @@ def test_verifications_at_once_reveal_different_subsets(home):
     ownership.keygen("backdoor-wm", SMOKE, keys, key_params, seed=5)
     args = ["verify", "--mk", str(keys / "mk.json"), "--vk", str(keys / "vk.json"),
             "--model", str(model), "--json"]  # fmt: skip
-    runs = [
-        subprocess.Popen(
-            [sys.executable, "-c", "from arena.cli import main; main()", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "ARENA_HOME": str(home), "COLUMNS": "250"},
-        )
-        for _ in range(4)
-    ]  # fmt: skip
-    outcomes = [(run.wait(timeout=300), *run.communicate()) for run in runs]
+    outcomes = at_once(4, args, home)
     assert all(code in (0, 1) for code, _, _ in outcomes), outcomes  # verdicts, not errors
     opened = sorted(out.split('"triggers_opened": "')[1].split(" of")[0] for _, out, _ in outcomes)
     assert opened == [f"subset {i}" for i in range(4)]
@@ -266,16 +264,9 @@ def test_verifications_at_once_reveal_different_subsets(home):
 
 
 def test_identical_runs_at_once_store_one_match_with_one_key(tmp_path):
-    args = ["run", "--protocol", "smoke", "--attack", "none", "--seed", "3"]
-    runs = [
-        subprocess.Popen(
-            [sys.executable, "-c", "from arena.cli import main; main()", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "ARENA_HOME": str(tmp_path), "COLUMNS": "250"},
-        )
-        for _ in range(4)
-    ]  # fmt: skip
-    outcomes = [(run.wait(timeout=600), *run.communicate()) for run in runs]
+    outcomes = at_once(
+        4, ["run", "--protocol", "smoke", "--attack", "none", "--seed", "3"], tmp_path
+    )
     assert [code for code, _, _ in outcomes] == [0] * 4, outcomes
     from arena.store import ResultStore
 
