@@ -403,10 +403,12 @@ def keygen(
 
     chosen = get_protocol(protocol)
     if classes is not None:
-        from arena.keys import MAX_CLASSES
+        from arena.keys import check_num_classes
 
-        if not 2 <= classes <= MAX_CLASSES:
-            raise ArenaError(f"--classes must lie in [2, {MAX_CLASSES:,}], got {classes}")
+        try:
+            check_num_classes(classes)
+        except ValueError as error:
+            raise ArenaError(f"--classes: {error}") from None
         chosen = dataclasses.replace(chosen, num_classes=classes)
     key = ownership.keygen(
         defense, chosen, out, _parse_assignments(defense_param, "--defense-param"), seed
@@ -438,11 +440,15 @@ def register(
     receipt that later shows whether the ledger was rewritten."""
     from arena import ownership
     from arena.ledger import Ledger, load_receipt, save_receipt
+    from arena.store import check_writable
 
     book = Ledger(ledger)
     receipt = receipt or vk.with_name(vk.name + ".receipt.json")
     if receipt.exists():  # a receipt kept from before is evidence: replaced only if it holds
         book.check_receipts([load_receipt(receipt)])
+    elif not receipt.parent.is_dir():
+        raise ArenaError(f"the folder of the receipt {receipt} does not exist")
+    check_writable(book.path, "ledger")
     entry = ownership.register_key(vk, book)
     save_receipt(book.receipt(entry), receipt)
     stdout.print(
@@ -589,7 +595,12 @@ def verify(
         # A proof made here from mk spends a subset only after every check has passed
         # (the null, the model, the reference models, the ledger): ownership.verify_public.
         published = None
-        if proof is not None and mk is None:
+        if proof is not None and mk is not None:
+            raise ArenaError(
+                "--proof and --mk both given: check the published proof (drop --mk), or make "
+                "a new one from the marking key (drop --proof)"
+            )
+        if proof is not None:
             published = read_json(proof)
         else:
             mk = mk or vk.with_name("mk.json")
@@ -744,8 +755,10 @@ def ledger_head(
     ledger: LedgerOption = None,
 ) -> None:
     """Write a receipt for the newest entry: it fixes every entry so far."""
+    from arena import ownership
     from arena.ledger import Ledger, save_receipt
 
+    ownership.check_new_file(out)  # an older receipt is evidence: never overwritten
     head = Ledger(ledger).head()
     save_receipt(head, out)
     stdout.print(f"wrote {out}: ledger entry {head.head_position}, head {head.head}")

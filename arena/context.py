@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from arena.data import Splits, load_splits
+from arena.errors import ArenaError
 from arena.models import create_model
 from arena.progress import Reporter, silent
 from arena.protocols import Protocol
@@ -20,6 +21,12 @@ from arena.protocols import Protocol
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_seed(seed: int) -> None:
+    """A seed every generator, the results database and the cache take: [0, 2^63)."""
+    if not 0 <= seed < 2**63:
+        raise ArenaError(f"--seed must lie in [0, 2^63), got {seed}")
 
 
 def derive_seed(seed: int, purpose: str) -> int:

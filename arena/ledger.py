@@ -134,6 +134,16 @@ def load_receipt(path: Path) -> Receipt:
     return Receipt.from_dict(read_json(path), source=str(path))
 
 
+def _printable(text: str) -> str:
+    """``text`` as valid UTF-8: a path's bytes that are not (``os.fsdecode`` surrogates)
+    become ``\\xff`` escapes."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file system produced
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def entry_hash(
     position: int, kind: str, digest: str, label: str, recorded_at: float, previous: str
 ) -> str:
@@ -183,7 +193,12 @@ class Ledger:
         return entries
 
     def append(self, kind: EntryKind, digest: str, label: str = "") -> Entry:
-        """Append an entry (the same key or model again is not re-recorded)."""
+        """Append an entry (the same key or model again is not re-recorded).
+
+        ``label`` (a path, as a person typed it) is kept as valid UTF-8: bytes of a path
+        that are not (``os.fsdecode``'s surrogates) are written as escapes.
+        """
+        label = _printable(label)
         with connect(self.path) as connection:
             connection.execute("BEGIN IMMEDIATE")
             try:

@@ -20,7 +20,7 @@ from arena import __version__
 from arena.calibration import CalibrationStore, measure
 from arena.claims import adjudicate, unopened_claim
 from arena.clean import artifact_base, clean_model
-from arena.context import Context, default_device
+from arena.context import Context, check_seed, default_device
 from arena.environment import environment
 from arena.errors import ArenaError, KeyTamperedError
 from arena.models import clone_model, head_state, load_head_state
@@ -116,8 +116,7 @@ def run_match(
         raise ArenaError(
             f"attack {attack.name!r} does not apply to {defense.name!r}: {not_applicable}"
         )
-    if not 0 <= spec.seed < 2**63:
-        raise ArenaError(f"--seed must lie in [0, 2^63), got {spec.seed}")
+    check_seed(spec.seed)
     cache = cache or ArtifactCache()
     store = store or ResultStore()
     store.check_writable()  # the record is written at the end: refuse now, not after training

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -31,7 +32,7 @@ from torch import nn
 
 from arena.calibration import CalibrationStore, Null, measure, reference_models
 from arena.clean import train_clean
-from arena.context import Context, default_device
+from arena.context import Context, check_seed, default_device
 from arena.errors import ArenaError, ArtifactError
 from arena.keys import (
     MAX_CHANNELS,
@@ -69,6 +70,10 @@ def keygen(
     """
     defense: Defense = defenses.get(defense_name)(params)
     _check_key_folder(out_dir)
+    try:  # before the key is drawn: a scheme's KeyGen may train a model first
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ArenaError(f"cannot write the key into {out_dir}: {error.strerror}") from None
     ctx = Context(protocol=protocol, seed=secrets.randbits(62) if seed is None else seed)
     key = defense.keygen(ctx)
     _publish_key(key, out_dir)
@@ -84,7 +89,7 @@ def _check_key_folder(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ArenaError(f"{out_dir} is a file; --out names the folder for mk.json and vk.json")
     for name in KEY_FILES:
-        if (out_dir / name).exists():
+        if (out_dir / name).exists() or (out_dir / name).is_symlink():
             raise ArenaError(
                 f"{out_dir / name} exists; refusing to overwrite a key (choose another --out)"
             )
@@ -95,7 +100,6 @@ def _publish_key(key: Key, out_dir: Path) -> None:
     never replaces a file, so of two keygens into one folder exactly one succeeds, and
     no key file that exists is ever overwritten."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".keygen-"))
     except OSError as error:
         raise ArenaError(f"cannot write the key into {out_dir}: {error.strerror}") from None
@@ -154,8 +158,7 @@ def mark(
             f"{protocol.num_classes}"
         )
     # Everything that would fail after the training is checked before it.
-    if not 0 <= seed < 2**63:
-        raise ArenaError(f"--seed must lie in [0, 2^63), got {seed}")
+    check_seed(seed)
     if out_path.suffix != ".safetensors":
         raise ArenaError(f"--out must name a .safetensors file, got {out_path}")
     try:
@@ -163,7 +166,7 @@ def mark(
     except OSError as error:
         raise ArenaError(f"cannot create the folder of {out_path}: {error.strerror}") from None
     for path in (out_path, card_path(out_path)):
-        _check_new_file(path, "marked model")
+        check_new_file(path)
     check_writable(ledger.path, "ledger")
     ctx = Context(protocol=protocol, seed=seed, progress=progress)
     if start_from is not None:
@@ -301,20 +304,7 @@ def load_model(path: Path, protocol: Protocol, architecture: str | None = None) 
         model = create_model(name, **shape)
         load_model_file(path, model)
         return model
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as error:
-        if "mmap" not in str(error):  # a legacy (non-zip) file cannot be mapped: read it
-            raise ArtifactError(f"{path} is not a readable state dict: {error}") from None
-        state = _load_state(path)
-    except pickle.UnpicklingError:  # torch's refusal, whose advice is to turn the check off
-        raise ArtifactError(
-            f"{path} is not a readable state dict: it needs pickle to load, which arena "
-            "never does (save a state dict of tensors, or a .safetensors file)"
-        ) from None
-    except Exception as error:  # a truncated file, ...
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise ArtifactError(f"{path} is not a readable state dict: {detail}") from None
+    state = _read_state(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -328,11 +318,24 @@ def load_model(path: Path, protocol: Protocol, architecture: str | None = None) 
     return model
 
 
-def _load_state(path: Path) -> Any:
+def _read_state(path: Path) -> Any:
+    """``torch.load`` without unpickling objects: memory-mapped, or read whole for a file
+    in the legacy (non-zip) format, which cannot be mapped."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle refusing an object, a truncated file, ...
-        raise ArtifactError(f"{path} is not a readable state dict: {error}") from None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's refusal, whose advice is to turn the check off
+        raise ArtifactError(
+            f"{path} is not a readable state dict: it needs pickle to load, which arena "
+            "never does (save a state dict of tensors, or a .safetensors file)"
+        ) from None
+    except Exception as error:  # a truncated file, ...
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise ArtifactError(f"{path} is not a readable state dict: {detail}") from None
 
 
 def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -364,6 +367,29 @@ def _check_shapes(
             else f"{len(extra)} unexpected tensors (e.g. {extra[0]})"
         )
         raise ArtifactError(f"{path} does not fit {name}: {first}")
+
+
+# A key whose labels a uniform draw gives with less than this probability (chi-square
+# goodness of fit) was not drawn uniformly; an honest key is refused once in a million.
+LABEL_BALANCE_ALPHA = 1e-6
+
+
+def _check_labels_uniform(defense: Defense, key: Key) -> None:
+    """The exact null 1/|L| holds for labels drawn uniformly: refuse a key whose labels
+    were plainly not (all one class, say, which a model answering that class would
+    "verify")."""
+    if not (defense.exact_null and isinstance(key, TriggerKey)):
+        return
+    from scipy.stats import chisquare
+
+    counts = np.bincount(key.labels, minlength=key.num_classes)
+    p = float(chisquare(counts).pvalue)
+    if p < LABEL_BALANCE_ALPHA:
+        raise ArenaError(
+            f"the key's labels are not a uniform draw over its {key.num_classes} classes "
+            f"(chi-square p = {p:.1e}; most common class {counts.argmax()} on "
+            f"{counts.max()} of {len(key)} triggers): the null 1/|L| does not hold for it"
+        )
 
 
 def _check_key_fits(key_classes: int | None, model: nn.Module, model_path: Path) -> None:
@@ -454,6 +480,7 @@ def verify(
     """
     receipted = ledger.check_receipts(receipts)
     defense, key = load_key(mk_path, vk_path)
+    _check_labels_uniform(defense, key)
     null = sound_null(calibrations or CalibrationStore(), protocol, defense.name)
     # Everything that can fail is checked before a subset is chosen: the model, its
     # classes against the key's, and that the ledger will take the spent subset.
@@ -497,7 +524,7 @@ def prove(
     if not isinstance(key, TriggerKey):
         raise ArenaError(f"public verification needs a trigger-set key, not {key.scheme!r}")
     if out is not None:
-        _check_new_file(out, "proof")
+        check_new_file(out)
     check_writable(ledger.path, "ledger")
     with subset_lock(ledger):
         index = _unspent_subset(ledger, key.fingerprint, key.vk.subsets, subset)
@@ -530,8 +557,9 @@ def verify_public(
 ) -> Claim:
     """Check a public proof against ``vk`` alone: cut-and-choose with a Fiat-Shamir challenge.
 
-    Without ``proof``, the owner's ``mk_path`` makes one (``prove``), after everything
-    that can fail has been checked, so a failed attempt spends no subset.
+    Without ``proof``, the owner's ``mk_path`` makes one in memory, and its subset is
+    recorded as spent only with the verdict, as ``verify`` does: a failed attempt
+    spends nothing.
 
     The proof must open one whole subset. Its challenged half goes to the label check
     against the protocol's clean reference models (those of its calibration); the other
@@ -539,6 +567,7 @@ def verify_public(
     implemented of the seed paper's zero-knowledge construction.
     """
     receipted = ledger.check_receipts(receipts)
+    check_writable(ledger.path, "ledger")  # the model's first sight is recorded at the end
     defense: Defense = defenses.get(scheme_of(vk_path))()
     if not issubclass(defense.key_type, TriggerKey):
         raise ArenaError(
@@ -551,24 +580,45 @@ def verify_public(
     references = reference_models(protocol, defense.name, calibrations, cache)
     model = load_model(model_path, protocol, architecture)
     _check_key_fits(vk.num_classes, model, model_path)
-    if proof is None:
-        if mk_path is None:
-            raise ArenaError("public verification needs the owner's proof or the marking key")
-        check_writable(ledger.path, "ledger")
-        proof = prove(mk_path, vk_path, ledger, subset)
-    opened = open_proof(proof, vk)
-    subset = int(proof["subset"])
-    checked, deciding = split_opened(opened, vk, subset)
-    device = default_device()
-    check = label_check(checked.images, checked.labels, references, protocol, device)
-    claim = _claim(defense, vk.fingerprint, deciding, model, model_path, protocol, ledger, null)
+
+    def decide(proof: dict[str, Any]) -> Claim:
+        opened = open_proof(proof, vk)
+        _check_labels_uniform(defense, opened)
+        subset = int(proof["subset"])
+        checked, deciding = split_opened(opened, vk, subset)
+        device = default_device()
+        check = label_check(checked.images, checked.labels, references, protocol, device)
+        claim = _claim(defense, vk.fingerprint, deciding, model, model_path, protocol, ledger, null)
+        return _public_claim(claim, check, receipted, vk, subset, len(checked), len(deciding))
+
+    if proof is not None:
+        return decide(proof)
+    if mk_path is None:
+        raise ArenaError("public verification needs the owner's proof or the marking key")
+    _, key = load_key(mk_path, vk_path)
+    with subset_lock(ledger):
+        index = _unspent_subset(ledger, key.fingerprint, key.vk.subsets, subset)
+        claim = decide(make_proof(key, index))
+        ledger.append("spent", f"{key.fingerprint}:{index}", label=f"public {model_path}")
+    return claim
+
+
+def _public_claim(
+    claim: Claim,
+    check: LabelCheck,
+    receipted: int | None,
+    vk: VerificationKey,
+    subset: int,
+    checked: int,
+    deciding: int,
+) -> Claim:
     return dataclasses.replace(
         claim,
         label_check=check,
         receipted_through=receipted,
         triggers_opened=(
-            f"subset {subset} of {vk.subsets}: {len(checked)} challenged for the label check, "
-            f"{len(deciding)} decide the verdict"
+            f"subset {subset} of {vk.subsets}: {checked} challenged for the label check, "
+            f"{deciding} decide the verdict"
         ),
     )
 
@@ -665,8 +715,8 @@ def subset_lock(ledger: Ledger) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _check_new_file(path: Path, what: str) -> None:
-    """``path`` can take a new ``what``: its folder exists and nothing is there yet."""
+def check_new_file(path: Path) -> None:
+    """``path`` can take a new file: its folder exists and nothing is there yet."""
     if path.exists() or path.is_symlink():
         raise ArenaError(f"{path} exists; refusing to overwrite it (choose another path)")
     if not path.parent.is_dir():
@@ -686,7 +736,8 @@ def _stage_json(path: Path, record: dict[str, Any]) -> Path:
 
 
 def _publish(staged: Path, path: Path, what: str) -> None:
-    """Give the staged file its name, never over an existing file."""
+    """Give the staged file its name (mode 0644: public), never over an existing file."""
+    staged.chmod(0o644)
     try:
         os.link(staged, path)
     except FileExistsError:

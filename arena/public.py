@@ -182,7 +182,7 @@ def open_proof(proof: dict[str, Any], vk: VerificationKey, source: str = "proof"
         key = dataclasses.replace(_opened_key(openings, selected), controls=controls)
     except KeyTamperedError:
         raise
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, OverflowError) as error:
         raise KeyTamperedError(f"{source} is malformed: {error}") from None
     key.open()
     return key
@@ -196,11 +196,17 @@ def _opened_key(openings: list[dict[str, Any]], vk: VerificationKey) -> TriggerK
             for o in openings
         ]
     )
+    labels = [o["label"] for o in openings]
+    for label in labels:
+        if isinstance(label, bool) or not isinstance(label, int):
+            raise ValueError(f"label {label!r} is not an integer")
+        if not 0 <= label < vk.num_classes:
+            raise ValueError(f"label {label} is not a class (0-{vk.num_classes - 1})")
     return TriggerKey(
         scheme=vk.scheme,
         num_classes=vk.num_classes,
         images=images,
-        labels=np.array([int(o["label"]) for o in openings], dtype=np.int64),
+        labels=np.array(labels, dtype=np.int64),
         image_nonces=tuple(bytes.fromhex(o["image_nonce"]) for o in openings),
         label_nonces=tuple(bytes.fromhex(o["label_nonce"]) for o in openings),
         vk=vk,

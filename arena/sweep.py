@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from arena.context import check_seed
 from arena.errors import ArenaError
 from arena.match import MatchSpec, run_match
 from arena.progress import Reporter, silent
@@ -71,8 +72,7 @@ def plan(
     get_protocol(protocol)
     seeds = list(seeds)
     for seed in seeds:  # refused here, before the first match, not by each match
-        if not 0 <= seed < 2**63:
-            raise ArenaError(f"--seed must lie in [0, 2^63), got {seed}")
+        check_seed(seed)
     chosen_defenses = expand(defense_names, defenses)
     chosen_attacks = expand(attack_names, attacks)
     pairs = []

@@ -145,7 +145,7 @@ class WhiteBoxKey(Key):
                 "bits": int(vk["bits"]),
                 "commitment": str(vk["commitment"]),
             }
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
             raise KeyTamperedError(f"verification key {vk_path} is malformed: {error}") from None
         return hashlib.sha256(_canonical(public)).hexdigest()
 
@@ -169,7 +169,7 @@ class WhiteBoxKey(Key):
                 classes=np.array(mk["classes"], dtype=np.int64) if has_images else None,
             )
             public = (str(vk["scheme"]), str(vk["layer"]), int(vk["bits"]))
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
             raise KeyTamperedError(f"key {mk_path} / {vk_path} is malformed: {error}") from None
         if public != (key.scheme, key.layer, len(key.bits)):
             raise KeyTamperedError(

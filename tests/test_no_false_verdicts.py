@@ -239,3 +239,50 @@ def test_a_verification_key_without_commitments_or_with_too_many_is_malformed():
 def test_a_trusted_key_still_loads(files):
     key = TriggerKey.load(files / "keys")
     assert key.num_classes == 10 and key.vk.image_shape == (1, 16, 16)
+
+
+def test_a_key_whose_labels_are_all_one_class_is_refused(copy):
+    """Labels chosen, not drawn (commitments recomputed, as whoever holds both files can
+    do): a model answering that class would "verify" against the exact null 1/|L|."""
+    mk, vk = copy / "keys" / "mk.json", copy / "keys" / "vk.json"
+    record = json.loads(mk.read_text())
+    commitments = json.loads(vk.read_text())
+    for trigger, committed in zip(record["triggers"], commitments["commitments"]):
+        trigger["label"] = 0
+        committed["label"] = commit(bytes.fromhex(trigger["label_nonce"]), encode_label(0))
+    mk.write_text(json.dumps(record))
+    vk.write_text(json.dumps(commitments))
+    with pytest.raises(ArenaError, match="not a uniform draw .* class 0 on 20 of 20"):
+        verify(copy)
+
+
+def test_proof_labels_outside_the_classes_are_malformed(files):
+    from arena.public import make_proof, open_proof
+
+    key = TriggerKey.load(files / "keys")
+    proof = make_proof(key, 0)
+    for label in (2**63, 10, -1, "3"):
+        proof["openings"][0]["label"] = label
+        with pytest.raises(ArenaError, match="malformed"):
+            open_proof(proof, key.vk)
+
+
+def test_a_white_box_key_with_overflowing_numbers_is_malformed(tmp_path):
+    ownership.keygen("deepsigns", SMOKE, tmp_path / "keys", seed=1)
+    mk = tmp_path / "keys" / "mk.json"
+    record = json.loads(mk.read_text())
+    first = next(name for name, value in record.items() if isinstance(value, list))
+    record[first] = [10**30] * len(record[first])
+    mk.write_text(json.dumps(record))
+    with pytest.raises(ArenaError, match="is malformed: Python int too large"):
+        ownership.load_key(mk, tmp_path / "keys" / "vk.json")
+
+
+def test_a_legacy_pickle_is_refused_in_one_line_of_our_own(tmp_path):
+    path = tmp_path / "legacy.pt"
+    torch.save(torch.nn.Linear(2, 2), path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ArenaError) as refused:
+        ownership.load_model(path, SMOKE)
+    message = str(refused.value)
+    assert "needs pickle to load, which arena never does" in message
+    assert "weights_only" not in message and "\n" not in message

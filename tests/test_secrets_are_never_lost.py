@@ -274,3 +274,96 @@ def test_identical_runs_at_once_store_one_match_with_one_key(tmp_path):
     keys = [p.parent for p in (tmp_path / "cache" / "key").rglob("vk.json")]
     marked = [p.parent for p in (tmp_path / "cache" / "marked").rglob("meta.json")]
     assert len(keys) == 1 and len(marked) == 1  # nothing orphaned
+
+
+# --- what a review of the above found ------------------------------------------------------
+
+
+def test_a_public_verification_that_fails_after_choosing_its_subset_spends_nothing(
+    home, monkeypatch
+):
+    """The subset a proof made from mk reveals is recorded as spent with the verdict, not
+    before: here the label check fails after the subset was chosen."""
+    from arena import public
+
+    keys, ledger = home / "v" / "keys", Ledger(home / "results.sqlite")
+    monkeypatch.setattr(ownership, "reference_models", lambda *args: [])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the label check broke")
+
+    monkeypatch.setattr(ownership, "label_check", broken)
+    monkeypatch.setattr(ownership, "sound_null", lambda *args: None)
+    with pytest.raises(RuntimeError, match="label check broke"):
+        ownership.verify_public(
+            home / "v" / "suspect.safetensors",
+            keys / "vk.json",
+            None,
+            SMOKE,
+            ledger,
+            mk_path=keys / "mk.json",
+        )
+    assert public is not None and spent(ledger.path) == []
+
+
+def test_ledger_head_never_overwrites_a_receipt(home):
+    out = home / "head.json"
+    assert run_arena("ledger", "head", "--out", str(out), home=home).returncode in (0, 2)
+    out.write_text('{"kept": true}')
+    result = run_arena("ledger", "head", "--out", str(out), home=home)
+    assert "exists" in one_line_error(result)
+    assert out.read_text() == '{"kept": true}'
+
+
+def test_paths_that_are_not_utf8_are_recorded_not_crashed_on(home):
+    """A path's bytes reach the ledger's labels escaped; the key and model are kept."""
+    folder = home / "k\udcffeys"
+    shutil.copytree(home / "v" / "keys", folder)
+    result = subprocess.run(
+        [sys.executable, "-c", "from arena.cli import main; main()", "register",
+         str(folder / "vk.json")],
+        capture_output=True, text=True, errors="backslashreplace",
+        env={**os.environ, "ARENA_HOME": str(home), "COLUMNS": "250"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    labels = [e.label for e in Ledger(home / "results.sqlite").entries()]
+    assert any("\\xff" in label for label in labels), labels
+
+
+def test_a_read_only_ledger_is_refused_before_register_appends(home):
+    db = home / "results.sqlite"
+    Ledger(db)
+    before = digest(db)
+    _make_read_only(db)
+    try:
+        result = run_arena("register", str(home / "v" / "keys" / "vk.json"), home=home)
+        assert "not writable" in one_line_error(result)
+        assert digest(db) == before
+        assert not (home / "v" / "keys" / "vk.json.receipt.json").exists()
+    finally:
+        _writable_again(db)
+
+
+def test_keygen_refuses_an_unusable_folder_before_a_keygen_that_trains(home):
+    """frontier-stitching's KeyGen trains a clean model first: an --out through a file is
+    refused before it."""
+    (home / "afile").write_text("x")
+    result = run_arena(
+        "keygen", "--defense", "frontier-stitching", "--protocol", "smoke",
+        "--out", str(home / "afile" / "keys"), home=home,
+    )  # fmt: skip
+    one_line_error(result)
+    assert _trained_nothing(home)
+
+
+def test_published_files_are_readable_and_the_key_is_not(home):
+    keys = home / "v" / "keys"
+    result = run_arena(
+        "prove", "--mk", str(keys / "mk.json"), "--out", str(home / "proof.json"), home=home
+    )
+    assert result.returncode == 0, result.stderr
+    assert (home / "proof.json").stat().st_mode & 0o777 == 0o644
+    assert (keys / "mk.json").stat().st_mode & 0o777 == 0o600
+    model = home / "m.safetensors"
+    ownership.save_model(Context(protocol=SMOKE, seed=1).owner_model(), model, SMOKE)
+    assert model.stat().st_mode & 0o777 == 0o644
