@@ -107,7 +107,7 @@ def _publish_key(key: Key, out_dir: Path) -> None:
     try:
         key.save(staging)
         for name in KEY_FILES:
-            os.link(staging / name, out_dir / name)
+            place_new(staging / name, out_dir / name)
             linked.append(out_dir / name)
     except FileExistsError:
         for path in linked:  # ours: the same inode as the staged file
@@ -739,9 +739,27 @@ def _publish(staged: Path, path: Path, what: str) -> None:
     """Give the staged file its name (mode 0644: public), never over an existing file."""
     staged.chmod(0o644)
     try:
-        os.link(staged, path)
+        place_new(staged, path)
     except FileExistsError:
         raise ArenaError(
             f"{path} appeared while the {what} was written; the {what} is kept in {staged}"
         ) from None
+    except OSError as error:
+        raise ArenaError(
+            f"cannot write {path} ({error.strerror}); the {what} is kept in {staged}"
+        ) from None
+
+
+def place_new(staged: Path, path: Path) -> None:
+    """Move the finished file ``staged`` to ``path``, which must not exist (else
+    ``FileExistsError``): a hard link, which never replaces a file; where the file system
+    has none, the name is claimed with an exclusive create and the file renamed onto it."""
+    try:
+        os.link(staged, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (FAT, some network and FUSE file systems)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.replace(staged, path)
+        return
     staged.unlink()

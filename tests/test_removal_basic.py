@@ -179,7 +179,7 @@ def test_threat_models_follow_the_fine_tuning_budget(ctx):
         ("weight-shift", {"strength": -1.0}, "strength must be >= 0"),
         ("weight-shift", {"noise": -0.5}, "noise must be >= 0"),
         ("label-smooth", {"smoothing": 1.0}, r"smoothing must lie in \(0, 1\)"),
-        ("label-smooth", {"epochs": -1}, "epochs must be >= 0"),
+        ("label-smooth", {"epochs": -1}, r"epochs must lie in \[0, 10,000\]"),
         ("quantize", {"lr": 0.0}, "lr must be > 0"),
         ("quantize", {"sparsity": 0.5}, "unknown parameter"),
         ("prune", {"sparsity": "half"}, "parameter 'sparsity'"),

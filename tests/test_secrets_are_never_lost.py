@@ -15,6 +15,7 @@ import pytest
 
 from arena import ownership
 from arena.context import Context
+from arena.errors import ArenaError
 from arena.keys import TriggerKey
 from arena.ledger import Ledger
 from arena.protocols import get_protocol
@@ -367,3 +368,19 @@ def test_published_files_are_readable_and_the_key_is_not(home):
     model = home / "m.safetensors"
     ownership.save_model(Context(protocol=SMOKE, seed=1).owner_model(), model, SMOKE)
     assert model.stat().st_mode & 0o777 == 0o644
+
+
+def test_keys_and_models_are_written_where_the_file_system_has_no_hard_links(
+    tmp_path, monkeypatch
+):
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    key = ownership.keygen("backdoor-wm", SMOKE, tmp_path / "keys", seed=1)
+    assert TriggerKey.load(tmp_path / "keys").fingerprint == key.fingerprint
+    with pytest.raises(ArenaError, match="mk.json exists"):
+        ownership.keygen("backdoor-wm", SMOKE, tmp_path / "keys", seed=2)
+    model = tmp_path / "m.safetensors"
+    ownership.save_model(Context(protocol=SMOKE, seed=1).owner_model(), model, SMOKE)
+    assert model.stat().st_size > 0 and not list(tmp_path.glob(".m.safetensors*"))

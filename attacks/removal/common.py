@@ -17,6 +17,8 @@ from arena.context import Context
 from arena.plugin import ThreatModel
 from arena.training import TrainReport, TrainSettings, train
 
+MAX_EPOCHS = 10_000  # far above any budget; more is a typo, refused before training
+
 
 @dataclass(frozen=True)
 class AttackerTraining:
@@ -30,8 +32,11 @@ class AttackerTraining:
     weight_decay: float = 5e-4
 
     def check(self) -> None:
-        if self.epochs is not None and self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0 (or None for the protocol's), got {self.epochs}")
+        if self.epochs is not None and not 0 <= self.epochs <= MAX_EPOCHS:
+            raise ValueError(
+                f"epochs must lie in [0, {MAX_EPOCHS:,}] (or None for the protocol's), "
+                f"got {self.epochs}"
+            )
         self.settings(1).check()
 
     def budget(self, ctx: Context) -> int:
