@@ -663,6 +663,9 @@ def test_ctrl_c_says_what_is_kept_and_exits_130(world: dict) -> None:
     """A real SIGINT in the middle of a command (here: as keygen looks up the protocol)."""
     code = (
         "import os, signal, time\n"
+        # As in a terminal: a process started in the background (nohup, '&' in a script)
+        # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import arena.cli as cli\n"
         "def interrupted(*args, **kwargs):\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
