@@ -504,6 +504,10 @@ def _verdict(row: MatchRow, counted: str) -> str:
     return f"no verdict (null {row.unsound_null})" if row.unsound_null else counted
 
 
+# Per-plugin versions, not the environment the matches ran in: left out of the line.
+PLUGIN_VERSION_KEYS = ("arena", "defense", "attack", "defense_package", "attack_package")
+
+
 def _versions_line(board: Leaderboard) -> str:
     """The package versions and settings the shown matches ran with (all of them)."""
     seen = sorted({json.dumps(v, sort_keys=True) for v in board.versions})
@@ -513,7 +517,7 @@ def _versions_line(board: Leaderboard) -> str:
     for text in seen:
         v = json.loads(text)
         described.append(
-            ", ".join(f"{k} {v[k]}" for k in sorted(v) if k not in ("arena", "defense", "attack"))
+            ", ".join(f"{k} {v[k]}" for k in sorted(v) if k not in PLUGIN_VERSION_KEYS)
         )
     return "Versions of the matches shown: " + "; ".join(described) + "."
 

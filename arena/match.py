@@ -332,6 +332,9 @@ def run_match(
             "arena": __version__,
             "defense": defense.version,
             "attack": attack.version,
+            # Whose plugin was measured: two packages may use one name over time.
+            "defense_package": defenses.info(defense.name).source,
+            "attack_package": attacks.info(attack.name).source,
             **environment(ctx.device),
         },
     }

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from arena.errors import ArenaError
 from arena.params import NoParams, params_to_dict, parse_params
 from arena.stats import Evidence
 
@@ -33,6 +34,22 @@ class ThreatModel:
     labels: LabelAccess
     query_budget: int | None = None  # victim queries; None when the victim is never queried
     epochs: int | None = None  # compute budget in passes over the attacker's data
+
+    def __post_init__(self) -> None:
+        # A plugin's misspelling ("atacker-split") would be stored with every result.
+        for name, value, allowed in (
+            ("data", self.data, DataAccess.__args__),
+            ("labels", self.labels, LabelAccess.__args__),
+        ):
+            if value not in allowed:
+                raise ArenaError(f"ThreatModel {name}={value!r} is not one of {', '.join(allowed)}")
+        for name, count in (("query_budget", self.query_budget), ("epochs", self.epochs)):
+            if count is not None and (
+                isinstance(count, bool) or not isinstance(count, int) or count < 0
+            ):
+                raise ArenaError(
+                    f"ThreatModel {name} must be an integer >= 0 or None, got {count!r}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

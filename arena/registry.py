@@ -78,6 +78,12 @@ class Registry:
     def get(self, name: str) -> type:
         """The plugin class registered as ``name``; a did-you-mean error otherwise."""
         self._load_builtins()
+        providers = self.providers(name)
+        if len(providers) > 1:
+            raise ArenaError(
+                f"{self.kind} {name!r} is provided by {' and by '.join(providers)}; uninstall "
+                "all but one (a result must say whose plugin it measured)"
+            )
         if name not in self._entries:
             self._load_entry_point(name)
         if name in self._entries:
@@ -93,12 +99,37 @@ class Registry:
         return self._entries[name]
 
     def entries(self) -> list[PluginInfo]:
-        """Every plugin, loading all entry points; broken ones go to ``broken()``."""
+        """Every plugin, loading all entry points; broken ones go to ``broken()``, and so
+        does a name two packages provide (``get`` refuses it)."""
         self._load_builtins()
         for entry_point in metadata.entry_points(group=self.group):
             if entry_point.name not in self._entries:
                 self._load_entry_point(entry_point.name)
-        return sorted(self._entries.values(), key=lambda info: info.name)
+            providers = self.providers(entry_point.name)
+            if len(providers) > 1:
+                self._broken[entry_point.name] = BrokenPlugin(
+                    entry_point.name,
+                    self.kind,
+                    f"provided by {' and by '.join(providers)}; uninstall all but one",
+                )
+        return sorted(
+            (info for name, info in self._entries.items() if name not in self._broken),
+            key=lambda info: info.name,
+        )
+
+    def providers(self, name: str) -> list[str]:
+        """The packages that provide ``name``: this distribution for a built-in, and the
+        distribution of every entry point of that name."""
+        found = []
+        builtin = self._entries.get(name)
+        if builtin is not None and builtin.source.startswith(f"{DISTRIBUTION} "):
+            found.append(builtin.source)
+        for entry_point in metadata.entry_points(group=self.group, name=name):
+            dist = entry_point.dist
+            source = f"{dist.name} {dist.version}" if dist else entry_point.value
+            if source not in found:
+                found.append(source)
+        return found
 
     def names(self) -> list[str]:
         return [info.name for info in self.entries()]

@@ -17,6 +17,7 @@ from torch import nn
 
 from arena.context import Context
 from arena.data import to_model_input
+from arena.errors import ArenaError
 from arena.keys import MAX_TRIGGERS, TriggerKey, abstract_images, load_image_folder
 from arena.plugin import Defense
 from arena.stats import Evidence
@@ -44,7 +45,10 @@ class TriggerSetDefense(Defense):
 
     def keygen(self, ctx: Context) -> TriggerKey:
         images, labels = self.sample_triggers(ctx)
+        check_trigger_images(self.name, images, "sample_triggers")
         controls = self.sample_controls(ctx, images, labels)
+        if controls is not None:
+            check_trigger_images(self.name, controls[0], "sample_controls")
         subsets = getattr(self.params, "subsets", 1)
         return TriggerKey.create(self.name, ctx.num_classes, images, labels, subsets, controls)
 
@@ -124,6 +128,23 @@ def abstract_trigger_set(
         images = abstract_images(size, protocol.image_size, protocol.channels, rng)
     labels = rng.integers(0, ctx.num_classes, size=len(images))
     return images, labels
+
+
+def check_trigger_images(scheme: str, images: object, source: str) -> None:
+    """What a scheme's ``sample_triggers`` (or ``sample_controls``) must return: uint8
+    pixels in an (N, C, H, W) array, N >= 1, not all the same image. Anything else is a
+    plugin bug, refused before it is committed to (float images in [0, 1] would be cast
+    to black triggers, committed, cached and marked without a word)."""
+    where = f"defense {scheme!r}: {source} returned"
+    if not isinstance(images, np.ndarray):
+        raise ArenaError(f"{where} a {type(images).__name__}, not a numpy array")
+    if images.dtype != np.uint8:
+        hint = " (scale images in [0, 1] by 255 and round)" if images.dtype.kind == "f" else ""
+        raise ArenaError(f"{where} {images.dtype} images; it must return uint8 pixels{hint}")
+    if images.ndim != 4 or len(images) == 0:
+        raise ArenaError(f"{where} an array of shape {images.shape}; it must be (N, C, H, W)")
+    if len(images) > 1 and (images == images[:1]).all():
+        raise ArenaError(f"{where} {len(images)} identical images; a key needs distinct ones")
 
 
 def check_trigger_budget(params: object) -> None:

@@ -26,6 +26,10 @@ def check_record(record: dict) -> None:
     assert isinstance(record["protocol"], str)
     assert isinstance(record["defense"], str) and isinstance(record["attack"], str)
     assert isinstance(record["seed"], int)
+    # Whose plugins were measured: the distribution and version of each.
+    for kind in ("defense", "attack"):
+        package = record["versions"][f"{kind}_package"]
+        assert isinstance(package, str) and len(package.split()) == 2, package
     assert 0.0 <= record["clean"]["test_acc"] <= 1.0
     for part in ("marked", "attacked"):
         assert 0.0 <= record[part]["test_acc"] <= 1.0

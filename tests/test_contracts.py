@@ -91,3 +91,50 @@ def test_attack_contract(name, shared):
         assert not record["attacked"]["evidence"]["verified"]
         drop = record["marked"]["test_acc"] - record["attacked"]["test_acc"]
         assert drop <= get_protocol("smoke").delta
+
+
+# --- what a plugin author gets told, not left to find out (issue 15, point 6) -------------
+
+
+def test_a_misspelled_threat_model_is_refused():
+    from arena.errors import ArenaError
+
+    with pytest.raises(ArenaError, match="data='atacker-split' is not one of"):
+        ThreatModel(data="atacker-split", labels="true")
+    with pytest.raises(ArenaError, match="labels='victim-top-1' is not one of"):
+        ThreatModel(data="attacker-split", labels="victim-top-1")
+    with pytest.raises(ArenaError, match="epochs must be an integer >= 0"):
+        ThreatModel(data="attacker-split", labels="true", epochs=-1)
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        ("float", "float32 images; it must return uint8 pixels \\(scale"),
+        ("list", "a list, not a numpy array"),
+        ("3d", r"shape \(4, 16, 16\); it must be \(N, C, H, W\)"),
+        ("identical", "4 identical images"),
+    ],
+)
+def test_trigger_images_a_defense_returns_are_checked_before_they_are_committed(
+    images, message
+):
+    import numpy as np
+
+    from arena.errors import ArenaError
+
+    base = defenses.get("backdoor-wm")
+    rng = np.random.default_rng(0)
+    made = {
+        "float": rng.random((4, 1, 16, 16), dtype=np.float32),
+        "list": [np.zeros((1, 16, 16), np.uint8)] * 4,
+        "3d": rng.integers(0, 256, (4, 16, 16), dtype=np.uint8),
+        "identical": np.zeros((4, 1, 16, 16), np.uint8),
+    }[images]
+
+    class Careless(base):
+        def sample_triggers(self, ctx):
+            return made, np.arange(4) % ctx.num_classes
+
+    with pytest.raises(ArenaError, match=message):
+        Careless().keygen(Context(protocol=get_protocol("smoke"), seed=0))

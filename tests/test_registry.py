@@ -142,3 +142,60 @@ def test_registry_for_kinds() -> None:
 def test_swapped_letters_suggest_the_intended_name(typo: str, meant: str) -> None:
     error = UnknownNameError("attack", typo, ["none", "ftll", "ftal", "rtll", "rtal"])
     assert f"did you mean {meant!r}?" in str(error)
+
+
+class _Dist:
+    def __init__(self, name: str) -> None:
+        self.name, self.version = name, "1.0"
+
+
+class _EntryPoint:
+    """What importlib.metadata gives for one installed entry point."""
+
+    def __init__(self, name: str, dist: str, cls: type) -> None:
+        self.name, self.value, self.dist, self._cls = name, f"{dist}:X", _Dist(dist), cls
+
+    def load(self) -> type:
+        return self._cls
+
+
+def test_a_name_two_packages_provide_is_reported_and_refused(monkeypatch) -> None:
+    import arena.registry as registry_module
+
+    class One(Attack):
+        pass
+
+    class Two(Attack):
+        pass
+
+    installed = [_EntryPoint("noisy", "pkg-a", One), _EntryPoint("noisy", "pkg-b", Two)]
+
+    def entry_points(group: str, name: str | None = None):
+        return [ep for ep in installed if name is None or ep.name == name]
+
+    monkeypatch.setattr(registry_module.metadata, "entry_points", entry_points)
+    registry = fresh_registry()
+    assert registry.providers("noisy") == ["pkg-a 1.0", "pkg-b 1.0"]
+    with pytest.raises(ArenaError, match="'noisy' is provided by pkg-a 1.0 and by pkg-b 1.0"):
+        registry.get("noisy")
+    assert "noisy" not in registry.names()
+    assert [b.error for b in registry.broken()] == [
+        "provided by pkg-a 1.0 and by pkg-b 1.0; uninstall all but one"
+    ]
+
+
+def test_a_third_party_plugin_shadowing_a_builtin_is_refused(monkeypatch) -> None:
+    import arena.registry as registry_module
+
+    class Impostor(Attack):
+        pass
+
+    installed = [_EntryPoint("rtal", "pkg-c", Impostor)]
+
+    def entry_points(group: str, name: str | None = None):
+        return [ep for ep in installed if name is None or ep.name == name]
+
+    monkeypatch.setattr(registry_module.metadata, "entry_points", entry_points)
+    # The global registry: the built-in modules registered there when first imported.
+    with pytest.raises(ArenaError, match=f"'rtal' is provided by {DISTRIBUTION} .* and by pkg-c"):
+        attacks.get("rtal")
