@@ -116,9 +116,7 @@ def test_a_misspelled_threat_model_is_refused():
         ("identical", "4 identical images"),
     ],
 )
-def test_trigger_images_a_defense_returns_are_checked_before_they_are_committed(
-    images, message
-):
+def test_trigger_images_a_defense_returns_are_checked_before_they_are_committed(images, message):
     import numpy as np
 
     from arena.errors import ArenaError

@@ -370,9 +370,7 @@ def test_published_files_are_readable_and_the_key_is_not(home):
     assert model.stat().st_mode & 0o777 == 0o644
 
 
-def test_keys_and_models_are_written_where_the_file_system_has_no_hard_links(
-    tmp_path, monkeypatch
-):
+def test_keys_and_models_are_written_where_the_file_system_has_no_hard_links(tmp_path, monkeypatch):
     def no_links(source, target):
         raise PermissionError(1, "Operation not permitted")
 
