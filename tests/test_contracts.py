@@ -136,3 +136,38 @@ def test_trigger_images_a_defense_returns_are_checked_before_they_are_committed(
 
     with pytest.raises(ArenaError, match=message):
         Careless().keygen(Context(protocol=get_protocol("smoke"), seed=0))
+
+
+def _smallest_budgets(attack_cls: type) -> dict[str, int]:
+    """Every budget field of the attack (epochs, steps) at the smallest value its
+    parameters accept, 0 or 1."""
+    import dataclasses
+
+    from arena.errors import ArenaError
+
+    budgets = {}
+    for field in dataclasses.fields(attack_cls.Params):
+        if "epoch" not in field.name and "steps" not in field.name:
+            continue
+        for value in (0, 1):
+            try:
+                attack_cls({**budgets, field.name: value})
+            except ArenaError:
+                continue
+            budgets[field.name] = value
+            break
+    return budgets
+
+
+BUDGETED = [name for name in attacks.names() if _smallest_budgets(attacks.get(name))]
+
+
+@pytest.mark.parametrize("name", BUDGETED)
+def test_attack_contract_at_its_smallest_budget(name, shared):
+    """Default parameters alone would not catch an attack that breaks on a budget of 1."""
+    store, cache = shared
+    params = _smallest_budgets(attacks.get(name))
+    spec = MatchSpec(defense="backdoor-wm", attack=name, protocol="smoke", attack_params=params)
+    record = run_match(spec, store=store, cache=cache)
+    check_record(record)
+    assert record["attack_params"] == {**record["attack_params"], **params}

@@ -37,6 +37,8 @@ class KnockoffParams(ScratchTraining):
 
     def check(self) -> None:
         super().check()
+        if self.epochs == 0:  # ART's fit refuses it mid-match: refuse it before
+            raise ValueError("epochs must be >= 1 for knockoff (ART's KnockoffNets fits)")
         if self.nb_stolen is not None and self.nb_stolen < 1:
             raise ValueError(f"nb_stolen must be >= 1 (or None), got {self.nb_stolen}")
 
