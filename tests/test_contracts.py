@@ -138,20 +138,20 @@ def test_trigger_images_a_defense_returns_are_checked_before_they_are_committed(
         Careless().keygen(Context(protocol=get_protocol("smoke"), seed=0))
 
 
-def _smallest_budgets(attack_cls: type) -> dict[str, int]:
-    """Every budget field of the attack (epochs, steps) at the smallest value its
+def _smallest_budgets(plugin_cls: type) -> dict[str, int]:
+    """Every budget field of the plugin (epochs, steps) at the smallest value its
     parameters accept, 0 or 1."""
     import dataclasses
 
     from arena.errors import ArenaError
 
     budgets = {}
-    for field in dataclasses.fields(attack_cls.Params):
+    for field in dataclasses.fields(plugin_cls.Params):
         if "epoch" not in field.name and "steps" not in field.name:
             continue
         for value in (0, 1):
             try:
-                attack_cls({**budgets, field.name: value})
+                plugin_cls({**budgets, field.name: value})
             except ArenaError:
                 continue
             budgets[field.name] = value
@@ -171,3 +171,16 @@ def test_attack_contract_at_its_smallest_budget(name, shared):
     record = run_match(spec, store=store, cache=cache)
     check_record(record)
     assert record["attack_params"] == {**record["attack_params"], **params}
+
+
+BUDGETED_DEFENSES = [name for name in defenses.names() if _smallest_budgets(defenses.get(name))]
+
+
+@pytest.mark.parametrize("name", BUDGETED_DEFENSES)
+def test_defense_contract_at_its_smallest_budget(name, shared):
+    store, cache = shared
+    params = _smallest_budgets(defenses.get(name))
+    spec = MatchSpec(defense=name, attack="none", protocol="smoke", defense_params=params)
+    record = run_match(spec, store=store, cache=cache)
+    check_record(record)
+    assert record["defense_params"] == {**record["defense_params"], **params}
