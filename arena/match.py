@@ -354,6 +354,8 @@ def _key(
     defense: Defense, ctx: Context, cache: ArtifactCache, key_spec: dict[str, Any]
 ) -> tuple[Key, bool]:
     folder = cache.folder("key", key_spec)
+    if (folder / "vk.json").exists():  # written last: a key there is whole
+        return defense.key_type.load(folder), True
     with cache.lock(folder):  # two runs of one match share one key, never make two
         if (folder / "vk.json").exists():
             return defense.key_type.load(folder), True
