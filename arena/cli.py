@@ -945,8 +945,9 @@ def _command_path(args: list[str]) -> str:
 
 def _os_error_line(error: OSError) -> str:
     """``permission denied: /srv/arena``: the reason, then the path."""
-    reason = (error.strerror or str(error)).lower()
-    return reason if error.filename is None else f"{reason}: {os.fsdecode(error.filename)}"
+    from arena.store import os_error_reason
+
+    return os_error_reason(error)
 
 
 if __name__ == "__main__":

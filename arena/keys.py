@@ -516,8 +516,9 @@ def read_json(path: Path) -> dict[str, Any]:
     return record
 
 
-def write_json_atomic(path: Path, record: dict[str, Any], mode: int = 0o644) -> None:
-    """Write to a temporary file in the same folder, then rename: never half a file."""
+def stage_json(path: Path, record: dict[str, Any], mode: int = 0o644) -> Path:
+    """``record`` in a hidden file beside ``path``, on disk, for the caller to rename
+    into place (``write_json_atomic``) or to publish without overwriting."""
     path = Path(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -526,7 +527,17 @@ def write_json_atomic(path: Path, record: dict[str, Any], mode: int = 0o644) -> 
             json.dump(record, stream, indent=1)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
+        raise
+    return Path(temporary)
+
+
+def write_json_atomic(path: Path, record: dict[str, Any], mode: int = 0o644) -> None:
+    """Write to a temporary file in the same folder, then rename: never half a file."""
+    temporary = stage_json(path, record, mode)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
         raise

@@ -10,8 +10,6 @@ can rebuild the architecture; verification also reads a plain state dict saved w
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import json
 import os
 import pickle
 import secrets
@@ -41,6 +39,7 @@ from arena.keys import (
     TriggerKey,
     VerificationKey,
     read_json,
+    stage_json,
     write_json_atomic,
 )
 from arena.ledger import Entry, Ledger, Receipt, model_fingerprint
@@ -51,7 +50,7 @@ from arena.protocols import Protocol
 from arena.public import LabelCheck, label_check, make_proof, open_proof, split_opened
 from arena.registry import defenses
 from arena.stats import Evidence
-from arena.store import ArtifactCache, check_writable, load_model_file
+from arena.store import ArtifactCache, check_writable, file_lock, load_model_file, make_folder
 
 MODEL_CARD_FORMAT = "arena-model/1"
 
@@ -70,10 +69,7 @@ def keygen(
     """
     defense: Defense = defenses.get(defense_name)(params)
     _check_key_folder(out_dir)
-    try:  # before the key is drawn: a scheme's KeyGen may train a model first
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ArenaError(f"cannot write the key into {out_dir}: {error.strerror}") from None
+    make_folder(out_dir, "the key")  # before the key is drawn: a KeyGen may train first
     ctx = Context(protocol=protocol, seed=secrets.randbits(62) if seed is None else seed)
     key = defense.keygen(ctx)
     _publish_key(key, out_dir)
@@ -161,10 +157,7 @@ def mark(
     check_seed(seed)
     if out_path.suffix != ".safetensors":
         raise ArenaError(f"--out must name a .safetensors file, got {out_path}")
-    try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ArenaError(f"cannot create the folder of {out_path}: {error.strerror}") from None
+    make_folder(out_path.parent, "the marked model")
     for path in (out_path, card_path(out_path)):
         check_new_file(path)
     check_writable(ledger.path, "ledger")
@@ -532,7 +525,7 @@ def prove(
         if out is None:
             ledger.append("spent", f"{key.fingerprint}:{index}", label="public proof")
             return proof
-        staged = _stage_json(out, proof)
+        staged = stage_json(out, proof)
         try:
             ledger.append("spent", f"{key.fingerprint}:{index}", label=f"public proof {out}")
         except BaseException:
@@ -702,17 +695,13 @@ def _iso(timestamp: float | None) -> str | None:
 def subset_lock(ledger: Ledger) -> Iterator[None]:
     """Hold the ledger's subset lock: choosing an unspent subset and recording it spent
     happen under it, so two verifications or proofs at once never reveal one subset."""
-    lock_path = ledger.path.with_name(ledger.path.name + ".lock")
+    lock = ledger.path.with_name(ledger.path.name + ".lock")
     try:
-        handle = lock_path.open("a")
+        lock.touch(exist_ok=True)
     except OSError as error:
         raise ArenaError(f"cannot lock the ledger {ledger.path}: {error.strerror}") from None
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(lock):
+        yield
 
 
 def check_new_file(path: Path) -> None:
@@ -723,16 +712,6 @@ def check_new_file(path: Path) -> None:
         raise ArenaError(f"the folder of {path} does not exist; create it first")
     if not os.access(path.parent, os.W_OK):
         raise ArenaError(f"the folder of {path} is not writable")
-
-
-def _stage_json(path: Path, record: dict[str, Any]) -> Path:
-    """``record`` written to a hidden file beside ``path``, flushed to disk."""
-    handle, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(record, stream, indent=1)
-        stream.flush()
-        os.fsync(stream.fileno())
-    return Path(staged)
 
 
 def _publish(staged: Path, path: Path, what: str) -> None:

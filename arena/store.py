@@ -47,7 +47,7 @@ def arena_home() -> Path:
         is_file = False  # made when first written
     except OSError as error:
         raise ArenaError(
-            f"the arena's home {home} is unusable: {_reason(error, home)}{_HOME_HINT}"
+            f"the arena's home {home} is unusable: {os_error_reason(error, home)}{_HOME_HINT}"
         ) from None
     if is_file:
         raise ArenaError(f"the arena's home {home} is a file, not a folder{_HOME_HINT}")
@@ -69,11 +69,11 @@ def make_folder(folder: Path, what: str) -> None:
         home = _home_setting()
         hint = _HOME_HINT if folder == home or home in folder.parents else ""
         raise ArenaError(
-            f"cannot create the folder {folder} for {what}: {_reason(error, folder)}{hint}"
+            f"cannot create the folder {folder} for {what}: {os_error_reason(error, folder)}{hint}"
         ) from None
 
 
-def _reason(error: OSError, path: Path) -> str:
+def os_error_reason(error: OSError, path: Path | None = None) -> str:
     """``not a directory: /a/b`` from an OSError; the file is named only if not ``path``."""
     reason = (error.strerror or str(error)).lower()
     if isinstance(error, FileExistsError):
@@ -146,6 +146,18 @@ def create_tables(path: Path, schema: str, what: str) -> None:
             connection.executescript(schema)
     except sqlite3.DatabaseError as error:
         raise ArenaError(f"{what} {path} is unreadable: {error}") from None
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on the file ``path`` (made if missing), held for the block and
+    released by the kernel if the process dies; other processes wait for it."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -243,12 +255,8 @@ class ArtifactCache:
         """Hold ``folder``'s lock while it is made: a second run that needs the same
         artifact waits, then finds it finished, instead of making a second one."""
         folder.parent.mkdir(parents=True, exist_ok=True)
-        with open(folder.parent / f"{folder.name}.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(folder.parent / f"{folder.name}.lock"):
+            yield
 
     def check(self, folder: Path) -> dict[str, Any] | None:
         """The metadata of a finished entry whose model file is intact; None if unfinished.
