@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from arena.context import Context
-from arena.plugin import Attack, AttackOutcome, ThreatModel
-from arena.registry import register_attack
+from arena.core.context import Context
+from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.registry import register_attack
 
 
 @register_attack("none")
-class NoAttack(Attack):
+class NoAttack(RemovalAttack):
     """No attack: the marked model unchanged. Every mark must still verify here."""
 
     threat = "none"
@@ -19,5 +19,5 @@ class NoAttack(Attack):
     def threat_model(self, ctx: Context) -> ThreatModel:
         return ThreatModel(data="none", labels="none")
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+    def remove(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         return AttackOutcome(model=model)

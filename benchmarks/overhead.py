@@ -1,7 +1,7 @@
 """What the arena's training loop costs over a plain PyTorch loop doing the same work.
 
 The arena side is the real code path of a match's clean model: ``ctx.owner_model()``
-trained by ``arena.training.train`` with the protocol's ``TrainSettings``. The plain side
+trained by ``arena.core.training.train`` with the protocol's ``TrainSettings``. The plain side
 is a hand-written loop with the same model and initial weights, the same data, the same
 SGD (Nesterov momentum, weight decay), cosine schedule, batch size, epochs and the same
 shuffled batch order. Both run in the same process, alternating, after a warm-up of
@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from arena.clean import train_clean
-from arena.context import Context, default_device
-from arena.progress import Reporter, RichReporter, silent
-from arena.protocols import PROTOCOLS, get_protocol
+from arena.core.context import Context, default_device
+from arena.core.protocols import PROTOCOLS, get_protocol
+from arena.storage.clean import train_clean
+from arena.util.progress import Reporter, RichReporter, silent
 
 Loop = Callable[[], tuple[float, nn.Module]]
 

@@ -9,28 +9,37 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from arena.context import Context
-from arena.keys import TriggerKey
-from arena.registry import register_defense
-from defenses.trigger_set import (
-    TriggerSetDefense,
-    abstract_trigger_set,
-    check_trigger_budget,
-    with_budget,
-)
+from arena.core.context import Context
+from arena.core.keys import MAX_TRIGGERS, TriggerKey
+from arena.core.params import param
+from arena.core.registry import register_defense
+from arena.core.training import with_budget
+from defenses.trigger_set import MAX_MARK_EPOCHS, TriggerSetDefense, abstract_trigger_set
 
 
 @dataclass(frozen=True)
 class BackdoorParams:
-    trigger_size: int | None = None  # None: the protocol's (100 in the paper)
-    triggers_per_batch: int | None = None  # None: the protocol's (2 per 100 in the paper's code)
-    epochs: int | None = None  # None: the protocol's budget
-    lr: float | None = None  # None: the protocol's learning rate
-    trigger_dir: str | None = None  # a folder of your own trigger images instead of abstract ones
-    subsets: int = 1  # disjoint trigger subsets, one revealed per verification
-
-    def check(self) -> None:
-        check_trigger_budget(self)
+    trigger_size: int | None = param(
+        None,
+        help="trigger images in the key; None: the protocol's (100 in the paper)",
+        min=1,
+        max=MAX_TRIGGERS,
+    )
+    triggers_per_batch: int | None = param(
+        None,
+        help="trigger images in every training batch; None: the protocol's "
+        "(2 per 100 in the paper's code)",
+        min=1,
+        max=MAX_TRIGGERS,
+    )
+    epochs: int | None = param(
+        None, help="marking epochs; None: the protocol's budget", min=1, max=MAX_MARK_EPOCHS
+    )
+    lr: float | None = param(None, help="learning rate; None: the protocol's", above=0)
+    trigger_dir: str | None = param(
+        None, help="a folder of your own trigger images instead of abstract ones"
+    )
+    subsets: int = param(1, help="disjoint trigger subsets, one revealed per verification", min=1)
 
 
 @register_defense("backdoor-wm")
@@ -55,7 +64,7 @@ class BackdoorWatermark(TriggerSetDefense):
     def mark(self, model: nn.Module, key: TriggerKey, ctx: Context) -> nn.Module:
         settings = with_budget(ctx.protocol.training, self.params.epochs, self.params.lr)
         per_batch = self.params.triggers_per_batch or ctx.protocol.triggers_per_batch
-        return self.train_with_triggers(model, key, ctx, settings, per_batch, "mark from scratch")
+        return self.train_with_key(model, key, ctx, settings, per_batch, "mark from scratch")
 
 
 @register_defense("backdoor-wm-pretrained")

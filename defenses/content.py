@@ -8,14 +8,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from arena.context import Context
-from arena.registry import register_defense
+from arena.core.context import Context
+from arena.core.params import param
+from arena.core.registry import register_defense
 from defenses.zhang import SourceClassDefense, SourceClassParams, text_mask
 
 
 @dataclass(frozen=True)
 class ContentParams(SourceClassParams):
-    text: str = "TEST"  # the word stamped on every trigger, as in the paper
+    text: str = param("TEST", help="the word stamped on every trigger, as in the paper")
 
     def check(self) -> None:
         super().check()

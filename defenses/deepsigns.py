@@ -12,34 +12,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arena.context import Context
-from arena.errors import ArenaError
-from arena.models import default_block_layer, find_layer
-from arena.registry import register_defense
-from arena.training import ExtraLoss
+from arena.core.context import Context
+from arena.core.models import default_block_layer, find_layer
+from arena.core.params import param
+from arena.core.registry import register_defense
+from arena.core.training import ExtraLoss
+from arena.util.errors import ArenaError
 from defenses.white_box import WhiteBoxDefense, WhiteBoxKey, layer_or_none
 
 
 @dataclass(frozen=True)
 class DeepSignsParams:
-    layer: str | None = None  # a module path; None: the middle block of the model
-    bits: int = 32  # N, bits per target class
-    target_classes: int = 1  # s, classes whose mean activation carries bits
-    key_fraction: float = 0.01  # key images: this share of the owner's data (the paper's 1%)
-    strength: float = 0.01  # lambda_2, the weight of the bit loss
-    center_strength: float = 0.001  # lambda_1, the weight of the pull toward class centres
+    layer: str | None = param(
+        None, help="a module path such as layer2.1; None: the middle block of the model"
+    )
+    bits: int = param(32, help="N, bits per target class", min=1)
+    target_classes: int = param(1, help="s, classes whose mean activation carries bits", min=1)
+    key_fraction: float = param(
+        0.01,
+        help="key images: this share of the owner's data (the paper's 1%)",
+        above=0,
+        max=1,
+    )
+    strength: float = param(0.01, help="lambda_2, the weight of the bit loss", above=0)
+    center_strength: float = param(
+        0.001, help="lambda_1, the weight of the pull toward class centres", min=0
+    )
 
     def check(self) -> None:
-        if self.bits < 1:
-            raise ValueError(f"bits must be >= 1, got {self.bits}")
-        if self.target_classes < 1:
-            raise ValueError(f"target_classes must be >= 1, got {self.target_classes}")
-        if not 0 < self.key_fraction <= 1:
-            raise ValueError(f"key_fraction must lie in (0, 1], got {self.key_fraction}")
-        if self.strength <= 0:
-            raise ValueError(f"strength must be > 0, got {self.strength}")
-        if self.center_strength < 0:
-            raise ValueError(f"center_strength must be >= 0, got {self.center_strength}")
         if self.layer is not None and not self.layer.strip():
             raise ValueError("layer must be a module path such as 'layer2.1', or left out")
 

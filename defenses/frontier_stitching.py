@@ -10,30 +10,42 @@ import numpy as np
 import torch
 from torch import nn
 
-from arena.context import Context
-from arena.errors import ArenaError
-from arena.estimators import art_classifier
-from arena.keys import TriggerKey
-from arena.registry import register_defense
-from arena.training import predict
-from defenses.trigger_set import TriggerSetDefense, check_trigger_budget
+from arena.core.context import Context
+from arena.core.estimators import art_classifier
+from arena.core.keys import MAX_TRIGGERS, TriggerKey
+from arena.core.params import param
+from arena.core.registry import register_defense
+from arena.core.training import predict
+from arena.util.errors import ArenaError
+from defenses.trigger_set import MAX_MARK_EPOCHS, TriggerSetDefense
 
 
 @dataclass(frozen=True)
 class FrontierParams:
-    trigger_size: int | None = None  # |K|, half true and half false adversaries; None: protocol's
-    eps: float = 0.25  # FGSM step in [0, 1] pixel units: the paper's MNIST setting
-    epochs: int | None = None  # None: the protocol's mark_epochs
-    lr: float | None = None  # None: the protocol's mark_lr
-    triggers_per_batch: int | None = None  # None: the protocol's mark_triggers_per_batch
-    subsets: int = 1  # disjoint trigger subsets, one revealed per verification
+    trigger_size: int | None = param(
+        None,
+        help="|K|, half true and half false adversaries (even); None: the protocol's",
+        min=2,
+        max=MAX_TRIGGERS,
+    )
+    eps: float = param(
+        0.25, help="FGSM step in [0, 1] pixel units: the paper's MNIST setting", above=0, max=1
+    )
+    epochs: int | None = param(
+        None, help="marking epochs; None: the protocol's mark_epochs", min=1, max=MAX_MARK_EPOCHS
+    )
+    lr: float | None = param(None, help="learning rate; None: the protocol's mark_lr", above=0)
+    triggers_per_batch: int | None = param(
+        None,
+        help="trigger images in every batch; None: the protocol's mark_triggers_per_batch",
+        min=1,
+        max=MAX_TRIGGERS,
+    )
+    subsets: int = param(1, help="disjoint trigger subsets, one revealed per verification", min=1)
 
     def check(self) -> None:
-        check_trigger_budget(self)
-        if self.trigger_size is not None and (self.trigger_size < 2 or self.trigger_size % 2):
-            raise ValueError(f"trigger_size must be even and >= 2, got {self.trigger_size}")
-        if not 0 < self.eps <= 1:
-            raise ValueError(f"eps must lie in (0, 1], got {self.eps}")
+        if self.trigger_size is not None and self.trigger_size % 2:
+            raise ValueError(f"trigger_size must be even, got {self.trigger_size}")
 
 
 @register_defense("frontier-stitching")

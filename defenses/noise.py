@@ -8,21 +8,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from arena.context import Context
-from arena.registry import register_defense
+from arena.core.context import Context
+from arena.core.params import param
+from arena.core.registry import register_defense
 from defenses.zhang import SourceClassDefense, SourceClassParams, to_uint8
 
 
 @dataclass(frozen=True)
 class NoiseParams(SourceClassParams):
-    noise_std: float = 0.3  # standard deviation of the added noise, pixels in [0, 1]
-
-    def check(self) -> None:
-        super().check()
-        if not 0 < self.noise_std <= 1:
-            raise ValueError(
-                f"noise_std must lie in (0, 1] (pixels in [0, 1]), got {self.noise_std}"
-            )
+    noise_std: float = param(
+        0.3, help="standard deviation of the added noise, pixels in [0, 1]", above=0, max=1
+    )
 
 
 @register_defense("noise")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from arena.context import Context
-from arena.keys import TriggerKey
-from arena.registry import register_defense
+from arena.core.context import Context
+from arena.core.keys import TriggerKey
+from arena.core.registry import register_defense
 from defenses.trigger_set import TriggerSetDefense, abstract_trigger_set
 
 

@@ -7,7 +7,6 @@ model on the triggers, count answers equal to the committed labels) are the same
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,13 +14,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from arena.context import Context
-from arena.data import to_model_input
-from arena.errors import ArenaError
-from arena.keys import MAX_TRIGGERS, TriggerKey, abstract_images, load_image_folder
-from arena.plugin import Defense
-from arena.stats import Evidence
-from arena.training import TrainSettings, predict, train
+from arena.core.context import Context
+from arena.core.data import to_model_input
+from arena.core.keys import TriggerKey, abstract_images
+from arena.core.plugin import Defense
+from arena.core.stats import Evidence
+from arena.core.training import TrainSettings, predict, train, with_budget
+from arena.util.errors import ArenaError
+from arena.util.images import load_image_folder
+
+MAX_MARK_EPOCHS = 10_000  # far above any budget; more is a typo, refused before training
 
 
 class TriggerSetDefense(Defense):
@@ -66,7 +68,7 @@ class TriggerSetDefense(Defense):
         """The scheme's nominal chance agreement: 1/|L| for labels drawn at random."""
         return ctx.null_p
 
-    def train_with_triggers(
+    def train_with_key(
         self,
         model: nn.Module,
         key: TriggerKey,
@@ -110,7 +112,7 @@ class TriggerSetDefense(Defense):
         per_batch = (
             getattr(self.params, "triggers_per_batch", None) or protocol.mark_triggers_per_batch
         )
-        return self.train_with_triggers(model, key, ctx, settings, per_batch, description)
+        return self.train_with_key(model, key, ctx, settings, per_batch, description)
 
 
 def abstract_trigger_set(
@@ -145,31 +147,3 @@ def check_trigger_images(scheme: str, images: object, source: str) -> None:
         raise ArenaError(f"{where} an array of shape {images.shape}; it must be (N, C, H, W)")
     if len(images) > 1 and (images == images[:1]).all():
         raise ArenaError(f"{where} {len(images)} identical images; a key needs distinct ones")
-
-
-def check_trigger_budget(params: object) -> None:
-    """The checks every trigger-set scheme's parameters share (those it declares)."""
-    for name, least, most in (
-        ("trigger_size", 1, MAX_TRIGGERS),
-        ("triggers_per_batch", 1, MAX_TRIGGERS),
-        ("epochs", 1, 10_000),
-    ):
-        value = getattr(params, name, None)
-        if value is not None and not least <= value <= most:
-            raise ValueError(f"{name} must lie in [{least}, {most:,}], got {value}")
-    lr = getattr(params, "lr", None)
-    if lr is not None and lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    subsets = getattr(params, "subsets", 1)
-    if subsets < 1:
-        raise ValueError(f"subsets must be >= 1, got {subsets}")
-
-
-def with_budget(settings: TrainSettings, epochs: int | None, lr: float | None) -> TrainSettings:
-    """``settings`` with the epochs and learning rate a parameter overrides."""
-    changes = {}
-    if epochs is not None:
-        changes["epochs"] = epochs
-    if lr is not None:
-        changes["lr"] = lr
-    return dataclasses.replace(settings, **changes)

@@ -11,25 +11,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arena.context import Context
-from arena.errors import ArenaError
-from arena.models import default_conv_layer, find_layer
-from arena.registry import register_defense
-from arena.training import ExtraLoss
+from arena.core.context import Context
+from arena.core.models import default_conv_layer, find_layer
+from arena.core.params import param
+from arena.core.registry import register_defense
+from arena.core.training import ExtraLoss
+from arena.util.errors import ArenaError
 from defenses.white_box import WhiteBoxDefense, WhiteBoxKey, layer_or_none
 
 
 @dataclass(frozen=True)
 class UchidaParams:
-    layer: str | None = None  # a Conv2d's module path; None: chosen from the model (see below)
-    bits: int = 256  # T, the paper's 256
-    strength: float = 0.01  # lambda, the weight of the embedding regularizer (the paper's 0.01)
+    layer: str | None = param(
+        None,
+        help="a Conv2d's module path such as layer2.0.conv2; None: chosen from the model",
+    )
+    bits: int = param(256, help="T, the paper's 256", min=1)
+    strength: float = param(
+        0.01, help="lambda, the weight of the embedding regularizer (the paper's 0.01)", above=0
+    )
 
     def check(self) -> None:
-        if self.bits < 1:
-            raise ValueError(f"bits must be >= 1, got {self.bits}")
-        if self.strength <= 0:
-            raise ValueError(f"strength must be > 0, got {self.strength}")
         if self.layer is not None and not self.layer.strip():
             raise ValueError("layer must be a module path such as 'layer2.0.conv2', or left out")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from arena.context import Context
-from arena.registry import register_defense
+from arena.core.context import Context
+from arena.core.registry import register_defense
 from defenses.zhang import ZhangDefense, ZhangParams, letter_images, other_class_images
 
 

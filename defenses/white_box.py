@@ -23,13 +23,14 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from arena.context import Context
-from arena.errors import ArenaError, KeyTamperedError
-from arena.keys import NONCE_BYTES, commit, read_json, write_json_atomic
-from arena.models import find_layer
-from arena.plugin import Defense, Key
-from arena.stats import Evidence
-from arena.training import ExtraLoss, train
+from arena.core.context import Context
+from arena.core.keys import NONCE_BYTES, Key, commit
+from arena.core.models import find_layer
+from arena.core.plugin import Defense
+from arena.core.stats import Evidence
+from arena.core.training import ExtraLoss, train
+from arena.util.errors import ArenaError, KeyTamperedError
+from arena.util.jsonio import read_json, write_json_atomic
 
 MARKING_KEY_FORMAT = "arena-white-box-marking-key/1"
 VERIFICATION_KEY_FORMAT = "arena-white-box-verification-key/1"

@@ -15,10 +15,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-from arena.context import Context
-from arena.errors import ArenaError
-from arena.keys import TriggerKey
-from defenses.trigger_set import TriggerSetDefense, check_trigger_budget, with_budget
+from arena.core.context import Context
+from arena.core.keys import MAX_TRIGGERS, TriggerKey
+from arena.core.params import param
+from arena.core.training import with_budget
+from arena.util.errors import ArenaError
+from defenses.trigger_set import MAX_MARK_EPOCHS, TriggerSetDefense
 
 # Letters an MNIST model would not read as a digit: no O/D/Q (0), I/l/i/j/J (1), Z/z (2),
 # S/s (5), b/G (6), B (8), g/q (9).
@@ -27,27 +29,34 @@ UNRELATED_LETTERS = "ACEFHKLMNPRTUVWXYacdefhkmnprtuvwxy"
 
 @dataclass(frozen=True)
 class ZhangParams:
-    trigger_size: int | None = None  # None: the protocol's
-    triggers_per_batch: int | None = None  # None: the protocol's
-    epochs: int | None = None  # None: the protocol's budget
-    lr: float | None = None  # None: the protocol's learning rate
-    target_class: int = 0  # every trigger's label: the paper's CIFAR-10 "airplane"
-    subsets: int = 1  # disjoint trigger subsets, one revealed per verification
-
-    def check(self) -> None:
-        check_trigger_budget(self)
-        if self.target_class < 0:
-            raise ValueError(f"target_class must be >= 0, got {self.target_class}")
+    trigger_size: int | None = param(
+        None, help="trigger images in the key; None: the protocol's", min=1, max=MAX_TRIGGERS
+    )
+    triggers_per_batch: int | None = param(
+        None,
+        help="trigger images in every training batch; None: the protocol's",
+        min=1,
+        max=MAX_TRIGGERS,
+    )
+    epochs: int | None = param(
+        None, help="marking epochs; None: the protocol's budget", min=1, max=MAX_MARK_EPOCHS
+    )
+    lr: float | None = param(None, help="learning rate; None: the protocol's", above=0)
+    target_class: int = param(
+        0, help="every trigger's label: the paper's CIFAR-10 class airplane", min=0
+    )
+    subsets: int = param(1, help="disjoint trigger subsets, one revealed per verification", min=1)
 
 
 @dataclass(frozen=True)
 class SourceClassParams(ZhangParams):
-    source_class: int = 1  # triggers are drawn from this class: the paper's "automobile"
+    source_class: int = param(
+        1,
+        help="triggers are drawn from this class, not target_class: the paper's automobile",
+        min=0,
+    )
 
     def check(self) -> None:
-        super().check()
-        if self.source_class < 0:
-            raise ValueError(f"source_class must be >= 0, got {self.source_class}")
         if self.source_class == self.target_class:
             raise ValueError(
                 f"source_class and target_class are both {self.source_class}; the mark "
@@ -90,7 +99,7 @@ class ZhangDefense(TriggerSetDefense):
     def mark(self, model: nn.Module, key: TriggerKey, ctx: Context) -> nn.Module:
         settings = with_budget(ctx.protocol.training, self.params.epochs, self.params.lr)
         per_batch = self.params.triggers_per_batch or ctx.protocol.triggers_per_batch
-        return self.train_with_triggers(model, key, ctx, settings, per_batch, "mark from scratch")
+        return self.train_with_key(model, key, ctx, settings, per_batch, "mark from scratch")
 
     def answered(self, model: nn.Module, key: TriggerKey, ctx: Context) -> torch.Tensor:
         """A trigger counts when the model gives it the target AND its control its label."""
@@ -108,6 +117,14 @@ class SourceClassDefense(ZhangDefense):
     the source class."""
 
     Params = SourceClassParams
+
+    def for_data(self, ctx: Context) -> SourceClassDefense:
+        """Only as many triggers as ``ctx``'s owner split holds images of the source class,
+        when that is fewer than configured: an attacker's data is all it has."""
+        available = int((ctx.splits.owner.labels == self.params.source_class).sum())
+        if available < self.trigger_count(ctx):
+            return type(self)({**self.params_dict(), "trigger_size": available})
+        return self
 
     def source_images(self, ctx: Context, count: int) -> np.ndarray:
         """The key's source images: the first draw of the key's RNG."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arena.calibration import RECORD_FORMAT, CalibrationStore, refutation
-from arena.protocols import get_protocol
-from arena.registry import defenses
+from arena.core.protocols import get_protocol
+from arena.core.registry import defenses
+from arena.storage.calibrations import RECORD_FORMAT, CalibrationStore, refutation
 
 
 def main() -> None:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arena.leaderboard import build
-from arena.protocols import get_protocol
-from arena.store import ResultStore
+from arena.core.protocols import get_protocol
+from arena.eval.leaderboard import build
+from arena.report.text import k_of_n
+from arena.storage.results import ResultStore
 
 DEFENSES = (
     "backdoor-wm",
@@ -67,9 +68,12 @@ def main() -> None:
                 row.append("not run")
                 continue
             seeds.add(len(match.seeds))
-            evidence = match.attacked_successes
+            evidence = k_of_n(match.attacked_evidence.successes, match.attacked_evidence.trials)
             if not match.evidence_applicable:
-                evidence = (match.owner_head or "n/a").split(" (")[0] + " (owner head)"
+                head = match.owner_head
+                evidence = (
+                    k_of_n(head.successes, head.trials) if head else "n/a"
+                ) + " (owner head)"
             if match.unsound_null:
                 evidence += " (no verdict)"
             elif match.attack_succeeded:

@@ -24,11 +24,11 @@ import time
 import torch
 from torch import nn
 
-from arena.clean import train_clean
-from arena.context import Context
-from arena.environment import apply_deterministic_defaults, environment
-from arena.protocols import get_protocol
-from arena.training import accuracy
+from arena.core.context import Context
+from arena.core.environment import apply_deterministic_defaults, environment
+from arena.core.protocols import get_protocol
+from arena.core.training import accuracy
+from arena.storage.clean import train_clean
 
 
 def state_digest(model: nn.Module) -> str:

@@ -46,7 +46,7 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
             targets.update(f"{base}.{alias.name}" for alias in node.names)
     resolved = set()
     for target in targets:
-        while target and target not in known:  # "arena.stats.Evidence" -> "arena.stats"
+        while target and target not in known:  # "arena.core.stats.Evidence" -> "arena.core.stats"
             target = target.rpartition(".")[0]
         if target and target != name:
             resolved.add(target)

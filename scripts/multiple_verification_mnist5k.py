@@ -13,14 +13,15 @@ from pathlib import Path
 
 import torch
 
-from arena import ownership
-from arena.context import Context
-from arena.errors import ArenaError
-from arena.keys import TriggerKey
-from arena.ledger import Ledger
-from arena.protocols import get_protocol
-from arena.registry import defenses
-from arena.training import TrainSettings, train
+from arena.core.context import Context
+from arena.core.keys import TriggerKey
+from arena.core.protocols import get_protocol
+from arena.core.registry import defenses
+from arena.core.training import TrainSettings, train
+from arena.ownership import modelfile
+from arena.ownership import vendor as ownership
+from arena.ownership.ledger import Ledger
+from arena.util.errors import ArenaError
 
 
 def main() -> None:
@@ -49,7 +50,7 @@ def main() -> None:
     key = TriggerKey.load(keys)
     defense = defenses.get("backdoor-wm")()
     ctx = Context(protocol=protocol, seed=1)
-    model = ownership.load_model(model_path, protocol)
+    model = modelfile.load_model(model_path, protocol)
     revealed = [key.subset(0), key.subset(1)]
     images = torch.cat([part.tensors()[0] for part in revealed])
     generator = ctx.generator("relabel")

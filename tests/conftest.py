@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from arena.store import ArtifactCache, ResultStore
+from arena.storage.artifacts import ArtifactCache
+from arena.storage.results import ResultStore
 
 TRAIN_SEED_VARIABLE = "ARENA_TEST_SEED"
 
@@ -102,8 +103,8 @@ def smoke_calibration(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A small calibration of ``backdoor-wm`` on ``smoke``: 3 reference models of two
     architectures and 2 foreign ones (one diverged), trained once for the session. Returns
     its database, cache and record."""
-    from arena.calibration import calibrate
-    from arena.protocols import get_protocol
+    from arena.core.protocols import get_protocol
+    from arena.eval.calibration import calibrate
 
     root = tmp_path_factory.mktemp("calibration")
     cache = ArtifactCache(root / "cache")

@@ -6,19 +6,16 @@ import dataclasses
 
 import pytest
 
-from arena.calibration import (
-    CalibrationStore,
-    Null,
-    calibrate,
-    reference_models,
-    reference_set,
-    to_markdown,
-)
-from arena.errors import ArenaError
-from arena.match import MatchSpec, run_match
-from arena.protocols import RECIPES, get_protocol, parse_reference
-from arena.stats import Evidence, null_p_value
-from arena.store import ResultStore
+from arena.core.protocols import RECIPES, get_protocol, parse_reference
+from arena.core.stats import Evidence, null_p_value
+from arena.core.verify import Null
+from arena.eval.calibration import calibrate
+from arena.eval.match import MatchSpec, run_match
+from arena.report.calibration import to_markdown
+from arena.storage.calibrations import CalibrationStore
+from arena.storage.clean import reference_models, reference_set
+from arena.storage.results import ResultStore
+from arena.util.errors import ArenaError
 
 SMOKE = get_protocol("smoke")
 
@@ -146,7 +143,7 @@ def test_an_uncalibrated_single_target_scheme_has_no_sound_null(tmp_path):
 
 
 def test_verify_refuses_an_unsound_null_before_anything_is_spent(tmp_path):
-    from arena import ownership
+    from arena.ownership import vendor as ownership
 
     keys = tmp_path / "keys"
     ownership.keygen("noise", SMOKE, keys, params={"subsets": 2}, seed=3)
@@ -155,8 +152,8 @@ def test_verify_refuses_an_unsound_null_before_anything_is_spent(tmp_path):
 
 def assert_refused_unspent(keys, tmp_path, calibrations, kind: str) -> None:
     """``verify`` of the key in ``keys`` is refused for its null, and nothing is spent."""
-    from arena import ownership
-    from arena.ledger import Ledger
+    from arena.ownership import vendor as ownership
+    from arena.ownership.ledger import Ledger
 
     ledger = Ledger(tmp_path / "ledger.sqlite")
     with pytest.raises(ArenaError, match=f"cannot verify: {kind}"):
@@ -195,7 +192,7 @@ def test_reference_models_load_from_the_cache_and_never_train(smoke_calibration,
     store = CalibrationStore(smoke_calibration["db"])
     models = reference_models(SMOKE, "backdoor-wm", store, smoke_calibration["cache"])
     assert len(models) == 3
-    from arena.store import ArtifactCache
+    from arena.storage.artifacts import ArtifactCache
 
     with pytest.raises(ArenaError, match="not in the cache"):
         reference_models(SMOKE, "backdoor-wm", store, ArtifactCache(tmp_path / "empty"))
@@ -237,14 +234,15 @@ def test_matches_of_a_fitted_scheme_remeasure_after_a_new_calibration(
 
 
 def test_the_leaderboard_shows_which_null_decided(smoke_calibration):
-    from arena.leaderboard import build, to_markdown
+    from arena.eval.leaderboard import build
+    from arena.report.leaderboard import to_markdown
 
     store = ResultStore(smoke_calibration["db"])
     run_match(MatchSpec(protocol="smoke"), store=store, cache=smoke_calibration["cache"])
     board = build(store, SMOKE)
     row = next(row for row in board.defenses if row.defense == "backdoor-wm")
-    assert row.null.endswith("(exact)")
-    assert "same key on clean" in to_markdown(board) and "not verified" in row.clean_evidence
+    assert row.null.kind == "exact"
+    assert "same key on clean" in to_markdown(board) and not row.clean_evidence.verified
 
 
 def test_white_box_schemes_calibrate_on_the_architecture_they_read(smoke_calibration):
@@ -283,8 +281,8 @@ def _refuted_copy(smoke_calibration, content_calibration, tmp_path) -> Calibrati
 def test_a_null_its_calibration_caught_claiming_clean_models_is_refuted(
     smoke_calibration, content_calibration, tmp_path
 ):
-    from arena import ownership
-    from arena.calibration import refutation
+    from arena.ownership import vendor as ownership
+    from arena.storage.calibrations import refutation
 
     assert refutation(content_calibration) is None  # the real one claimed nothing
     store = _refuted_copy(smoke_calibration, content_calibration, tmp_path)
@@ -309,8 +307,9 @@ def test_a_null_its_calibration_caught_claiming_clean_models_is_refuted(
 def test_matches_against_a_refuted_null_record_no_verdict_and_rank_last(
     smoke_calibration, content_calibration, tmp_path
 ):
-    from arena.leaderboard import build, match_cells
-    from arena.leaderboard import to_markdown as board_markdown
+    from arena.eval.leaderboard import build
+    from arena.report.leaderboard import match_cells
+    from arena.report.leaderboard import to_markdown as board_markdown
 
     store = _refuted_copy(smoke_calibration, content_calibration, tmp_path)
     results = ResultStore(store.path)
@@ -328,7 +327,7 @@ def test_matches_against_a_refuted_null_record_no_verdict_and_rank_last(
     board = build(results, SMOKE)
     assert [row.defense for row in board.defenses][-1] == "content"
     row = next(row for row in board.defenses if row.defense == "content")
-    assert row.survived is None and "REFUTED" in row.null
+    assert row.survived is None and row.null.kind == "refuted"
     cell = next(m for m in board.matches if m.defense == "content" and m.attack == "ftll")
     assert "no verdict (null refuted)" in match_cells(cell)
     assert "| no verdict |" in board_markdown(board)

@@ -5,19 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from arena.calibration import CalibrationStore
-from arena.claims import ClaimCheck, _resolve_piracy
-from arena.context import Context
-from arena.errors import ArenaError
-from arena.leaderboard import build, claim_cells
-from arena.match import MatchSpec, run_match
-from arena.protocols import get_protocol
-from arena.public import LabelCheck
-from arena.registry import defenses
-from arena.stats import Evidence
-from arena.store import ResultStore
-from arena.sweep import plan
-from attacks.piracy.piracy import attacker_context, attacker_keygen
+from arena.core.context import Context
+from arena.core.protocols import get_protocol
+from arena.core.registry import defenses
+from arena.core.stats import Evidence
+from arena.eval.leaderboard import build
+from arena.eval.match import MatchSpec, run_match
+from arena.eval.sweep import plan
+from arena.ownership.claims import ClaimCheck, _resolve_piracy
+from arena.ownership.public import LabelCheck
+from arena.report.leaderboard import claim_cells
+from arena.storage.calibrations import CalibrationStore
+from arena.storage.results import ResultStore
+from arena.util.errors import ArenaError
+from attacks.common import attacker_context
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,9 @@ def test_an_attacker_short_of_source_images_draws_a_smaller_key():
     attacker = attacker_context(ctx, "piracy", ctx.new_model())
     available = int((ctx.splits.attacker.labels == 1).sum())
     assert available < ctx.protocol.trigger_size
-    key = attacker_keygen(defenses.get("content")(), attacker)
+    content = defenses.get("content")()
+    key = content.for_data(attacker).keygen(attacker)
     assert len(key.labels) == available and set(key.labels.tolist()) == {0}
-    full = attacker_keygen(defenses.get("backdoor-wm")(), attacker)
+    scheme = defenses.get("backdoor-wm")()
+    full = scheme.for_data(attacker).keygen(attacker)
     assert len(full.labels) == ctx.protocol.trigger_size

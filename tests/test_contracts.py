@@ -3,18 +3,20 @@ here on the ``smoke`` protocol without anyone writing a test for it."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
-from arena.calibration import CalibrationStore
-from arena.context import Context
-from arena.match import MatchSpec, run_match
-from arena.plugin import Attack, Defense, ThreatModel
-from arena.protocols import get_protocol
-from arena.registry import attacks, defenses
-from arena.stats import Evidence
-from arena.store import ResultStore
+from arena.core.context import Context
+from arena.core.plugin import Attack, Defense, ThreatModel
+from arena.core.protocols import get_protocol
+from arena.core.registry import attacks, defenses
+from arena.core.stats import Evidence
+from arena.eval.match import MatchSpec, run_match
+from arena.storage.calibrations import CalibrationStore
+from arena.storage.clean import clean_model
+from arena.storage.results import ResultStore
 from tests.record_schema import check_record
 
 
@@ -45,7 +47,10 @@ def test_defense_contract(name, shared):
     assert defense_cls.__doc__ and defense_cls.family and defense_cls.paper
     assert defense_cls.access in ("black-box", "white-box")
     defense = defense_cls()
+    store, cache = shared
     ctx = Context(protocol=get_protocol("smoke"))
+    # Model-dependent keys (frontier stitching) need the owner's clean model, supplied.
+    ctx = dataclasses.replace(ctx, clean=lambda: clean_model(ctx, cache)[0])
     key = defense.keygen(ctx)
     assert isinstance(key.fingerprint, str) and key.fingerprint
     evidence = defense.evidence(ctx.new_model(), key, ctx)
@@ -97,7 +102,7 @@ def test_attack_contract(name, shared):
 
 
 def test_a_misspelled_threat_model_is_refused():
-    from arena.errors import ArenaError
+    from arena.util.errors import ArenaError
 
     with pytest.raises(ArenaError, match="data='atacker-split' is not one of"):
         ThreatModel(data="atacker-split", labels="true")
@@ -119,7 +124,7 @@ def test_a_misspelled_threat_model_is_refused():
 def test_trigger_images_a_defense_returns_are_checked_before_they_are_committed(images, message):
     import numpy as np
 
-    from arena.errors import ArenaError
+    from arena.util.errors import ArenaError
 
     base = defenses.get("backdoor-wm")
     rng = np.random.default_rng(0)
@@ -143,7 +148,7 @@ def _smallest_budgets(plugin_cls: type) -> dict[str, int]:
     parameters accept, 0 or 1."""
     import dataclasses
 
-    from arena.errors import ArenaError
+    from arena.util.errors import ArenaError
 
     budgets = {}
     for field in dataclasses.fields(plugin_cls.Params):

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from arena.context import Context
-from arena.errors import ArenaError, KeyTamperedError
-from arena.keys import TriggerKey
-from arena.protocols import get_protocol
-from arena.public import make_proof, open_proof
-from arena.registry import defenses
+from arena.core.context import Context
+from arena.core.keys import TriggerKey
+from arena.core.protocols import get_protocol
+from arena.core.registry import defenses
+from arena.ownership.public import make_proof, open_proof
+from arena.util.errors import ArenaError, KeyTamperedError
 
 SMOKE = get_protocol("smoke")
 SINGLE_TARGET = ("content", "noise", "unrelated")

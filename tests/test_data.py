@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from arena import data
-from arena.data import load_raw, load_splits, to_model_input
-from arena.errors import ArenaError, UnknownNameError
-from arena.protocols import PROTOCOLS, get_protocol
+from arena.core import data as data
+from arena.core.data import load_raw, load_splits, to_model_input
+from arena.core.protocols import PROTOCOLS, get_protocol
+from arena.util.errors import ArenaError, UnknownNameError
 
 SMOKE = get_protocol("smoke")
 

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from arena.clean import train_clean
-from arena.context import Context
-from arena.environment import (
+from arena.core.context import Context
+from arena.core.environment import (
     DEFAULT_THREADS,
     THREADS_VARIABLE,
     apply_deterministic_defaults,
     environment,
 )
-from arena.errors import ArenaError
-from arena.protocols import get_protocol
+from arena.core.protocols import get_protocol
+from arena.storage.clean import train_clean
+from arena.util.errors import ArenaError
 from tests.cli_runner import run_arena
 
 

@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arena.context import Context
-from arena.data import to_model_input
-from arena.errors import ArenaError
-from arena.models import clone_model
-from arena.protocols import get_protocol
-from arena.registry import attacks, defenses
-from arena.training import accuracy, predict, predict_logits, train
+from arena.core.context import Context
+from arena.core.data import to_model_input
+from arena.core.models import clone_model
+from arena.core.protocols import get_protocol
+from arena.core.registry import attacks, defenses
+from arena.core.training import accuracy, predict, predict_logits, train
+from arena.util.errors import ArenaError
 from attacks.evasion.detector import CalibratedFilter, EvadeDetector
 from attacks.evasion.ensemble import Ensemble, EvadeEnsemble
 from defenses.backdoor_wm import BackdoorWatermark

@@ -6,17 +6,19 @@ import pytest
 import torch
 from torch import nn
 
-from arena.clean import clean_model
-from arena.context import Context
-from arena.errors import ArenaError
-from arena.leaderboard import build, match_cells
-from arena.match import MatchSpec, run_match, score_removal
-from arena.plugin import Attack, ThreatModel
-from arena.protocols import get_protocol
-from arena.registry import attacks
-from arena.stats import Evidence
-from arena.store import ArtifactCache, ResultStore
-from arena.training import TrainSettings, predict, train
+from arena.core.context import Context
+from arena.core.plugin import Attack, ThreatModel
+from arena.core.protocols import get_protocol
+from arena.core.registry import attacks
+from arena.core.stats import Evidence
+from arena.core.training import TrainSettings, predict, train
+from arena.eval.leaderboard import build
+from arena.eval.match import MatchSpec, run_match, score_removal
+from arena.report.leaderboard import match_cells
+from arena.storage.artifacts import ArtifactCache
+from arena.storage.clean import clean_model
+from arena.storage.results import ResultStore
+from arena.util.errors import ArenaError
 from tests.record_schema import check_record
 
 SMOKE = get_protocol("smoke")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from arena.context import Context
-from arena.data import to_model_input
-from arena.errors import ArenaError
-from arena.models import clone_model
-from arena.protocols import get_protocol
-from arena.registry import attacks, defenses
-from arena.training import predict
+from arena.core.context import Context, Victim
+from arena.core.data import to_model_input
+from arena.core.models import clone_model
+from arena.core.protocols import get_protocol
+from arena.core.registry import attacks, defenses
+from arena.core.training import predict
+from arena.storage.clean import train_clean
+from arena.util.errors import ArenaError
 from attacks.forgery.adversarial import ForgeAdversarial
 
 
@@ -22,14 +23,16 @@ def ctx(train_seed) -> Context:
         protocol=get_protocol("smoke"),
         seed=train_seed,
         device=torch.device("cpu"),
-        victim_scheme=scheme,
+        victim=Victim(scheme),
     )
 
 
 @pytest.fixture(scope="module")
 def stolen(ctx):
     """A trained smoke model, standing in for the model the attacker stole."""
-    return ctx.clean_model()
+    model = ctx.owner_model()
+    train_clean(model, ctx)
+    return model
 
 
 def test_the_stolen_model_answers_the_forged_key(ctx, stolen):

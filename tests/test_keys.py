@@ -12,8 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from arena.errors import ArenaError, KeyTamperedError
-from arena.keys import (
+from arena.core.keys import (
     NONCE_BYTES,
     TriggerKey,
     VerificationKey,
@@ -21,8 +20,9 @@ from arena.keys import (
     commit,
     encode_image,
     encode_label,
-    load_image_folder,
 )
+from arena.util.errors import ArenaError, KeyTamperedError
+from arena.util.images import load_image_folder
 
 NUM_CLASSES = 10
 

@@ -4,52 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from arena.leaderboard import build, labelled, to_markdown
-from arena.protocols import get_protocol
-from arena.registry import attacks, defenses
-from arena.store import ResultStore
+from arena.core.protocols import get_protocol
+from arena.core.registry import attacks, defenses
+from arena.eval.leaderboard import build, labelled
+from arena.report.leaderboard import to_markdown
+from arena.storage.results import ResultStore
+from tests.record_schema import sample_record
 
 SMOKE = get_protocol("smoke")
 
 
-def _evidence(successes: int, verified: bool) -> dict:
-    return {
-        "successes": successes,
-        "trials": 20,
-        "null_p": 0.1,
-        "p_value": 1e-9 if verified else 0.5,
-        "verified": verified,
-        "alpha": 0.001,
-        "required_successes": 8,
-    }
-
-
 def _record(seed: int, attacked_successes: int, *, attack_params=None, defense_params=None):
-    verified = attacked_successes >= 8
-    return {
-        "protocol": SMOKE.name,
-        "protocol_version": SMOKE.version,
-        "model": SMOKE.model,
-        "defense": "backdoor-wm",
-        "attack": "ftal",
-        "seed": seed,
-        "defense_params": defense_params or {},
-        "attack_params": attack_params or {},
-        "threat": "removal",
-        "threat_model": {},
-        "versions": {},
-        "defense_access": "black-box",
-        "clean": {"test_acc": 0.9, "evidence": _evidence(2, False)},
-        "marked": {"test_acc": 0.9, "evidence": _evidence(20, True)},
-        "attacked": {
-            "test_acc": 0.88,
-            "evidence": _evidence(attacked_successes, verified),
-            "owner_head_evidence": None,
-        },
-        "attack_succeeded": not verified,
-        "seconds": {"attack": 1.0},
-        "outcome": "",
-    }
+    return sample_record(
+        seed, attacked_successes, attack_params=attack_params, defense_params=defense_params
+    )
 
 
 @pytest.fixture
@@ -64,7 +32,8 @@ def test_a_later_run_of_the_same_seed_supersedes_the_earlier(store):
     board = build(store, SMOKE)
     (row,) = board.matches
     assert row.seeds == [0, 1]
-    assert (row.attacked_successes, row.attacked_verified, row.attack_succeeded) == ("15/20", 2, 0)
+    first_seed = row.attacked_evidence.successes
+    assert (first_seed, row.attacked_verified, row.attack_succeeded) == (15, 2, 0)
     assert board.superseded == 1
     assert "1 records superseded" in to_markdown(board)
 

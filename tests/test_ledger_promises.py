@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from arena import ownership
-from arena.calibration import CalibrationStore
-from arena.errors import ArenaError
-from arena.ledger import (
+from arena.core.models import create_model
+from arena.core.protocols import get_protocol
+from arena.ownership import modelfile
+from arena.ownership import vendor as ownership
+from arena.ownership.ledger import (
     GENESIS,
     Ledger,
     LedgerTamperedError,
@@ -27,8 +28,8 @@ from arena.ledger import (
     load_receipt,
     save_receipt,
 )
-from arena.models import create_model
-from arena.protocols import get_protocol
+from arena.storage.calibrations import CalibrationStore
+from arena.util.errors import ArenaError
 from tests.cli_runner import run_arena
 
 SMOKE = get_protocol("smoke")
@@ -43,7 +44,7 @@ def parties(tmp_path_factory):
     ownership.keygen("backdoor-wm", SMOKE, root / "owner", seed=1)
     ownership.keygen("backdoor-wm", SMOKE, root / "pirate", seed=2)
     model = create_model(SMOKE.model, SMOKE.num_classes, SMOKE.channels, SMOKE.image_size)
-    ownership.save_model(model, root / "model.safetensors", SMOKE)
+    modelfile.save_model(model, root / "model.safetensors", SMOKE)
     return root
 
 
@@ -74,7 +75,7 @@ def _execute(ledger: Ledger, statement: str) -> None:
 
 
 def _model_fingerprint(root: Path) -> str:
-    return ownership.model_fingerprint(ownership.load_model(root / "model.safetensors", SMOKE))
+    return ownership.model_fingerprint(modelfile.load_model(root / "model.safetensors", SMOKE))
 
 
 def _verify(root: Path, who: str, ledger: Ledger, receipts: list[Receipt] | None = None):
@@ -106,7 +107,7 @@ def test_an_honest_ledger_holds_every_receipt_it_issued(tmp_path, monkeypatch):
     assert load_receipt(tmp_path / "r.json") == receipts[1]
     # A clock stepped back an hour does not make the honest ledger read as tampered.
     stepped_back = ledger.entries()[-1].recorded_at - 3600
-    monkeypatch.setattr("arena.ledger.time.time", lambda: stepped_back)
+    monkeypatch.setattr("arena.ownership.ledger.time.time", lambda: stepped_back)
     ledger.append("model", "ab" * 32)
     assert len(ledger.entries()) == 4 and ledger.check_receipts(receipts) == 2
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from arena.errors import ArenaError, ArtifactError, KeyTamperedError, UnknownNameError
-from arena.match import MatchSpec, run_match, score_removal
-from arena.protocols import get_protocol
-from arena.stats import Evidence
+from arena.core.protocols import get_protocol
+from arena.core.stats import Evidence
+from arena.eval.match import MatchSpec, play_match, run_match, score_removal
+from arena.util.errors import ArenaError, ArtifactError, KeyTamperedError, UnknownNameError
 from tests.record_schema import check_record
 
 SMOKE = get_protocol("smoke")
@@ -29,6 +30,14 @@ def test_rerun_is_a_cache_hit_with_identical_numbers(store, cache):
         assert second[part] == first[part]
     # One row per match: the re-run replaced it.
     assert len(store.records("smoke")) == 1
+
+
+def test_the_typed_record_is_what_the_store_keeps_and_a_replay_returns(store, cache):
+    first = play_match(_spec(attack="none"), store=store, cache=cache)
+    assert store.matches("smoke") == [first] and first.replay_seconds is None
+    again = play_match(_spec(attack="none"), store=store, cache=cache)
+    assert again.replay_seconds is not None and all(again.cached.values())
+    assert dataclasses.replace(again, cached=first.cached, replay_seconds=None) == first
 
 
 def test_marked_model_is_reused_by_every_attack(store, cache):

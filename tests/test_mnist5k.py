@@ -10,8 +10,9 @@ import os
 import pytest
 import torch
 
-from arena.match import MatchSpec, run_match
-from arena.store import ArtifactCache, ResultStore
+from arena.eval.match import MatchSpec, run_match
+from arena.storage.artifacts import ArtifactCache
+from arena.storage.results import ResultStore
 
 pytestmark = pytest.mark.slow
 

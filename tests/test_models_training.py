@@ -7,9 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from arena.errors import ArenaError, UnknownNameError
-from arena.keys import abstract_images
-from arena.models import (
+from arena.core.keys import abstract_images
+from arena.core.models import (
     clone_model,
     create_model,
     head_module,
@@ -18,7 +17,8 @@ from arena.models import (
     load_head_state,
     reinitialize_head,
 )
-from arena.training import TrainSettings, accuracy, predict, predict_logits, train
+from arena.core.training import TrainSettings, accuracy, predict, predict_logits, train
+from arena.util.errors import ArenaError, UnknownNameError
 
 CPU = torch.device("cpu")
 SIZE = 16

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from arena import ownership
-from arena.context import Context
-from arena.errors import ArenaError
-from arena.keys import TriggerKey
-from arena.ledger import Ledger
-from arena.protocols import get_protocol
-from arena.registry import defenses
-from arena.training import TrainSettings, train
+from arena.core.context import Context
+from arena.core.keys import TriggerKey
+from arena.core.protocols import get_protocol
+from arena.core.registry import defenses
+from arena.core.training import TrainSettings, train
+from arena.ownership import modelfile
+from arena.ownership import vendor as ownership
+from arena.ownership.ledger import Ledger
+from arena.util.errors import ArenaError
 
 SMOKE = get_protocol("smoke")
 SUBSETS, PER_SUBSET = 5, 30
@@ -88,7 +89,7 @@ def test_unrevealed_subsets_survive_fine_tuning_on_a_revealed_one(vendor, tmp_pa
     """
     keys, model_path = vendor
     key = TriggerKey.load(keys)
-    model = ownership.load_model(model_path, SMOKE)
+    model = modelfile.load_model(model_path, SMOKE)
     ctx = Context(protocol=SMOKE, seed=train_seed)
     scheme = defenses.get("backdoor-wm")()
     revealed = key.subset(0)
@@ -111,7 +112,7 @@ def test_unrevealed_subsets_survive_fine_tuning_on_a_revealed_one(vendor, tmp_pa
     forged_agreement = scheme.evidence(model, revealed, ctx).successes
     assert forged_agreement <= PER_SUBSET // 2  # the revealed subset is (at least half) overwritten
     path = tmp_path / "attacked.safetensors"
-    ownership.save_model(model, path, SMOKE)
+    modelfile.save_model(model, path, SMOKE)
     ledger = Ledger(tmp_path / "ledger.sqlite")
     for index in range(1, SUBSETS):
         claim = ownership.verify(

@@ -13,12 +13,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from arena import ownership
-from arena.context import Context
-from arena.errors import ArenaError
-from arena.keys import TriggerKey, VerificationKey, commit, encode_label
-from arena.ledger import Ledger
-from arena.protocols import get_protocol
+from arena.core.context import Context
+from arena.core.keys import TriggerKey, VerificationKey, commit, encode_label
+from arena.core.protocols import get_protocol
+from arena.ownership import modelfile
+from arena.ownership import vendor as ownership
+from arena.ownership.ledger import Ledger
+from arena.util.errors import ArenaError
 from tests.cli_runner import run_arena
 
 SMOKE = get_protocol("smoke")
@@ -39,7 +40,7 @@ def constant_model(label: int):
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("verdicts")
     ownership.keygen("backdoor-wm", SMOKE, root / "keys", seed=2)
-    ownership.save_model(constant_model(0), root / "constant.safetensors", SMOKE)
+    modelfile.save_model(constant_model(0), root / "constant.safetensors", SMOKE)
     return root
 
 
@@ -68,7 +69,7 @@ def verify(root: Path, protocol=SMOKE, model: str = "constant.safetensors"):
 def test_a_two_class_key_never_decides_on_a_ten_class_model(tmp_path):
     smoke = dataclasses_replace_classes(SMOKE, 2)
     ownership.keygen("backdoor-wm", smoke, tmp_path / "keys", seed=4)
-    ownership.save_model(constant_model(0), tmp_path / "constant.safetensors", SMOKE)
+    modelfile.save_model(constant_model(0), tmp_path / "constant.safetensors", SMOKE)
     # Before: 1/10 was the null while the labels were uniform over {0, 1}: about half of
     # the triggers "verified" a model that answers 0 to everything.
     with pytest.raises(ArenaError, match="the key is for 2 classes and .* answers 10"):
@@ -145,10 +146,10 @@ def test_labels_outside_the_classes_are_refused(copy, label, message):
 
 def test_verify_uses_the_protocol_of_the_model_card(files):
     model = files / "constant.safetensors"
-    assert ownership.suspect_protocol(model, None).name == "smoke"
-    assert ownership.suspect_protocol(model, "smoke").name == "smoke"
+    assert modelfile.suspect_protocol(model, None).name == "smoke"
+    assert modelfile.suspect_protocol(model, "smoke").name == "smoke"
     with pytest.raises(ArenaError, match="made under protocol 'smoke', not 'mnist5k'"):
-        ownership.suspect_protocol(model, "mnist5k")
+        modelfile.suspect_protocol(model, "mnist5k")
     # Called with another protocol directly, the card's size does not fit: refused, never
     # silently resized.
     with pytest.raises(ArenaError, match="image_size 16, protocol 'mnist5k' has 32"):
@@ -156,9 +157,9 @@ def test_verify_uses_the_protocol_of_the_model_card(files):
 
 
 def test_a_model_without_a_card_takes_the_requested_protocol(copy):
-    ownership.card_path(copy / "constant.safetensors").unlink()
-    assert ownership.suspect_protocol(copy / "constant.safetensors", "smoke").name == "smoke"
-    assert ownership.suspect_protocol(copy / "constant.safetensors", None).name == "mnist5k"
+    modelfile.card_path(copy / "constant.safetensors").unlink()
+    assert modelfile.suspect_protocol(copy / "constant.safetensors", "smoke").name == "smoke"
+    assert modelfile.suspect_protocol(copy / "constant.safetensors", None).name == "mnist5k"
 
 
 # --- 13, 15. bounded reads and allocations, and model cards checked field by field ----------
@@ -170,7 +171,7 @@ def test_a_key_or_card_on_a_device_file_is_refused_at_once(copy, which):
     keys = copy / "keys"
     mk, vk = keys / "mk.json", keys / "vk.json"
     if which == "card":
-        card = ownership.card_path(copy / "constant.safetensors")
+        card = modelfile.card_path(copy / "constant.safetensors")
         card.unlink()
         card.symlink_to(device)
     started = time.perf_counter()
@@ -197,13 +198,13 @@ def test_a_key_or_card_on_a_device_file_is_refused_at_once(copy, which):
     ],
 )
 def test_model_card_fields_are_checked(copy, change, message):
-    edit(ownership.card_path(copy / "constant.safetensors"), lambda r: r.update(change))
+    edit(modelfile.card_path(copy / "constant.safetensors"), lambda r: r.update(change))
     with pytest.raises(ArenaError, match=message):
         verify(copy)
 
 
 def test_a_card_naming_a_giant_model_beside_a_small_file_is_refused_without_building_it(copy):
-    card = ownership.card_path(copy / "constant.safetensors")
+    card = modelfile.card_path(copy / "constant.safetensors")
     edit(card, lambda r: r.update(model="vit_giant_patch14_224"))
     started = time.perf_counter()
     with pytest.raises(ArenaError, match="does not fit vit_giant_patch14_224"):
@@ -217,11 +218,11 @@ def test_a_state_dict_of_the_wrong_shapes_is_refused_before_the_model_is_built(t
     save_file({"fc.weight": torch.zeros(2, 2)}, str(path))
     fits = r"does not fit test_resnet.r160_in1k: tensor fc.weight is \[2, 2\]"
     with pytest.raises(ArenaError, match=fits):
-        ownership.load_model(path, SMOKE)
+        modelfile.load_model(path, SMOKE)
     pt = tmp_path / "m.pt"
     torch.save({"fc.weight": torch.zeros(2, 2)}, pt)
     with pytest.raises(ArenaError, match="does not fit test_resnet.r160_in1k"):
-        ownership.load_model(pt, SMOKE)
+        modelfile.load_model(pt, SMOKE)
 
 
 def test_a_verification_key_without_commitments_or_with_too_many_is_malformed():
@@ -257,7 +258,7 @@ def test_a_key_whose_labels_are_all_one_class_is_refused(copy):
 
 
 def test_proof_labels_outside_the_classes_are_malformed(files):
-    from arena.public import make_proof, open_proof
+    from arena.ownership.public import make_proof, open_proof
 
     key = TriggerKey.load(files / "keys")
     proof = make_proof(key, 0)
@@ -282,7 +283,7 @@ def test_a_legacy_pickle_is_refused_in_one_line_of_our_own(tmp_path):
     path = tmp_path / "legacy.pt"
     torch.save(torch.nn.Linear(2, 2), path, _use_new_zipfile_serialization=False)
     with pytest.raises(ArenaError) as refused:
-        ownership.load_model(path, SMOKE)
+        modelfile.load_model(path, SMOKE)
     message = str(refused.value)
     assert "needs pickle to load, which arena never does" in message
     assert "weights_only" not in message and "\n" not in message

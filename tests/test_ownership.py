@@ -9,10 +9,11 @@ import sqlite3
 import pytest
 import torch
 
-from arena import ownership
-from arena.errors import ArenaError, ArtifactError, KeyTamperedError
-from arena.ledger import Ledger, LedgerTamperedError
-from arena.protocols import get_protocol
+from arena.core.protocols import get_protocol
+from arena.ownership import modelfile
+from arena.ownership import vendor as ownership
+from arena.ownership.ledger import Ledger, LedgerTamperedError
+from arena.util.errors import ArenaError, ArtifactError, KeyTamperedError
 from tests.cli_runner import run_arena
 
 SMOKE = get_protocol("smoke")
@@ -124,7 +125,7 @@ def test_a_tampered_commitment_in_vk_is_refused(vendor, tmp_path):
 def test_a_key_registered_after_the_model_was_seen_is_flagged(vendor, tmp_path):
     root, _, model_path = vendor
     ledger = Ledger(tmp_path / "late.sqlite")
-    ledger.append("model", ownership.model_fingerprint(ownership.load_model(model_path, SMOKE)))
+    ledger.append("model", ownership.model_fingerprint(modelfile.load_model(model_path, SMOKE)))
     ownership.register_key(root / "keys" / "vk.json", ledger)
     claim = _verify(root, ledger, model_path)
     assert claim.verified  # the mark is there ...
@@ -157,7 +158,7 @@ def test_an_altered_ledger_is_detected(vendor, tmp_path, statement):
 
 def test_a_plain_state_dict_verifies_and_a_pickle_is_refused(vendor, tmp_path):
     root, ledger, model_path = vendor
-    model = ownership.load_model(model_path, SMOKE)
+    model = modelfile.load_model(model_path, SMOKE)
     plain = tmp_path / "plain.pt"
     torch.save(model.state_dict(), plain)
     assert _verify(root, ledger, plain).verified  # no model card: the protocol's model
@@ -165,7 +166,7 @@ def test_a_plain_state_dict_verifies_and_a_pickle_is_refused(vendor, tmp_path):
     rogue = tmp_path / "rogue.pt"
     torch.save({"weights": Payload()}, rogue)
     with pytest.raises(ArtifactError, match="not a readable state dict"):
-        ownership.load_model(rogue, SMOKE)
+        modelfile.load_model(rogue, SMOKE)
 
 
 def test_verify_exit_codes(vendor, tmp_path, train_seed):
@@ -230,8 +231,8 @@ def test_mark_continues_training_a_users_own_model_file(vendor, tmp_path, train_
         params={"epochs": 1, "lr": 1e-4},
         start_from=model_path,
     )
-    before = ownership.load_model(model_path, SMOKE).state_dict()
-    after = ownership.load_model(remarked, SMOKE).state_dict()
+    before = modelfile.load_model(model_path, SMOKE).state_dict()
+    after = modelfile.load_model(remarked, SMOKE).state_dict()
     assert any(not torch.equal(before[name], after[name]) for name in before)  # it trained
     assert _verify(root, ledger, remarked).verified
 
@@ -250,7 +251,7 @@ def _write_class_folders(root, classes=3, per_class=40, size=20):
 
 
 def test_mark_and_verify_on_an_image_folder(tmp_path, train_seed):
-    from arena.data import folder_protocol, load_splits
+    from arena.core.data import folder_protocol, load_splits
 
     _write_class_folders(tmp_path / "data")
     protocol = folder_protocol(tmp_path / "data", SMOKE)
@@ -269,13 +270,13 @@ def test_mark_and_verify_on_an_image_folder(tmp_path, train_seed):
         seed=train_seed,
         params={"epochs": 30, "triggers_per_batch": 10},
     )
-    assert json.loads(ownership.card_path(marked).read_text())["num_classes"] == 3
+    assert json.loads(modelfile.card_path(marked).read_text())["num_classes"] == 3
     claim = ownership.verify(marked, keys / "mk.json", keys / "vk.json", protocol, ledger)
     assert claim.evidence.null_p == pytest.approx(1 / 3) and claim.verified
 
 
 def test_an_image_folder_without_class_subfolders_is_refused(tmp_path):
-    from arena.data import folder_protocol
+    from arena.core.data import folder_protocol
 
     (tmp_path / "flat").mkdir()
     with pytest.raises(ArenaError, match="one subfolder of images per class"):

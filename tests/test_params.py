@@ -1,15 +1,28 @@
-"""Strict parsing of declared plugin parameters in arena.params."""
+"""Strict parsing of declared plugin parameters in arena.core.params, the constraints
+``param`` declares, and how ``arena list`` shows them."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
 import pytest
 
-from arena.errors import ArenaError, UnknownNameError
-from arena.params import NoParams, describe_params, params_to_dict, parse_params
-from arena.registry import attacks, defenses
+from arena.core.params import (
+    NoParams,
+    ParamDoc,
+    describe_params,
+    document_params,
+    param,
+    params_to_dict,
+    parse_params,
+)
+from arena.core.registry import DISTRIBUTION, attacks, defenses
+from arena.util.errors import ArenaError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -190,3 +203,142 @@ def test_an_optional_float_refuses_nan_too() -> None:
     with pytest.raises(ArenaError, match="expected a finite number"):
         defenses.get("backdoor-wm")({"lr": "nan"})
     assert defenses.get("backdoor-wm")({"lr": "0.05"}).params.lr == 0.05
+
+
+@dataclass(frozen=True)
+class DeclaredParams:
+    rate: float = param(0.1, help="a share of something", above=0, max=1)
+    margin: float = param(0.0, help="a margin", min=0, below=1)
+    count: int | None = param(None, help="how many; None: all", min=1, max=10_000)
+    steps: int = param(3, help="steps", min=1)
+    mode: str = param("a", help="how", choices=("a", "b"))
+    optimizer: Literal["sgd", "adam"] = param("sgd", help="the optimizer")
+    plain: int = 7
+
+    def check(self) -> None:
+        if self.steps > 5 and self.mode == "b":
+            raise ValueError(f"steps must be <= 5 in mode 'b', got {self.steps}")
+
+
+def parse_declared(raw: dict) -> DeclaredParams:
+    return parse_params(DeclaredParams, raw, owner=OWNER)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"rate": "0"}, "rate must lie in (0, 1], got 0.0"),
+        ({"rate": 1.5}, "rate must lie in (0, 1], got 1.5"),
+        ({"margin": "-0.1"}, "margin must lie in [0, 1), got -0.1"),
+        ({"margin": 1}, "margin must lie in [0, 1), got 1.0"),
+        ({"count": "0"}, "count must lie in [1, 10,000] (or none), got 0"),
+        ({"count": 10_001}, "count must lie in [1, 10,000] (or none), got 10001"),
+        ({"steps": "0"}, "steps must be >= 1, got 0"),
+        ({"mode": "c"}, "mode must be one of 'a', 'b', got 'c'"),
+    ],
+)
+def test_declared_constraints_are_enforced_in_one_line(raw: dict, message: str) -> None:
+    with pytest.raises(ArenaError) as raised:
+        parse_declared(raw)
+    assert not isinstance(raised.value, UnknownNameError)
+    assert str(raised.value) == f"{OWNER}: {message}"
+
+
+def test_values_on_an_inclusive_bound_and_none_pass() -> None:
+    params = parse_declared({"rate": "1", "margin": "0", "count": "none", "steps": "1"})
+    assert (params.rate, params.margin, params.count, params.steps) == (1.0, 0.0, None, 1)
+    assert parse_declared({"count": "10000", "mode": "b"}).count == 10_000
+
+
+def test_check_still_runs_after_the_declared_constraints() -> None:
+    with pytest.raises(ArenaError, match="steps must be <= 5 in mode 'b', got 6"):
+        parse_declared({"steps": "6", "mode": "b"})
+
+
+def test_a_type_error_is_reported_before_any_constraint() -> None:
+    with pytest.raises(ArenaError, match="parameter 'rate': expected a number, got 'x'"):
+        parse_declared({"rate": "x"})
+
+
+def test_param_refuses_contradictory_or_undocumented_declarations() -> None:
+    with pytest.raises(TypeError, match="help"):
+        param(1, help=" ")
+    with pytest.raises(TypeError, match="not both"):
+        param(1, help="x", min=0, above=0)
+    with pytest.raises(TypeError, match="not both"):
+        param(1, help="x", max=2, below=2)
+    with pytest.raises(TypeError, match="not a number"):
+        param(1, help="x", min="0")
+
+
+def test_param_keeps_the_default_and_the_metadata() -> None:
+    field = {field.name: field for field in dataclasses.fields(DeclaredParams)}["rate"]
+    assert field.default == 0.1
+    assert dict(field.metadata) == {"help": "a share of something", "above": 0, "max": 1}
+    assert param(default_factory=list, help="names").default_factory is list
+
+
+def test_document_params_gives_type_default_constraint_and_help() -> None:
+    docs = {doc.name: doc for doc in document_params(DeclaredParams)}
+    assert docs["rate"] == ParamDoc("rate", "float", "0.1", "(0, 1]", "a share of something")
+    assert docs["margin"].constraint == "[0, 1)"
+    assert docs["count"] == ParamDoc(
+        "count", "int | None", "None", "[1, 10,000]", "how many; None: all"
+    )
+    assert docs["steps"].constraint == ">= 1"
+    assert docs["mode"].constraint == "one of 'a', 'b'"
+    assert docs["optimizer"].type == "str"
+    assert docs["optimizer"].constraint == "one of 'sgd', 'adam'"
+    assert docs["plain"] == ParamDoc("plain", "int", "7", "", "")
+
+
+def _builtin_params() -> list[tuple[str, type]]:
+    return [
+        (f"{registry.kind} {info.name!r}", info.cls.Params)
+        for registry in (defenses, attacks)
+        for info in registry.entries()
+        if info.source.startswith(DISTRIBUTION)
+    ]
+
+
+@pytest.mark.parametrize(("owner", "params_type"), _builtin_params())
+def test_every_builtin_parameter_has_help_and_valid_defaults(owner: str, params_type: type) -> None:
+    for doc in document_params(params_type):
+        assert doc.help, f"{owner}: parameter {doc.name!r} has no help (declare it with param)"
+    # The defaults satisfy the declared constraints and check().
+    assert parse_params(params_type, {}, owner=owner) == params_type()
+
+
+def _arena_list(home, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ARENA_HOME": str(home), "COLUMNS": "80"}
+    return subprocess.run(
+        [sys.executable, "-c", "from arena.cli import main; main()", "list", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+def test_arena_list_fits_80_columns_and_shows_help_and_constraints(tmp_path) -> None:
+    result = _arena_list(tmp_path)
+    assert result.returncode == 0, result.stderr
+    too_wide = [line for line in result.stdout.splitlines() if len(line) > 80]
+    assert not too_wide, "\n".join(too_wide)
+    # rtal's parameters: name, type, default and constraint on one line, the help below.
+    lines = result.stdout.splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith("rtal "))
+    block = lines[start : next(i for i in range(start + 1, len(lines)) if not lines[i])]
+    assert "    lr: float = 0.01  > 0" in block
+    assert "        the attacker's learning rate" in block
+    assert "    epochs: int | None = None  in [0, 10,000]" in block
+    assert "    optimizer: str = 'sgd'  one of 'sgd', 'adam'" in block
+    for name in ("backdoor-wm", "trigger_size: int | None = None  in [1, 100,000]", "smoke"):
+        assert name in result.stdout
+
+
+def test_arena_list_names_threat_model_fields_as_they_are(tmp_path) -> None:
+    result = _arena_list(tmp_path, "attacks")
+    assert result.returncode == 0, result.stderr
+    assert "query_budget: " in result.stdout
+    assert "queries:" not in result.stdout

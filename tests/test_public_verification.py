@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from arena import ownership
-from arena.calibration import CalibrationStore
-from arena.context import Context
-from arena.errors import ArenaError, KeyTamperedError
-from arena.keys import TriggerKey
-from arena.ledger import Ledger
-from arena.protocols import get_protocol
-from arena.public import challenge, make_proof, split_opened
+from arena.core.context import Context
+from arena.core.keys import TriggerKey
+from arena.core.protocols import get_protocol
+from arena.ownership import modelfile
+from arena.ownership import vendor as ownership
+from arena.ownership.ledger import Ledger
+from arena.ownership.public import challenge, make_proof, split_opened
+from arena.storage.calibrations import CalibrationStore
+from arena.util.errors import ArenaError, KeyTamperedError
 from tests.cli_runner import run_arena
 
 SMOKE = get_protocol("smoke")
@@ -83,7 +84,7 @@ def test_a_clean_model_is_not_verified(vendor, smoke_calibration, tmp_path):
     key = TriggerKey.load(keys)
     clean = Context(protocol=SMOKE, seed=1_000_000).owner_model()  # an untrained model
     path = tmp_path / "clean.safetensors"
-    ownership.save_model(clean, path, SMOKE)
+    modelfile.save_model(clean, path, SMOKE)
     claim = _verify(vendor, make_proof(key, 1), smoke_calibration, model=path)
     assert claim.label_check.passed and not claim.verified
 
@@ -198,7 +199,7 @@ def test_cli_prove_then_verify_public(vendor, smoke_calibration, tmp_path):
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "label check: well-formed" in verified.stdout and "VERIFIED" in verified.stdout
     stranger = tmp_path / "stranger.safetensors"
-    ownership.save_model(Context(protocol=SMOKE, seed=7).owner_model(), stranger, SMOKE)
+    modelfile.save_model(Context(protocol=SMOKE, seed=7).owner_model(), stranger, SMOKE)
     refused = run_arena(*args, "--model", str(stranger), home=home)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "NOT VERIFIED" in refused.stdout

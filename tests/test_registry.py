@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from arena import __version__
-from arena.errors import ArenaError, UnknownNameError
-from arena.plugin import Attack, Defense
-from arena.registry import DISTRIBUTION, Registry, attacks, defenses, registry_for
+from arena.core.plugin import Attack, AttackOutcome, Defense, RemovalAttack, ThreatModel
+from arena.core.registry import DISTRIBUTION, Registry, attacks, defenses, registry_for
+from arena.util.errors import ArenaError, UnknownNameError
+from arena.util.version import __version__
+
+
+class Stub(RemovalAttack):
+    """A complete attack that does nothing, for registries under test."""
+
+    def threat_model(self, ctx):
+        return ThreatModel(data="none", labels="none")
+
+    def remove(self, model, ctx):
+        return AttackOutcome(model=model)
 
 
 def fresh_registry() -> Registry:
@@ -73,7 +83,7 @@ def test_fresh_registry_registers_and_gets() -> None:
     assert registry.broken() == []
 
     @registry.register("mine")
-    class Mine(Attack):
+    class Mine(Stub):
         """My attack, first line.
 
         More detail.
@@ -93,7 +103,7 @@ def test_fresh_registry_registers_and_gets() -> None:
 def test_registering_the_same_class_twice_is_harmless() -> None:
     registry = fresh_registry()
 
-    class Mine(Attack):
+    class Mine(Stub):
         """Mine."""
 
     registry.register("mine")(Mine)
@@ -105,10 +115,10 @@ def test_a_second_class_under_a_taken_name_is_refused() -> None:
     registry = fresh_registry()
 
     @registry.register("mine")
-    class First(Attack):
+    class First(Stub):
         """First."""
 
-    class Second(Attack):
+    class Second(Stub):
         """Second."""
 
     with pytest.raises(ArenaError, match="registered twice"):
@@ -120,7 +130,7 @@ def test_fresh_registry_unknown_name_hint() -> None:
     registry = fresh_registry()
 
     @registry.register("alpha-attack")
-    class AlphaAttack(Attack):
+    class AlphaAttack(Stub):
         """Alpha."""
 
     with pytest.raises(UnknownNameError) as raised:
@@ -160,12 +170,12 @@ class _EntryPoint:
 
 
 def test_a_name_two_packages_provide_is_reported_and_refused(monkeypatch) -> None:
-    import arena.registry as registry_module
+    from arena.core import registry as registry_module
 
-    class One(Attack):
+    class One(Stub):
         pass
 
-    class Two(Attack):
+    class Two(Stub):
         pass
 
     installed = [_EntryPoint("noisy", "pkg-a", One), _EntryPoint("noisy", "pkg-b", Two)]
@@ -185,9 +195,9 @@ def test_a_name_two_packages_provide_is_reported_and_refused(monkeypatch) -> Non
 
 
 def test_a_third_party_plugin_shadowing_a_builtin_is_refused(monkeypatch) -> None:
-    import arena.registry as registry_module
+    from arena.core import registry as registry_module
 
-    class Impostor(Attack):
+    class Impostor(Stub):
         pass
 
     installed = [_EntryPoint("rtal", "pkg-c", Impostor)]

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from arena.context import Context
-from arena.errors import ArenaError
-from arena.models import clone_model
-from arena.protocols import get_protocol
-from arena.registry import attacks, defenses
-from arena.training import accuracy, train
+from arena.core.context import Context, Victim
+from arena.core.models import clone_model
+from arena.core.protocols import get_protocol
+from arena.core.registry import attacks, defenses
+from arena.core.training import accuracy, train
+from arena.util.errors import ArenaError
 from attacks.evasion.jpeg import JpegCompressionAttack
 from attacks.evasion.smooth import SpatialSmoothingAttack
 from attacks.evasion.squeeze import FeatureSqueezingAttack
@@ -153,7 +153,7 @@ def test_overwrite_embeds_a_key_of_the_victims_scheme(ctx, backdoored):
         attack.run(clone_model(backdoored), ctx)
     scheme = defenses.get("backdoor-wm")()
     owner_key = scheme.keygen(ctx)
-    victim = dataclasses.replace(ctx, victim_scheme=scheme)
+    victim = dataclasses.replace(ctx, victim=Victim(scheme, None, ctx.splits.attacker))
     outcome = attack.run(clone_model(backdoored), victim)
     assert outcome.info["attacker_key"] != owner_key.fingerprint  # its own key, not the owner's
     assert outcome.info["attacker_key_trials"] == ctx.protocol.trigger_size
@@ -166,7 +166,9 @@ def test_overwrite_of_a_white_box_scheme_embeds_bits(ctx, backdoored):
     # Moving a trained layer's projection takes more than a few small steps (3 epochs at
     # lr 0.03 flip too few bits: 159/256 on smoke). 5 at lr 0.1: 0.80-0.85 on seeds 0-9.
     attack = Overwrite({"epochs": 5, "lr": 0.1})
-    victim = dataclasses.replace(ctx, victim_scheme=defenses.get("uchida")())
+    victim = dataclasses.replace(
+        ctx, victim=Victim(defenses.get("uchida")(), None, ctx.splits.attacker)
+    )
     outcome = attack.run(clone_model(backdoored), victim)
     assert "uchida key" in outcome.info["summary"]
     assert outcome.info["attacker_key_agreement"] >= 0.7, outcome.info  # chance: 0.5

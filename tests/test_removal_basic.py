@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 import attacks.removal.common as common
-from arena.context import Context
-from arena.errors import ArenaError
-from arena.protocols import get_protocol
-from arena.registry import attacks
-from arena.training import TrainReport
+from arena.core.context import Context
+from arena.core.protocols import get_protocol
+from arena.core.registry import attacks
+from arena.core.training import TrainReport
+from arena.util.errors import ArenaError
 from attacks.removal.fine_prune import mean_activations
 
 SMOKE = get_protocol("smoke")
@@ -175,7 +175,7 @@ def test_threat_models_follow_the_fine_tuning_budget(ctx):
         ("prune", {"sparsity": 1.0}, r"sparsity must lie in \[0, 1\)"),
         ("prune", {"sparsity": -0.1}, "sparsity"),
         ("fine-prune", {"fraction": 0.0}, r"fraction must lie in \(0, 1\)"),
-        ("quantize", {"bits": 1}, "bits must lie in 2..16"),
+        ("quantize", {"bits": 1}, r"bits must lie in \[2, 16\]"),
         ("weight-shift", {"strength": -1.0}, "strength must be >= 0"),
         ("weight-shift", {"noise": -0.5}, "noise must be >= 0"),
         ("label-smooth", {"smoothing": 1.0}, r"smoothing must lie in \(0, 1\)"),

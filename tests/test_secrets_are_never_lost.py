@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from arena import ownership
-from arena.context import Context
-from arena.errors import ArenaError
-from arena.keys import TriggerKey
-from arena.ledger import Ledger
-from arena.protocols import get_protocol
+from arena.core.context import Context
+from arena.core.keys import TriggerKey
+from arena.core.protocols import get_protocol
+from arena.ownership import modelfile
+from arena.ownership import vendor as ownership
+from arena.ownership.ledger import Ledger
+from arena.util.errors import ArenaError
 from tests.cli_runner import run_arena
 
 SMOKE = get_protocol("smoke")
@@ -64,7 +65,7 @@ def vendor(tmp_path_factory):
     root = tmp_path_factory.mktemp("vendor")
     ownership.keygen("backdoor-wm", SMOKE, root / "keys", {"subsets": 2}, seed=5)
     model = root / "suspect.safetensors"
-    ownership.save_model(Context(protocol=SMOKE, seed=3).owner_model(), model, SMOKE)
+    modelfile.save_model(Context(protocol=SMOKE, seed=3).owner_model(), model, SMOKE)
     return root
 
 
@@ -214,7 +215,7 @@ def _writable_again(path: Path) -> None:
 
 def test_a_read_only_results_database_is_refused_before_training(tmp_path):
     db = tmp_path / "ro.sqlite"
-    from arena.store import ResultStore
+    from arena.storage.results import ResultStore
 
     ResultStore(db)  # the tables exist, as in a database used before
     before = digest(db)
@@ -231,12 +232,12 @@ def test_a_read_only_results_database_is_refused_before_training(tmp_path):
 def test_mark_never_overwrites_a_model_and_checks_before_training(home):
     keys = home / "v" / "keys"
     out = home / "v" / "suspect.safetensors"  # an existing model file
-    before = digest(out), digest(ownership.card_path(out))
+    before = digest(out), digest(modelfile.card_path(out))
     result = run_arena(
         "mark", "--key", str(keys / "mk.json"), "--out", str(out), "--data", "smoke", home=home
     )
     assert "exists" in one_line_error(result)
-    assert (digest(out), digest(ownership.card_path(out))) == before
+    assert (digest(out), digest(modelfile.card_path(out))) == before
     for bad, message in (
         (("--out", str(home / "m.pt")), ".safetensors"),
         (("--out", str(home / "m.safetensors"), "--seed", str(2**64)), "--seed must lie in"),
@@ -269,7 +270,7 @@ def test_identical_runs_at_once_store_one_match_with_one_key(tmp_path):
         4, ["run", "--protocol", "smoke", "--attack", "none", "--seed", "3"], tmp_path
     )
     assert [code for code, _, _ in outcomes] == [0] * 4, outcomes
-    from arena.store import ResultStore
+    from arena.storage.results import ResultStore
 
     assert len(ResultStore(tmp_path / "results.sqlite").records("smoke")) == 1
     keys = [p.parent for p in (tmp_path / "cache" / "key").rglob("vk.json")]
@@ -285,7 +286,7 @@ def test_a_public_verification_that_fails_after_choosing_its_subset_spends_nothi
 ):
     """The subset a proof made from mk reveals is recorded as spent with the verdict, not
     before: here the label check fails after the subset was chosen."""
-    from arena import public
+    from arena.ownership import public as public
 
     keys, ledger = home / "v" / "keys", Ledger(home / "results.sqlite")
     monkeypatch.setattr(ownership, "reference_models", lambda *args: [])
@@ -366,7 +367,7 @@ def test_published_files_are_readable_and_the_key_is_not(home):
     assert (home / "proof.json").stat().st_mode & 0o777 == 0o644
     assert (keys / "mk.json").stat().st_mode & 0o777 == 0o600
     model = home / "m.safetensors"
-    ownership.save_model(Context(protocol=SMOKE, seed=1).owner_model(), model, SMOKE)
+    modelfile.save_model(Context(protocol=SMOKE, seed=1).owner_model(), model, SMOKE)
     assert model.stat().st_mode & 0o777 == 0o644
 
 
@@ -380,5 +381,5 @@ def test_keys_and_models_are_written_where_the_file_system_has_no_hard_links(tmp
     with pytest.raises(ArenaError, match="mk.json exists"):
         ownership.keygen("backdoor-wm", SMOKE, tmp_path / "keys", seed=2)
     model = tmp_path / "m.safetensors"
-    ownership.save_model(Context(protocol=SMOKE, seed=1).owner_model(), model, SMOKE)
+    modelfile.save_model(Context(protocol=SMOKE, seed=1).owner_model(), model, SMOKE)
     assert model.stat().st_size > 0 and not list(tmp_path.glob(".m.safetensors*"))

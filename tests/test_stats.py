@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from arena.errors import ArenaError
-from arena.stats import (
+from arena.core.stats import (
     Evidence,
     beta_parameters,
     binomial_p_value,
@@ -16,6 +15,7 @@ from arena.stats import (
     min_successes,
     null_p_value,
 )
+from arena.util.errors import ArenaError
 
 
 def explicit_upper_tail(successes: int, trials: int, null_p: float) -> float:

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from arena.errors import ArenaError, ArtifactError
-from arena.store import ResultStore, load_model_file
+from arena.storage.artifacts import load_model_file
+from arena.storage.results import ResultStore
+from arena.util.errors import ArenaError, ArtifactError
 
 
 def _record(seed: int) -> dict:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from arena import sweep as sweeping
-from arena.errors import ArenaError, UnknownNameError
-from arena.registry import attacks
-from arena.store import ArtifactCache, ResultStore
+from arena.core.registry import attacks
+from arena.eval import sweep as sweeping
+from arena.storage.artifacts import ArtifactCache
+from arena.storage.results import ResultStore
+from arena.util.errors import ArenaError, UnknownNameError
 from tests.cli_runner import run_arena
 
 
@@ -44,14 +45,14 @@ def test_an_interrupted_sweep_resumes_and_a_failed_match_does_not_stop_it(tmp_pa
         sweeping.sweep(specs, store=store, cache=cache, on_match=interrupt_after_first)
     assert len(store.records("smoke")) == 1  # the finished match is kept
 
-    real = sweeping.run_match
+    real = sweeping.play_match
 
     def failing(spec, **kwargs):
         if spec.attack == "ftll":
             raise ArenaError("the plugin broke")
         return real(spec, **kwargs)
 
-    monkeypatch.setattr(sweeping, "run_match", failing)
+    monkeypatch.setattr(sweeping, "play_match", failing)
     resumed = sweeping.sweep(specs, store=store, cache=cache)
     assert (resumed.replayed, resumed.run) == (1, 1)
     assert [(s.attack, e) for s, e in resumed.failed] == [("ftll", "the plugin broke")]

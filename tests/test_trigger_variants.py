@@ -5,14 +5,18 @@ Key generation only, on ``smoke``; the contract tests mark and verify a model wi
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import numpy as np
 import pytest
 
-from arena.context import Context
-from arena.data import load_raw, to_model_input
-from arena.errors import ArenaError
-from arena.protocols import get_protocol
-from arena.registry import defenses
+from arena.core.context import Context
+from arena.core.data import load_raw, to_model_input
+from arena.core.protocols import get_protocol
+from arena.core.registry import defenses
+from arena.storage.clean import trained_clean
+from arena.util.errors import ArenaError
 from defenses.zhang import to_uint8
 
 SMOKE = get_protocol("smoke")
@@ -143,9 +147,10 @@ def test_keys_the_protocol_cannot_hold_are_refused(name, params, message):
 
 
 def test_frontier_stitching_key_is_half_true_half_false_adversaries(train_seed):
-    from arena.training import predict
+    from arena.core.training import predict
 
     ctx = Context(protocol=get_protocol("smoke"), seed=train_seed)
+    ctx = dataclasses.replace(ctx, clean=functools.cache(lambda: trained_clean(ctx)))
     defense = defenses.get("frontier-stitching")()
     key = defense.keygen(ctx)
     clean = ctx.clean_model()

@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from arena.clean import train_clean
-from arena.context import Context
-from arena.errors import ArenaError, KeyTamperedError
-from arena.models import create_model, default_block_layer, default_conv_layer, find_layer
-from arena.protocols import get_protocol
-from arena.registry import defenses
+from arena.core.context import Context
+from arena.core.models import create_model, default_block_layer, default_conv_layer, find_layer
+from arena.core.protocols import get_protocol
+from arena.core.registry import defenses
+from arena.storage.clean import train_clean
+from arena.util.errors import ArenaError, KeyTamperedError
 from defenses.white_box import WhiteBoxDefense, WhiteBoxKey
 
 SCHEMES = ("uchida", "deepsigns")
@@ -243,8 +243,8 @@ def test_evidence_opens_the_commitment(keys, marked) -> None:
 
 @pytest.mark.parametrize("scheme", ["uchida", "deepsigns"])
 def test_a_white_box_key_registers_in_the_ledger(scheme, tmp_path):
-    from arena import ownership
-    from arena.ledger import Ledger
+    from arena.ownership import vendor as ownership
+    from arena.ownership.ledger import Ledger
 
     smoke = get_protocol("smoke")
     key = ownership.keygen(scheme, smoke, tmp_path / "keys", seed=0)

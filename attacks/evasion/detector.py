@@ -20,32 +20,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arena.context import Context
-from arena.errors import ArenaError
-from arena.plugin import Attack, AttackOutcome, QueryFilter, ThreatModel
-from arena.registry import register_attack
+from arena.core.context import Context
+from arena.core.params import param
+from arena.core.plugin import AttackOutcome, QueryAttack, QueryFilter, Requirements, ThreatModel
+from arena.core.registry import register_attack
+from arena.util.errors import ArenaError
 
 if TYPE_CHECKING:
-    from arena.plugin import Defense
+    pass
 
 BATCH = 500  # images per forward pass while fitting
 
 
 @dataclass(frozen=True)
 class DetectorParams:
-    detector: Literal["ood", "strip"] = "ood"
-    fpr: float = 0.05  # share of the attacker's clean images the detector may flag
-    overlays: int = 20  # STRIP: clean images superimposed on each query (N in Gao et al.)
-
-    def check(self) -> None:
-        if not 0 < self.fpr < 1:
-            raise ValueError(f"fpr must lie in (0, 1), got {self.fpr}")
-        if self.overlays < 1:
-            raise ValueError(f"overlays must be >= 1, got {self.overlays}")
+    detector: Literal["ood", "strip"] = param(
+        "ood", help="Mahalanobis distance of the features (Lee et al.), or STRIP (Gao et al.)"
+    )
+    fpr: float = param(
+        0.05, help="share of the attacker's clean images the detector may flag", above=0, below=1
+    )
+    overlays: int = param(
+        20, help="STRIP: clean images superimposed on each query (N in Gao et al.)", min=1
+    )
 
 
 @register_attack("evade-detector")
-class EvadeDetector(Attack):
+class EvadeDetector(QueryAttack):
     """Serve the stolen model behind a detector that answers trigger-like queries with the
     runner-up class (the detector attack of Hitaj and Mancini, arXiv:1809.00615, 2018).
 
@@ -92,12 +93,12 @@ class EvadeDetector(Attack):
         labels = "true" if self.params.detector == "ood" else "none"
         return ThreatModel(data="attacker-split", labels=labels, query_budget=None, epochs=0)
 
-    def applies_to(self, defense: Defense) -> str | None:
-        if defense.access == "white-box":
-            return "a query filter does not change the weights a white-box verifier reads"
-        return None
+    requires = Requirements(
+        access=("black-box",),
+        reason="a query filter does not change the weights a white-box verifier reads",
+    )
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+    def prepare(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         """The weights stay as they are; ``info`` describes the fitted detector. Its
         ``threshold`` is the score above which a query is flagged: a squared Mahalanobis
         distance (``ood``) or minus a mean entropy in bits (``strip``)."""

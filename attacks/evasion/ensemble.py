@@ -21,28 +21,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arena.context import Context
-from arena.plugin import Attack, AttackOutcome, ThreatModel
-from arena.registry import register_attack
-from arena.training import predict, train
-from attacks.removal.retrain import ScratchTraining, fresh_model
+from arena.core.context import Context
+from arena.core.params import param
+from arena.core.plugin import AttackOutcome, QueryAttack, Requirements, ThreatModel
+from arena.core.registry import register_attack
+from arena.core.training import predict, train
+from attacks.removal.common import ScratchTraining, fresh_model
 
 if TYPE_CHECKING:
-    from arena.plugin import Defense
+    pass
 
 
 @dataclass(frozen=True)
 class EnsembleParams(ScratchTraining):
-    members: int = 2  # retrained models voting beside the stolen one
-
-    def check(self) -> None:
-        super().check()
-        if self.members < 1:
-            raise ValueError(f"members must be >= 1, got {self.members}")
+    members: int = param(2, help="retrained models voting beside the stolen one", min=1)
 
 
 @register_attack("evade-ensemble")
-class EvadeEnsemble(Attack):
+class EvadeEnsemble(QueryAttack):
     """Serve the mean vote of the stolen model and ``members`` models retrained on its
     labels (the ensemble attack as described in Hitaj and Mancini, arXiv:1809.00615, 2018).
 
@@ -71,15 +67,19 @@ class EvadeEnsemble(Attack):
             epochs=self.params.members * self.params.budget(ctx),
         )
 
-    def applies_to(self, defense: Defense) -> str | None:
-        if defense.access == "white-box":
-            return "serving an ensemble does not change the weights a white-box verifier reads"
-        return None
+    requires = Requirements(
+        access=("black-box",),
+        reason="serving an ensemble does not change the weights a white-box verifier reads",
+    )
 
     def build(self, ctx: Context, new_model: Callable[[], nn.Module]) -> nn.Module:
         return Ensemble([new_model() for _ in range(self.params.members + 1)])
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+    def serve(self, model: nn.Module, ctx: Context) -> nn.Module:
+        """The ensemble ``prepare`` trained answers the queries itself."""
+        return model
+
+    def prepare(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         images = ctx.splits.attacker.images
         labels = predict(model, images, ctx.device)
         members, steps = [], 0

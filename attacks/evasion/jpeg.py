@@ -5,17 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from arena.registry import register_attack
+from arena.core.params import param
+from arena.core.registry import register_attack
 from attacks.evasion.transform import InputTransformAttack
 
 
 @dataclass(frozen=True)
 class JpegParams:
-    quality: int = 50  # 1 (worst) to 100; PIL advises against values above 95
-
-    def check(self) -> None:
-        if not 1 <= self.quality <= 100:
-            raise ValueError(f"quality must lie in [1, 100], got {self.quality}")
+    quality: int = param(
+        50, help="JPEG quality, 1 (worst) to 100; PIL advises against above 95", min=1, max=100
+    )
 
 
 @register_attack("jpeg")

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from arena.registry import register_attack
+from arena.core.params import param
+from arena.core.registry import register_attack
 from attacks.evasion.transform import InputTransformAttack
 
 
 @dataclass(frozen=True)
 class SmoothParams:
-    window_size: int = 3  # side of the median filter's square window, in pixels
-
-    def check(self) -> None:
-        if self.window_size < 1:
-            raise ValueError(f"window_size must be >= 1, got {self.window_size}")
+    window_size: int = param(3, help="side of the median filter's square window, in pixels", min=1)
 
 
 @register_attack("smooth")

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from arena.registry import register_attack
+from arena.core.params import param
+from arena.core.registry import register_attack
 from attacks.evasion.transform import InputTransformAttack
 
 
 @dataclass(frozen=True)
 class SqueezeParams:
-    bit_depth: int = 3  # bits per channel kept; 1 makes every pixel black or white
-
-    def check(self) -> None:
-        if not 1 <= self.bit_depth <= 8:
-            raise ValueError(f"bit_depth must lie in [1, 8], got {self.bit_depth}")
+    bit_depth: int = param(
+        3, help="bits per channel kept; 1 makes every pixel black or white", min=1, max=8
+    )
 
 
 @register_attack("squeeze")

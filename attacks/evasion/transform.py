@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from arena.context import Context
-from arena.plugin import Attack, AttackOutcome, ThreatModel
+from arena.core.context import Context
+from arena.core.plugin import AttackOutcome, QueryAttack, ThreatModel
 
 
-class InputTransformAttack(Attack):
+class InputTransformAttack(QueryAttack):
     """Base class: ``run`` keeps the weights, ``serve`` puts ``preprocessor`` in front."""
 
     threat = "evasion"
@@ -30,7 +30,7 @@ class InputTransformAttack(Attack):
     def threat_model(self, ctx: Context) -> ThreatModel:
         return ThreatModel(data="none", labels="none", query_budget=None, epochs=0)
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+    def prepare(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         return AttackOutcome(model=model)
 
     def serve(self, model: nn.Module, ctx: Context) -> nn.Module:

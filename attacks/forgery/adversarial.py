@@ -14,40 +14,48 @@ import numpy as np
 import torch
 from torch import nn
 
-from arena.context import Context
-from arena.data import to_model_input
-from arena.errors import ArenaError
-from arena.estimators import art_classifier
-from arena.keys import TriggerKey
-from arena.plugin import Attack, AttackOutcome, ClaimAttempt, Defense, ThreatModel
-from arena.registry import register_attack
-from arena.training import predict
-from attacks.forgery.common import claim_key
+from arena.core.context import Context
+from arena.core.data import to_model_input
+from arena.core.estimators import art_classifier
+from arena.core.params import param
+from arena.core.plugin import (
+    AttackOutcome,
+    ClaimAttack,
+    ClaimAttempt,
+    ThreatModel,
+)
+from arena.core.registry import register_attack
+from arena.core.training import predict
+from arena.util.errors import ArenaError
+from attacks.forgery.common import TRIGGER_SET_KEYS, claim_key
 
 
 @dataclass(frozen=True)
 class AdversarialParams:
     # Madry et al.'s MNIST adversary: radius 0.3 on [0, 1] pixels, 40 steps of 0.01.
-    eps: float = 0.3  # largest L-infinity radius of a trigger around its source image
-    eps_step: float = 0.01  # PGD step at radius eps; smaller radii scale it down alike
-    max_iter: int = 40  # PGD steps per radius
-    levels: int = 3  # radii tried in turn, each double the last: eps/4, eps/2, eps
-    trigger_size: int | None = None  # None: the protocol's
-    batch_size: int = 128  # images per PGD batch
+    eps: float = param(
+        0.3,
+        help="largest L-infinity radius of a trigger around its source image, inputs in [0, 1]",
+        above=0,
+        max=1,
+    )
+    eps_step: float = param(
+        0.01,
+        help="PGD step at radius eps, at most eps; smaller radii scale it down alike",
+        above=0,
+    )
+    max_iter: int = param(40, help="PGD steps per radius", min=1)
+    levels: int = param(
+        3, help="radii tried in turn, each double the last: eps/4, eps/2, eps", min=1
+    )
+    trigger_size: int | None = param(
+        None, help="triggers in the forged key; None: the protocol's", min=1
+    )
+    batch_size: int = param(128, help="images per PGD batch", min=1)
 
     def check(self) -> None:
-        if not 0 < self.eps <= 1:
-            raise ValueError(f"eps must lie in (0, 1] (inputs are in [0, 1]), got {self.eps}")
-        if not 0 < self.eps_step <= self.eps:
+        if self.eps_step > self.eps:
             raise ValueError(f"eps_step must lie in (0, eps={self.eps}], got {self.eps_step}")
-        if self.max_iter < 1:
-            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
-        if self.levels < 1:
-            raise ValueError(f"levels must be >= 1, got {self.levels}")
-        if self.trigger_size is not None and self.trigger_size < 1:
-            raise ValueError(f"trigger_size must be >= 1, got {self.trigger_size}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def radii(self) -> list[float]:
         """The budget ladder, smallest first, ending at ``eps``."""
@@ -55,7 +63,7 @@ class AdversarialParams:
 
 
 @register_attack("forge-adversarial")
-class ForgeAdversarial(Attack):
+class ForgeAdversarial(ClaimAttack):
     """Claim the stolen model with a trigger set of targeted adversarial examples.
 
     Adi et al. (Section 3) ask that nobody but the owner can produce a key the model
@@ -81,17 +89,14 @@ class ForgeAdversarial(Attack):
     paper = "Adi et al., USENIX Security 2018 (non-trivial ownership, unforgeability)"
     Params = AdversarialParams
 
-    def applies_to(self, defense: Defense) -> str | None:
-        if not issubclass(defense.key_type, TriggerKey):
-            return "its keys are bit strings of a white-box scheme, not trigger sets"
-        return None
+    requires = TRIGGER_SET_KEYS
 
     def threat_model(self, ctx: Context) -> ThreatModel:
         # The attacker holds the stolen weights: gradients and answers cost no queries.
         return ThreatModel(data="attacker-split", labels="none", query_budget=None, epochs=0)
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
-        if ctx.victim_scheme is None:
+    def claim(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+        if ctx.victim is None:
             raise ArenaError(f"{self.name} needs the victim's scheme (a match sets it)")
         rng = ctx.rng(f"attack:{self.name}")
         size = self.params.trigger_size or ctx.protocol.trigger_size

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from arena.context import Context
-from arena.keys import TriggerKey, read_json
+from arena.core.context import Context
+from arena.core.keys import TriggerKey
+from arena.core.plugin import Requirements
+from arena.util.jsonio import read_json
+
+# Forgeries build a key of trigger images and labels: a white-box scheme's bit-string key
+# has neither, so they do not apply to it.
+TRIGGER_SET_KEYS = Requirements(
+    key_type=TriggerKey, reason="its keys are bit strings of a white-box scheme, not trigger sets"
+)
 
 
 def claim_key(
@@ -18,12 +26,12 @@ def claim_key(
     of its own data with their true labels.
     """
     controls = None
-    if ctx.victim_vk is not None and "controls" in read_json(ctx.victim_vk):
+    if ctx.victim.vk is not None and "controls" in read_json(ctx.victim.vk):
         attacker = ctx.splits.attacker
         size = len(labels)
         chosen = rng.choice(len(attacker), size, replace=len(attacker) < size)
         control_images = (attacker.images[chosen].clamp(0, 1) * 255).round().byte().numpy()
         controls = (control_images, attacker.labels[chosen].numpy())
     return TriggerKey.create(
-        ctx.victim_scheme.name, ctx.num_classes, images, labels, controls=controls
+        ctx.victim.scheme.name, ctx.num_classes, images, labels, controls=controls
     )

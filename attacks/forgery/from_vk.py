@@ -13,33 +13,40 @@ import numpy as np
 import torch
 from torch import nn
 
-from arena.context import Context
-from arena.data import to_model_input
-from arena.keys import (
+from arena.core.context import Context
+from arena.core.data import to_model_input
+from arena.core.keys import (
     NONCE_BYTES,
     TriggerKey,
     VerificationKey,
     commit,
     encode_image,
     encode_label,
-    read_json,
 )
-from arena.plugin import Attack, AttackOutcome, ClaimAttempt, Defense, ThreatModel
-from arena.registry import register_attack
-from arena.training import predict
+from arena.core.params import param
+from arena.core.plugin import (
+    AttackOutcome,
+    ClaimAttack,
+    ClaimAttempt,
+    ThreatModel,
+)
+from arena.core.registry import register_attack
+from arena.core.training import predict
+from arena.util.jsonio import read_json
+from attacks.forgery.common import TRIGGER_SET_KEYS
 
 
 @dataclass(frozen=True)
 class FromVkParams:
-    tries: int = 200  # random nonces tried per commitment (per label, for label commitments)
-
-    def check(self) -> None:
-        if self.tries < 1:
-            raise ValueError(f"tries must be >= 1, got {self.tries}")
+    tries: int = param(
+        200,
+        help="random nonces tried per commitment (per label, for label commitments)",
+        min=1,
+    )
 
 
 @register_attack("forge-from-vk")
-class ForgeFromVk(Attack):
+class ForgeFromVk(ClaimAttack):
     """Claim the model with the owner's own published key, guessing its openings.
 
     The attacker holds the owner's ``vk`` (registered first, so ledger order would pass)
@@ -58,16 +65,13 @@ class ForgeFromVk(Attack):
     paper = "Adi et al., USENIX Security 2018 (unforgeability)"
     Params = FromVkParams
 
-    def applies_to(self, defense: Defense) -> str | None:
-        if not issubclass(defense.key_type, TriggerKey):
-            return "its key commits to a projection and bits, not to trigger images and labels"
-        return None
+    requires = TRIGGER_SET_KEYS
 
     def threat_model(self, ctx: Context) -> ThreatModel:
         return ThreatModel(data="attacker-split", labels="victim-top1", epochs=0)
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
-        vk = VerificationKey.from_dict(read_json(ctx.victim_vk), source=str(ctx.victim_vk))
+    def claim(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+        vk = VerificationKey.from_dict(read_json(ctx.victim.vk), source=str(ctx.victim.vk))
         rng = ctx.rng(f"attack:{self.name}")
         images = _guess_images(ctx, vk, rng)
         inputs = to_model_input(images, ctx.protocol.image_size, ctx.protocol.channels)

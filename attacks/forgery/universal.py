@@ -12,30 +12,34 @@ import numpy as np
 import torch
 from torch import nn
 
-from arena.context import Context
-from arena.keys import TriggerKey
-from arena.plugin import Attack, AttackOutcome, ClaimAttempt, Defense, ThreatModel
-from arena.registry import register_attack
-from attacks.forgery.common import claim_key
+from arena.core.context import Context
+from arena.core.params import param
+from arena.core.plugin import (
+    AttackOutcome,
+    ClaimAttack,
+    ClaimAttempt,
+    ThreatModel,
+)
+from arena.core.registry import register_attack
+from attacks.forgery.common import TRIGGER_SET_KEYS, claim_key
 
 
 @dataclass(frozen=True)
 class UniversalParams:
-    kind: Literal["true-labels", "prototype"] = "true-labels"
-    trigger_size: int | None = None  # None: the protocol's
-    noise: float = 0.1  # "prototype": std of the noise that makes the copies differ
-
-    def check(self) -> None:
-        if self.kind not in ("true-labels", "prototype"):
-            raise ValueError(f"kind must be 'true-labels' or 'prototype', got {self.kind!r}")
-        if self.trigger_size is not None and self.trigger_size < 1:
-            raise ValueError(f"trigger_size must be >= 1, got {self.trigger_size}")
-        if not 0 <= self.noise <= 1:
-            raise ValueError(f"noise must lie in [0, 1], got {self.noise}")
+    kind: Literal["true-labels", "prototype"] = param(
+        "true-labels",
+        help="own images with their true labels, or noisy copies of one class's mean image",
+    )
+    trigger_size: int | None = param(
+        None, help="triggers in the forged key; None: the protocol's", min=1
+    )
+    noise: float = param(
+        0.1, help='"prototype": std of the noise that makes the copies differ', min=0, max=1
+    )
 
 
 @register_attack("forge-universal")
-class ForgeUniversal(Attack):
+class ForgeUniversal(ClaimAttack):
     """Claim models never seen with a key any good model answers (non-trivial ownership).
 
     The attacker fixes its key before the owner publishes anything and registers it at
@@ -52,15 +56,12 @@ class ForgeUniversal(Attack):
     paper = "Adi et al., USENIX Security 2018 (non-trivial ownership)"
     Params = UniversalParams
 
-    def applies_to(self, defense: Defense) -> str | None:
-        if not issubclass(defense.key_type, TriggerKey):
-            return "its keys are bit strings of a white-box scheme, not trigger sets"
-        return None
+    requires = TRIGGER_SET_KEYS
 
     def threat_model(self, ctx: Context) -> ThreatModel:
         return ThreatModel(data="attacker-split", labels="true", epochs=0)
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+    def claim(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         rng = ctx.rng(f"attack:{self.name}")
         size = self.params.trigger_size or ctx.protocol.trigger_size
         attacker = ctx.splits.attacker

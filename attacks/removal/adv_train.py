@@ -14,32 +14,35 @@ import numpy as np
 import torch
 from torch import nn
 
-from arena.context import Context
-from arena.estimators import art_classifier
-from arena.plugin import Attack, AttackOutcome, ThreatModel
-from arena.registry import register_attack
-from arena.training import TrainSettings, accuracy, train
-from attacks.removal.common import AttackerTraining
+from arena.core.context import Context
+from arena.core.estimators import art_classifier
+from arena.core.params import param
+from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.registry import register_attack
+from arena.core.training import TrainSettings, accuracy, train
+from attacks.removal.common import MAX_EPOCHS, AttackerTraining
 
 
 @dataclass(frozen=True)
 class AdvTrainParams(AttackerTraining):
-    epochs: int | None = None  # rounds of (craft PGD examples, train one epoch); None: protocol's
-    eps: float = 0.1  # L-infinity radius of the perturbation, inputs in [0, 1]
-    eps_step: float = 0.025  # PGD step size
-    max_iter: int = 7  # PGD steps per example
-    random_start: bool = True  # start PGD at a random point of the eps ball, as Madry et al.
+    epochs: int | None = param(
+        None,
+        help="rounds of (craft PGD examples, train one epoch); None: the protocol's",
+        min=1,
+        max=MAX_EPOCHS,
+    )
+    eps: float = param(
+        0.1, help="L-infinity radius of the perturbation, inputs in [0, 1]", above=0, max=1
+    )
+    eps_step: float = param(0.025, help="PGD step size, at most eps", above=0)
+    max_iter: int = param(7, help="PGD steps per example", min=1)
+    random_start: bool = param(
+        True, help="start PGD at a random point of the eps ball, as Madry et al."
+    )
 
     def check(self) -> None:
-        super().check()
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if not 0 < self.eps <= 1:
-            raise ValueError(f"eps must lie in (0, 1] (inputs are in [0, 1]), got {self.eps}")
-        if not 0 < self.eps_step <= self.eps:
+        if self.eps_step > self.eps:
             raise ValueError(f"eps_step must lie in (0, eps={self.eps}], got {self.eps_step}")
-        if self.max_iter < 1:
-            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
 
     def round_settings(self) -> TrainSettings:
         """One epoch per round; a constant rate, since the rounds form one run."""
@@ -47,7 +50,7 @@ class AdvTrainParams(AttackerTraining):
 
 
 @register_attack("adv-train")
-class AdversarialTraining(Attack):
+class AdversarialTraining(RemovalAttack):
     """Adversarial fine-tuning (Madry et al., ICLR 2018; a removal attack in Lukas et al.,
     IEEE S&P 2022).
 
@@ -68,7 +71,7 @@ class AdversarialTraining(Attack):
     def threat_model(self, ctx: Context) -> ThreatModel:
         return ThreatModel(data="attacker-split", labels="true", epochs=self.rounds(ctx))
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+    def remove(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         attacker = ctx.splits.attacker
         generator = ctx.generator(f"attack:{self.name}")
         seeds = ctx.rng(f"attack:{self.name}:pgd")

@@ -13,9 +13,10 @@ from typing import Literal
 
 from torch import nn
 
-from arena.context import Context
-from arena.plugin import ThreatModel
-from arena.training import TrainReport, TrainSettings, train
+from arena.core.context import Context
+from arena.core.params import param
+from arena.core.plugin import ThreatModel
+from arena.core.training import TrainReport, TrainSettings, train
 
 MAX_EPOCHS = 10_000  # far above any budget; more is a typo, refused before training
 
@@ -24,20 +25,16 @@ MAX_EPOCHS = 10_000  # far above any budget; more is a typo, refused before trai
 class AttackerTraining:
     """The attacker's fine-tuning budget and optimizer; subclasses add their own fields."""
 
-    epochs: int | None = None  # None: the protocol's attack budget
-    lr: float = 0.01
-    batch_size: int = 64
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-
-    def check(self) -> None:
-        if self.epochs is not None and not 0 <= self.epochs <= MAX_EPOCHS:
-            raise ValueError(
-                f"epochs must lie in [0, {MAX_EPOCHS:,}] (or None for the protocol's), "
-                f"got {self.epochs}"
-            )
-        self.settings(1).check()
+    epochs: int | None = param(
+        None, help="fine-tuning epochs; None: the protocol's attack budget", min=0, max=MAX_EPOCHS
+    )
+    lr: float = param(0.01, help="the attacker's learning rate", above=0)
+    batch_size: int = param(64, help="images per training batch", min=1)
+    optimizer: Literal["sgd", "adam"] = param("sgd", help="the attacker's optimizer")
+    momentum: float = param(
+        0.9, help="SGD's (Nesterov when > 0) momentum; adam ignores it", min=0, below=1
+    )
+    weight_decay: float = param(5e-4, help="the optimizer's weight decay", min=0)
 
     def budget(self, ctx: Context) -> int:
         """Fine-tuning epochs: the declared ones, else the protocol's attack budget."""
@@ -82,3 +79,33 @@ def fine_tune(
         progress=ctx.progress,
         augment=ctx.protocol.augment,
     )
+
+
+@dataclass(frozen=True)
+class ScratchTraining(AttackerTraining):
+    """The attacker's budget and optimizer for a model trained from scratch.
+
+    ``epochs`` None is the owner's own from-scratch budget (the protocol's training
+    epochs): extraction starts from random weights, not from a trained model. The rate
+    0.1 is the usual from-scratch SGD rate (He et al., CVPR 2016), also the protocols'.
+    """
+
+    epochs: int | None = param(
+        None,
+        help="training epochs; None: the owner's from-scratch budget (the protocol's)",
+        min=0,
+        max=MAX_EPOCHS,
+    )
+    lr: float = param(0.1, help="the attacker's learning rate: the usual one from scratch", above=0)
+
+    def budget(self, ctx: Context) -> int:
+        return ctx.protocol.training.epochs if self.epochs is None else self.epochs
+
+
+def fresh_model(ctx: Context, architecture: str | None, purpose: str) -> nn.Module:
+    """A randomly initialised model of ``architecture`` (None: the protocol's), seeded for
+    ``purpose``: never the victim's weights."""
+    protocol = ctx.protocol.with_model(architecture)
+    if protocol is ctx.protocol:
+        return ctx.new_model(purpose)
+    return Context(protocol=protocol, seed=ctx.seed, device=ctx.device).new_model(purpose)

@@ -14,25 +14,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from arena.context import Context
-from arena.plugin import Attack, AttackOutcome, ThreatModel
-from arena.registry import register_attack
-from arena.training import predict_logits, train
-from attacks.removal.retrain import ScratchTraining, fresh_model
+from arena.core.context import Context
+from arena.core.params import param
+from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.registry import register_attack
+from arena.core.training import predict_logits, train
+from attacks.removal.common import ScratchTraining, fresh_model
 
 
 @dataclass(frozen=True)
 class DistillParams(ScratchTraining):
-    temperature: float = 4.0  # T: softens teacher and student outputs alike
-
-    def check(self) -> None:
-        super().check()
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+    temperature: float = param(4.0, help="T: softens teacher and student outputs alike", above=0)
 
 
 @register_attack("distill")
-class Distillation(Attack):
+class Distillation(RemovalAttack):
     """Knowledge distillation into a fresh student (Hinton et al. 2015; Lukas et al.,
     IEEE S&P 2022).
 
@@ -58,7 +54,7 @@ class Distillation(Attack):
             epochs=self.params.budget(ctx),
         )
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+    def remove(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         images = ctx.splits.attacker.images
         temperature = self.params.temperature
         soft_labels = torch.softmax(predict_logits(model, images, ctx.device) / temperature, 1)

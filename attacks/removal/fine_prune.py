@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from arena.context import Context
-from arena.errors import ArenaError
-from arena.models import find_layer
-from arena.plugin import Attack, AttackOutcome, ThreatModel
-from arena.registry import register_attack
+from arena.core.context import Context
+from arena.core.models import find_layer
+from arena.core.params import param
+from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.registry import register_attack
+from arena.util.errors import ArenaError
 from attacks.removal.common import AttackerTraining, fine_tune, removal_threat_model
 
 # Path components of residual shortcut projections in timm models: not the layer whose
@@ -27,17 +28,19 @@ SHORTCUTS = {"downsample", "shortcut"}
 
 @dataclass(frozen=True)
 class FinePruneParams(AttackerTraining):
-    fraction: float = 0.9  # of the layer's output channels, the least active first
-    layer: str = ""  # module path of the convolution; "": the last one outside shortcuts
-
-    def check(self) -> None:
-        if not 0 < self.fraction < 1:
-            raise ValueError(f"fraction must lie in (0, 1), got {self.fraction}")
-        super().check()
+    fraction: float = param(
+        0.9,
+        help="of the layer's output channels, pruned the least active first",
+        above=0,
+        below=1,
+    )
+    layer: str = param(
+        "", help='module path of the convolution; "": the last one outside shortcuts'
+    )
 
 
 @register_attack("fine-prune")
-class FinePruning(Attack):
+class FinePruning(RemovalAttack):
     """Fine-pruning (Liu, Dolan-Gavitt and Garg, RAID 2018).
 
     The mean activation of every output channel of the last convolution (after its
@@ -57,7 +60,7 @@ class FinePruning(Attack):
     def threat_model(self, ctx: Context) -> ThreatModel:
         return removal_threat_model(self.params.budget(ctx), reads_data=True)
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+    def remove(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         path = self.params.layer or last_convolution(model)
         conv = find_layer(model, path)
         if not isinstance(conv, nn.Conv2d):

@@ -13,11 +13,11 @@ from typing import ClassVar, Literal
 
 from torch import nn
 
-from arena.context import Context
-from arena.models import reinitialize_head
-from arena.plugin import Attack, AttackOutcome, ThreatModel
-from arena.registry import register_attack
-from arena.training import train
+from arena.core.context import Context
+from arena.core.models import reinitialize_head
+from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.registry import register_attack
+from arena.core.training import train
 from attacks.removal.common import AttackerTraining
 
 
@@ -26,7 +26,7 @@ class FineTuneParams(AttackerTraining):
     """The attacker's optimizer and budget; nothing else to choose."""
 
 
-class FineTuneAttack(Attack):
+class FineTuneAttack(RemovalAttack):
     """Shared by FTLL, FTAL, RTLL and RTAL; the subclasses set the two switches."""
 
     paper = "Adi et al., USENIX Security 2018"
@@ -37,7 +37,7 @@ class FineTuneAttack(Attack):
     def threat_model(self, ctx: Context) -> ThreatModel:
         return ThreatModel(data="attacker-split", labels="true", epochs=self.params.budget(ctx))
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+    def remove(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         if self.reinitialize:
             reinitialize_head(model, generator_seed=ctx.rng(f"attack:{self.name}").integers(2**62))
         attacker = ctx.splits.attacker

@@ -18,33 +18,41 @@ import numpy as np
 import torch
 from torch import nn
 
-from arena.context import Context
-from arena.data import to_model_input
-from arena.errors import ArenaError
-from arena.estimators import art_classifier
-from arena.plugin import Attack, AttackOutcome, ThreatModel
-from arena.protocols import Protocol
-from arena.registry import register_attack
-from arena.training import TrainSettings, make_optimizer
-from attacks.removal.retrain import ScratchTraining, fresh_model
+from arena.core.context import Context
+from arena.core.data import to_model_input
+from arena.core.estimators import art_classifier
+from arena.core.params import param
+from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.protocols import Protocol
+from arena.core.registry import register_attack
+from arena.core.training import TrainSettings, make_optimizer
+from arena.util.errors import ArenaError
+from attacks.removal.common import MAX_EPOCHS, ScratchTraining, fresh_model
 
 
 @dataclass(frozen=True)
 class KnockoffParams(ScratchTraining):
-    nb_stolen: int | None = None  # victim queries; None: one per attacker-split image
-    use_probability: bool = False  # learn the victim's probabilities, not its top-1 answers
-    data: Literal["attacker-split", "ood"] = "attacker-split"
-
-    def check(self) -> None:
-        super().check()
-        if self.epochs == 0:  # ART's fit refuses it mid-match: refuse it before
-            raise ValueError("epochs must be >= 1 for knockoff (ART's KnockoffNets fits)")
-        if self.nb_stolen is not None and self.nb_stolen < 1:
-            raise ValueError(f"nb_stolen must be >= 1 (or None), got {self.nb_stolen}")
+    # At least 1: ART's KnockoffNets refuses 0 epochs mid-match; refused here instead.
+    epochs: int | None = param(
+        None,
+        help="training epochs; None: the owner's from-scratch budget (the protocol's)",
+        min=1,
+        max=MAX_EPOCHS,
+    )
+    nb_stolen: int | None = param(
+        None, help="victim queries; None: one per attacker-split image", min=1
+    )
+    use_probability: bool = param(
+        False, help="learn the victim's probabilities, not its top-1 answers"
+    )
+    data: Literal["attacker-split", "ood"] = param(
+        "attacker-split",
+        help="the images queried: the attacker's split, or crops of natural photographs",
+    )
 
 
 @register_attack("knockoff")
-class Knockoff(Attack):
+class Knockoff(RemovalAttack):
     """Knockoff Nets with random sampling (Orekondy et al., CVPR 2019), by ART.
 
     ART's ``KnockoffNets`` (``sampling_strategy="random"``) draws ``nb_stolen`` query
@@ -83,7 +91,7 @@ class Knockoff(Attack):
             epochs=self.params.budget(ctx),
         )
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+    def remove(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         from art.attacks.extraction import KnockoffNets as ArtKnockoffNets
 
         count = self.queries(ctx)

@@ -10,24 +10,22 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from arena.context import Context
-from arena.plugin import Attack, AttackOutcome, ThreatModel
-from arena.registry import register_attack
+from arena.core.context import Context
+from arena.core.params import param
+from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.registry import register_attack
 from attacks.removal.common import AttackerTraining, fine_tune, removal_threat_model
 
 
 @dataclass(frozen=True)
 class LabelSmoothParams(AttackerTraining):
-    smoothing: float = 0.3  # epsilon: weight of the uniform distribution in each target
-
-    def check(self) -> None:
-        if not 0 < self.smoothing < 1:
-            raise ValueError(f"smoothing must lie in (0, 1), got {self.smoothing}")
-        super().check()
+    smoothing: float = param(
+        0.3, help="epsilon: weight of the uniform distribution in each target", above=0, below=1
+    )
 
 
 @register_attack("label-smooth")
-class LabelSmoothing(Attack):
+class LabelSmoothing(RemovalAttack):
     """Fine-tuning with label smoothing, a removal attack of Lukas et al. (IEEE S&P 2022).
 
     All layers are fine-tuned on the attacker's split with targets
@@ -43,7 +41,7 @@ class LabelSmoothing(Attack):
     def threat_model(self, ctx: Context) -> ThreatModel:
         return removal_threat_model(self.params.budget(ctx))
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+    def remove(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         epochs = self.params.budget(ctx)
         settings = self.params.settings(epochs, label_smoothing=self.params.smoothing)
         report = fine_tune(model, ctx, settings, self.name)

@@ -17,45 +17,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arena.context import Context
-from arena.plugin import Attack, AttackOutcome, ThreatModel
-from arena.registry import register_attack
-from arena.training import TrainSettings, predict, train
+from arena.core.context import Context
+from arena.core.params import param
+from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.registry import register_attack
+from arena.core.training import TrainSettings, predict, train
 
 MAD_CONSISTENCY = 1.4826  # makes the MAD estimate the standard deviation of normal data
 
 
 @dataclass(frozen=True)
 class NeuralCleanseParams:
-    steps: int = 150  # Adam steps reversing the triggers (all classes at once)
-    batch_size: int = 16  # attacker images per class and reversal step
-    lr: float = 0.2  # Adam's, for masks and patterns
-    l1_weight: float = 0.05  # weight of a mask's L1 norm in its reversal loss
-    threshold: float = 2.0  # anomaly index above which a small mask is flagged (the paper's)
-    unlearn_fraction: float = 0.2  # attacker images stamped with a reversed trigger (the paper's)
-    unlearn_epochs: int | None = None  # None: the protocol's attack budget
-    unlearn_lr: float = 0.01
-    unlearn_batch_size: int = 64
-    unlearn_optimizer: Literal["sgd", "adam"] = "sgd"
-    unlearn_momentum: float = 0.9
-    unlearn_weight_decay: float = 5e-4
-
-    def check(self) -> None:
-        self.settings(1).check()
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.l1_weight < 0:
-            raise ValueError(f"l1_weight must be >= 0, got {self.l1_weight}")
-        if self.threshold <= 0:
-            raise ValueError(f"threshold must be > 0, got {self.threshold}")
-        if not 0 < self.unlearn_fraction <= 1:
-            raise ValueError(f"unlearn_fraction must lie in (0, 1], got {self.unlearn_fraction}")
-        if self.unlearn_epochs is not None and self.unlearn_epochs < 1:
-            raise ValueError(f"unlearn_epochs must be >= 1, got {self.unlearn_epochs}")
+    steps: int = param(150, help="Adam steps reversing the triggers (all classes at once)", min=1)
+    batch_size: int = param(16, help="attacker images per class and reversal step", min=1)
+    lr: float = param(0.2, help="Adam's learning rate, for masks and patterns", above=0)
+    l1_weight: float = param(0.05, help="weight of a mask's L1 norm in its reversal loss", min=0)
+    threshold: float = param(
+        2.0, help="anomaly index above which a small mask is flagged (the paper's)", above=0
+    )
+    unlearn_fraction: float = param(
+        0.2,
+        help="attacker images stamped with a reversed trigger (the paper's)",
+        above=0,
+        max=1,
+    )
+    unlearn_epochs: int | None = param(
+        None, help="unlearning epochs; None: the protocol's attack budget", min=1
+    )
+    unlearn_lr: float = param(0.01, help="unlearning learning rate", above=0)
+    unlearn_batch_size: int = param(64, help="unlearning batch size", min=1)
+    unlearn_optimizer: Literal["sgd", "adam"] = param("sgd", help="unlearning optimizer")
+    unlearn_momentum: float = param(
+        0.9, help="unlearning SGD momentum; adam ignores it", min=0, below=1
+    )
+    unlearn_weight_decay: float = param(5e-4, help="unlearning weight decay", min=0)
 
     def settings(self, default_epochs: int) -> TrainSettings:
         return TrainSettings(
@@ -69,7 +64,7 @@ class NeuralCleanseParams:
 
 
 @register_attack("neural-cleanse")
-class NeuralCleanse(Attack):
+class NeuralCleanse(RemovalAttack):
     """Neural Cleanse: reverse-engineer, detect and unlearn backdoors (Wang et al.,
     IEEE S&P 2019).
 
@@ -97,7 +92,7 @@ class NeuralCleanse(Attack):
         epochs = self.params.settings(ctx.protocol.attack_epochs).epochs
         return ThreatModel(data="attacker-split", labels="true", epochs=epochs)
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+    def remove(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         attacker = ctx.splits.attacker
         generator = ctx.generator(f"attack:{self.name}")
         masks, patterns = reverse_triggers(

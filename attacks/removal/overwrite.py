@@ -7,34 +7,34 @@ S&P 2022 ("overwriting").
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from torch import nn
 
-from arena.context import Context
-from arena.errors import ArenaError
-from arena.plugin import Attack, AttackOutcome, Defense, ThreatModel
-from arena.registry import register_attack
-from attacks.piracy.piracy import attacker_context, attacker_keygen
-from attacks.removal.common import AttackerTraining
-from defenses.trigger_set import TriggerSetDefense
+from arena.core.context import Context
+from arena.core.params import param
+from arena.core.plugin import AttackOutcome, Defense, RemovalAttack, ThreatModel
+from arena.core.registry import register_attack
+from arena.util.errors import ArenaError
+from attacks.common import attacker_context
+from attacks.removal.common import MAX_EPOCHS, AttackerTraining
 
 
 @dataclass(frozen=True)
 class OverwriteParams(AttackerTraining):
-    triggers_per_batch: int | None = None  # trigger-set schemes; None: the protocol's
-
-    def check(self) -> None:
-        super().check()
-        if self.triggers_per_batch is not None and self.triggers_per_batch < 1:
-            raise ValueError(f"triggers_per_batch must be >= 1, got {self.triggers_per_batch}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+    epochs: int | None = param(
+        None,
+        help="epochs embedding the attacker's key; None: the protocol's attack budget",
+        min=1,
+        max=MAX_EPOCHS,
+    )
+    triggers_per_batch: int | None = param(
+        None, help="trigger images per batch (trigger-set schemes); None: the protocol's", min=1
+    )
 
 
 @register_attack("overwrite")
-class Overwrite(Attack):
+class Overwrite(RemovalAttack):
     """Overwrite the owner's mark with the attacker's own (Adi et al., USENIX Security 2018;
     Lukas et al., IEEE S&P 2022).
 
@@ -56,19 +56,15 @@ class Overwrite(Attack):
         epochs = self.params.budget(ctx)
         return ThreatModel(data="attacker-split", labels="true", epochs=epochs)
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
-        scheme: Defense | None = ctx.victim_scheme
-        if scheme is None:
+    def remove(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+        if ctx.victim is None:
             raise ArenaError(f"{self.name} needs the victim's scheme (a match sets it)")
+        scheme: Defense = ctx.victim.scheme
         attacker = attacker_context(ctx, self.name, model)
-        key = attacker_keygen(scheme, attacker)
+        key = scheme.for_data(attacker).keygen(attacker)
         settings = self.params.settings(self.params.budget(ctx))
-        if isinstance(scheme, TriggerSetDefense):
-            per_batch = self.params.triggers_per_batch or ctx.protocol.triggers_per_batch
-            scheme.train_with_triggers(model, key, attacker, settings, per_batch, "overwrite")
-        else:
-            protocol = dataclasses.replace(attacker.protocol, training=settings)
-            scheme.mark(model, key, dataclasses.replace(attacker, protocol=protocol))
+        per_batch = self.params.triggers_per_batch or ctx.protocol.triggers_per_batch
+        scheme.train_with_key(model, key, attacker, settings, per_batch, "overwrite")
         evidence = scheme.evidence(model, key, attacker)
         return AttackOutcome(
             model=model,

@@ -11,25 +11,33 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.utils import prune
 
-from arena.context import Context
-from arena.plugin import Attack, AttackOutcome, ThreatModel
-from arena.registry import register_attack
-from attacks.removal.common import AttackerTraining, fine_tune, removal_threat_model
+from arena.core.context import Context
+from arena.core.params import param
+from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.registry import register_attack
+from attacks.removal.common import (
+    MAX_EPOCHS,
+    AttackerTraining,
+    fine_tune,
+    removal_threat_model,
+)
 
 
 @dataclass(frozen=True)
 class PruneParams(AttackerTraining):
-    epochs: int | None = 0  # fine-tuning after pruning; 0: none, None: the protocol's
-    sparsity: float = 0.5  # fraction of all Conv2d and Linear weights set to zero
-
-    def check(self) -> None:
-        if not 0 <= self.sparsity < 1:
-            raise ValueError(f"sparsity must lie in [0, 1), got {self.sparsity}")
-        super().check()
+    epochs: int | None = param(
+        0,
+        help="fine-tuning epochs after pruning; 0: none, None: the protocol's",
+        min=0,
+        max=MAX_EPOCHS,
+    )
+    sparsity: float = param(
+        0.5, help="fraction of all Conv2d and Linear weights set to zero", min=0, below=1
+    )
 
 
 @register_attack("prune")
-class GlobalMagnitudePruning(Attack):
+class GlobalMagnitudePruning(RemovalAttack):
     """Global magnitude pruning (Han et al., NeurIPS 2015) as a removal attack.
 
     The ``sparsity`` fraction of smallest-magnitude weights of all Conv2d and Linear layers,
@@ -47,7 +55,7 @@ class GlobalMagnitudePruning(Attack):
     def threat_model(self, ctx: Context) -> ThreatModel:
         return removal_threat_model(self.params.budget(ctx))
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+    def remove(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
         prune.global_unstructured(
             [(layer, "weight") for layer in layers],

@@ -10,25 +10,31 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from arena.context import Context
-from arena.plugin import Attack, AttackOutcome, ThreatModel
-from arena.registry import register_attack
-from attacks.removal.common import AttackerTraining, fine_tune, removal_threat_model
+from arena.core.context import Context
+from arena.core.params import param
+from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.registry import register_attack
+from attacks.removal.common import (
+    MAX_EPOCHS,
+    AttackerTraining,
+    fine_tune,
+    removal_threat_model,
+)
 
 
 @dataclass(frozen=True)
 class QuantizeParams(AttackerTraining):
-    epochs: int | None = 0  # fine-tuning between two roundings; 0: none, None: the protocol's
-    bits: int = 4
-
-    def check(self) -> None:
-        if not 2 <= self.bits <= 16:
-            raise ValueError(f"bits must lie in 2..16 (a symmetric grid needs 2), got {self.bits}")
-        super().check()
+    epochs: int | None = param(
+        0,
+        help="fine-tuning epochs between two roundings; 0: none, None: the protocol's",
+        min=0,
+        max=MAX_EPOCHS,
+    )
+    bits: int = param(4, help="bits per weight (a symmetric grid needs 2)", min=2, max=16)
 
 
 @register_attack("quantize")
-class WeightQuantization(Attack):
+class WeightQuantization(RemovalAttack):
     """Uniform symmetric per-tensor weight quantization (Lukas et al., IEEE S&P 2022).
 
     Each Conv2d and Linear weight tensor ``w`` is replaced by ``round(w / s) * s`` clamped
@@ -47,7 +53,7 @@ class WeightQuantization(Attack):
     def threat_model(self, ctx: Context) -> ThreatModel:
         return removal_threat_model(self.params.budget(ctx))
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+    def remove(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         max_error = quantize_weights(model, self.params.bits)
         epochs = self.params.budget(ctx)
         steps = 0

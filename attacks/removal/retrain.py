@@ -14,34 +14,19 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from arena.context import Context
-from arena.plugin import Attack, AttackOutcome, ThreatModel
-from arena.registry import register_attack
-from arena.training import predict, train
-from attacks.removal.common import AttackerTraining
-
-
-@dataclass(frozen=True)
-class ScratchTraining(AttackerTraining):
-    """The attacker's budget and optimizer for a model trained from scratch.
-
-    ``epochs`` None is the owner's own from-scratch budget (the protocol's training
-    epochs): extraction starts from random weights, not from a trained model. The rate
-    0.1 is the usual from-scratch SGD rate (He et al., CVPR 2016), also the protocols'.
-    """
-
-    lr: float = 0.1
-
-    def budget(self, ctx: Context) -> int:
-        return ctx.protocol.training.epochs if self.epochs is None else self.epochs
+from arena.core.context import Context
+from arena.core.params import param
+from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.registry import register_attack
+from arena.core.training import predict, train
+from attacks.removal.common import ScratchTraining, fresh_model
 
 
 @dataclass(frozen=True)
 class RetrainParams(ScratchTraining):
-    model: str | None = None  # timm architecture of the fresh model; None: the victim's
+    model: str | None = param(None, help="timm architecture of the fresh model; None: the victim's")
 
     def check(self) -> None:
-        super().check()
         if self.model is not None:
             import timm
 
@@ -54,7 +39,7 @@ class RetrainParams(ScratchTraining):
 
 
 @register_attack("retrain")
-class Retrain(Attack):
+class Retrain(RemovalAttack):
     """Retraining from scratch on the victim's labels (Tramèr et al., USENIX Security
     2016; Lukas et al., IEEE S&P 2022).
 
@@ -78,7 +63,7 @@ class Retrain(Attack):
             epochs=self.params.budget(ctx),
         )
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+    def remove(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         images = ctx.splits.attacker.images
         labels = predict(model, images, ctx.device)
         fresh = fresh_model(ctx, self.params.model, f"attack:{self.name}")
@@ -94,12 +79,3 @@ class Retrain(Attack):
             augment=ctx.protocol.augment,
         )
         return AttackOutcome(model=fresh, info={"steps": report.steps, "queries": len(images)})
-
-
-def fresh_model(ctx: Context, architecture: str | None, purpose: str) -> nn.Module:
-    """A randomly initialised model of ``architecture`` (None: the protocol's), seeded for
-    ``purpose``: never the victim's weights."""
-    protocol = ctx.protocol.with_model(architecture)
-    if protocol is ctx.protocol:
-        return ctx.new_model(purpose)
-    return Context(protocol=protocol, seed=ctx.seed, device=ctx.device).new_model(purpose)

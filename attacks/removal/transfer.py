@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from arena.context import Context
-from arena.data import to_model_input
-from arena.errors import ArenaError
-from arena.models import reinitialize_head
-from arena.plugin import Attack, AttackOutcome, ThreatModel
-from arena.registry import register_attack
-from arena.training import accuracy, train
+from arena.core.context import Context
+from arena.core.data import to_model_input
+from arena.core.models import reinitialize_head
+from arena.core.params import param
+from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.registry import register_attack
+from arena.core.training import accuracy, train
+from arena.util.errors import ArenaError
 from attacks.removal.common import AttackerTraining
 
 TASK = "sklearn digits"
@@ -32,17 +33,16 @@ TASK_CLASSES = 10
 
 @dataclass(frozen=True)
 class TransferParams(AttackerTraining):
-    layers: Literal["all", "head"] = "all"  # fine-tune every layer, or the new head only
-    test_fraction: float = 0.3  # of the new task's images, held out for its accuracy
-
-    def check(self) -> None:
-        super().check()
-        if not 0 < self.test_fraction < 1:
-            raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
+    layers: Literal["all", "head"] = param(
+        "all", help="fine-tune every layer, or the new head only"
+    )
+    test_fraction: float = param(
+        0.3, help="of the new task's images, held out for its accuracy", above=0, below=1
+    )
 
 
 @register_attack("transfer")
-class TransferLearning(Attack):
+class TransferLearning(RemovalAttack):
     """Transfer learning to scikit-learn's digits (Adi et al., USENIX Security 2018, Table 2).
 
     The output layer is re-initialised and the model fine-tuned (every layer, or the head
@@ -61,7 +61,7 @@ class TransferLearning(Attack):
             data="out-of-distribution", labels="true", epochs=self.params.budget(ctx)
         )
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+    def remove(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         if ctx.num_classes < TASK_CLASSES:
             raise ArenaError(
                 f"attack {self.name!r} needs a model with at least {TASK_CLASSES} outputs for "

@@ -10,27 +10,23 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from arena.context import Context
-from arena.plugin import Attack, AttackOutcome, ThreatModel
-from arena.registry import register_attack
+from arena.core.context import Context
+from arena.core.params import param
+from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.registry import register_attack
 from attacks.removal.common import AttackerTraining, fine_tune, removal_threat_model
 
 
 @dataclass(frozen=True)
 class WeightShiftParams(AttackerTraining):
-    strength: float = 1.5  # lambda: how far each filter moves against its mean
-    noise: float = 1.0  # nu: Gaussian noise, in units of the filter's standard deviation
-
-    def check(self) -> None:
-        if self.strength < 0:
-            raise ValueError(f"strength must be >= 0, got {self.strength}")
-        if self.noise < 0:
-            raise ValueError(f"noise must be >= 0, got {self.noise}")
-        super().check()
+    strength: float = param(1.5, help="lambda: how far each filter moves against its mean", min=0)
+    noise: float = param(
+        1.0, help="nu: Gaussian noise, in units of the filter's standard deviation", min=0
+    )
 
 
 @register_attack("weight-shift")
-class WeightShifting(Attack):
+class WeightShifting(RemovalAttack):
     """Weight shifting, a removal attack of Lukas et al. (SoK, IEEE S&P 2022).
 
     Every filter ``w_f`` (one output channel) of every Conv2d becomes
@@ -51,7 +47,7 @@ class WeightShifting(Attack):
     def threat_model(self, ctx: Context) -> ThreatModel:
         return removal_threat_model(self.params.budget(ctx))
 
-    def run(self, model: nn.Module, ctx: Context) -> AttackOutcome:
+    def remove(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         noise_stream = ctx.generator(f"attack:{self.name}:noise")
         shift_filters(model, self.params.strength, self.params.noise, noise_stream)
         epochs = self.params.budget(ctx)

@@ -1,0 +1,352 @@
+"""Aggregate stored matches per protocol and rank the defenses: the leaderboard's numbers.
+
+A defense is ranked by how many attacks its mark survived (still verified, or the attack
+cost more accuracy than delta), then by the share survived, the marked agreement and
+functionality preservation; a scheme whose null is not sound (uncalibrated, or refuted
+by its calibration's false claims) decides nothing and ranks last. Matches over several
+seeds are aggregated: mean accuracies, and counts of seeds verified / succeeded. A later
+run of the same match and seed supersedes the earlier; a run with parameters set away
+from a plugin's defaults is its own variant row, e.g. ``ftal [lr=0.05]``, and so is a
+plugin of the same name from another package. The rows hold numbers; ``arena.report``
+turns them into text.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from statistics import mean
+from typing import Any
+
+from arena.core.plugin import ThreatModel
+from arena.core.protocols import PROTOCOLS, Protocol
+from arena.core.registry import Registry, attacks, defenses
+from arena.core.verify import UNSOUND_NULLS
+from arena.storage.calibrations import RECORD_FORMAT, CalibrationStore
+from arena.storage.record import (
+    DetectorRecord,
+    DisputeRecord,
+    EvidenceRecord,
+    Interval,
+    MatchRecord,
+    Versions,
+)
+from arena.storage.results import ResultStore
+from arena.util.errors import ArenaError
+
+THREAT_SECTIONS = ("none", "removal", "forgery", "piracy", "evasion")
+
+# The shape of the leaderboard's JSON file: 2 holds numbers where 1 held display text.
+LEADERBOARD_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class NullUsed:
+    """The null a match's evidence was tested against: its kind (exact, beta-binomial,
+    uncalibrated, refuted; pooled or nominal in old records), mean and dispersion."""
+
+    kind: str
+    p: float
+    dispersion: float
+
+    @property
+    def unsound(self) -> str | None:
+        """The kind, when this null decides no verdict; else None."""
+        return self.kind if self.kind in UNSOUND_NULLS else None
+
+    @classmethod
+    def of(cls, record: MatchRecord) -> NullUsed:
+        evidence = record.attacked.evidence
+        return cls(record.null.kind, evidence.null_p, evidence.null_dispersion)
+
+
+@dataclass(frozen=True)
+class FalseClaims:
+    """A scheme's fresh keys claimed on clean models its calibration never saw."""
+
+    claimed: int
+    pairs: int
+    ci95: Interval  # 95% Clopper-Pearson
+    models: str  # "foreign", or "reference" for white-box keys that fit no foreign model
+
+
+@dataclass(frozen=True)
+class MatchRow:
+    """One (defense, attack, model) cell, aggregated over seeds."""
+
+    defense: str  # the plugin name, with the parameters set away from its defaults
+    attack: str
+    model: str
+    threat: str
+    seeds: list[int]
+    access: str
+    clean_acc: float  # means over seeds
+    marked_acc: float
+    attacked_acc: float
+    marked_agreement: float
+    marked_verified: int  # seeds
+    marked_evidence: EvidenceRecord  # of the first seed
+    clean_evidence: EvidenceRecord  # the same key on the clean model, of the first seed
+    null: NullUsed  # of the first seed
+    attacked_evidence: EvidenceRecord  # of the first seed
+    attacked_agreement: float
+    attacked_p_value: float  # the largest over seeds: the weakest evidence
+    attacked_verified: int
+    owner_head: EvidenceRecord | None  # of the first seed
+    owner_head_verified: int  # seeds whose owner-head evidence verified
+    attack_succeeded: int
+    attack_seconds: float
+    outcome: str  # the reason, of the first seed
+    threat_model: ThreatModel
+    # A task-changing attack (transfer learning): its black-box evidence is not evidence,
+    # the owner-head evidence decides, and its accuracy is the new task's.
+    evidence_applicable: bool = True
+    task: str | None = None
+    task_acc: float | None = None  # mean over seeds, on the new task's test split
+    summary: str = ""  # the attack's own one-line summary, of the first seed
+    detector: DetectorRecord | None = None  # a query filter's counts, of the first seed
+    claim: DisputeRecord | None = None  # forgery and piracy: the judged claims, first seed
+    # The kind of null a seed was decided against when it was not a sound one
+    # (uncalibrated, refuted): its evidence is shown, its verdicts are not.
+    unsound_null: str | None = None
+    # The distributions that provided the plugins (without version).
+    defense_package: str | None = None
+    attack_package: str | None = None
+
+
+@dataclass(frozen=True)
+class DefenseRow:
+    rank: int
+    defense: str
+    access: str
+    clean_acc: float
+    marked_acc: float
+    preservation: float
+    marked_agreement: float
+    marked_evidence: EvidenceRecord  # of its first match, first seed
+    clean_evidence: EvidenceRecord
+    evidence_null: NullUsed  # the null those two were tested against
+    null: NullUsed  # the null that decided, or (when one did not) the one that could not
+    attacks: int
+    survived: int | None  # None: no verdict, the scheme's null is not sound
+    # Fresh keys of the scheme on clean models of architectures its calibration never saw
+    # (the newest calibration); None: not measured.
+    false_claims: FalseClaims | None = None
+    defense_package: str | None = None
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    protocol: Protocol
+    defenses: list[DefenseRow]
+    matches: list[MatchRow]
+    older_versions: int  # records of earlier protocol versions left out
+    superseded: int = 0  # records replaced by a later run of the same cell and seed
+    versions: list[Versions] = field(default_factory=list)  # per record shown
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": LEADERBOARD_FORMAT,
+            "protocol": self.protocol.name,
+            "version": self.protocol.version,
+            "fingerprint": self.protocol.fingerprint,
+            "generated_by": f"arena leaderboard --protocol {self.protocol.name}",
+            "defenses": [asdict(row) for row in self.defenses],
+            "matches": [asdict(row) for row in self.matches],
+        }
+
+
+Cell = tuple[str, str | None, str, str | None, str]  # defense, its package, attack, ..., model
+
+
+def build(store: ResultStore, protocol: Protocol) -> Leaderboard:
+    records = store.matches(protocol.name)  # oldest first
+    current = [r for r in records if r.protocol_version == protocol.version]
+    # One record per (variant, package, model, seed): a later run of the same cell (a
+    # newer plugin version, a new calibration, a renamed parameter) supersedes the earlier.
+    latest: dict[tuple[Cell, int], MatchRecord] = {}
+    for record in current:
+        latest[(_cell(record), record.seed)] = record
+    groups: dict[Cell, list[MatchRecord]] = defaultdict(list)
+    for (cell, _seed), record in latest.items():
+        groups[cell].append(record)
+    matches = sorted(
+        (_match_row(cell, rows) for cell, rows in groups.items()),
+        key=lambda row: (
+            THREAT_SECTIONS.index(row.threat)
+            if row.threat in THREAT_SECTIONS
+            else len(THREAT_SECTIONS),
+            row.defense,
+            row.attack,
+            row.model,
+            row.defense_package or "",
+            row.attack_package or "",
+        ),
+    )
+    return Leaderboard(
+        protocol,
+        _rank(matches, _false_claims(store, protocol)),
+        matches,
+        older_versions=len(records) - len(current),
+        superseded=len(current) - len(latest),
+        versions=[record.versions for record in latest.values()],
+    )
+
+
+def labelled(registry: Registry, name: str, params: dict[str, Any]) -> str:
+    """``name``, with the parameters a match set away from the plugin's defaults.
+
+    A variant (``deepsigns [strength=0.1]``) is its own row; parameters the plugin no
+    longer declares, or set to their default, do not make one.
+    """
+    try:
+        defaults = registry.get(name)().params_dict()
+    except ArenaError:  # a plugin no longer installed: every set parameter shows
+        defaults = {}
+    changed = [
+        f"{field}={value}"
+        for field, value in sorted(params.items())
+        if value is not None and field in (defaults or params) and value != defaults.get(field)
+    ]
+    return f"{name} [{', '.join(changed)}]" if changed else name
+
+
+def package(registry: Registry, name: str, source: str | None) -> str | None:
+    """The distribution (without version) a record's plugin came from.
+
+    A record from before packages were recorded is taken to measure the plugin that
+    provides ``name`` now (two packages providing one name are refused); None when no
+    installed package provides it.
+    """
+    if source is None:
+        try:
+            source = registry.info(name).source
+        except ArenaError:
+            return None
+    return source.split(" ")[0]
+
+
+def _cell(record: MatchRecord) -> Cell:
+    return (
+        labelled(defenses, record.defense, dict(record.defense_params)),
+        package(defenses, record.defense, record.versions.defense_package),
+        labelled(attacks, record.attack, dict(record.attack_params)),
+        package(attacks, record.attack, record.versions.attack_package),
+        record.model,
+    )
+
+
+def _match_row(cell: Cell, records: list[MatchRecord]) -> MatchRow:
+    defense, defense_package, attack, attack_package, model = cell
+    records = sorted(records, key=lambda r: r.seed)
+    first = records[0]
+    owner_heads = [r.attacked.owner_head_evidence for r in records]
+    applicable = first.attacked.evidence.applicable
+    task_accs = [r.attack_info.get("task_test_acc") for r in records]
+    return MatchRow(
+        defense=defense,
+        attack=attack,
+        model=model,
+        threat=first.threat,
+        seeds=[r.seed for r in records],
+        access=first.defense_access,
+        clean_acc=mean(r.clean.test_acc for r in records),
+        marked_acc=mean(r.marked.test_acc for r in records),
+        attacked_acc=mean(r.attacked.test_acc for r in records),
+        marked_agreement=mean(r.marked.evidence.agreement for r in records),
+        marked_verified=sum(r.marked.evidence.verified for r in records),
+        marked_evidence=first.marked.evidence,
+        clean_evidence=first.clean.evidence,
+        null=NullUsed.of(first),
+        attacked_evidence=first.attacked.evidence,
+        attacked_agreement=mean(r.attacked.evidence.agreement for r in records),
+        attacked_p_value=max(r.attacked.evidence.p_value for r in records),
+        attacked_verified=sum(r.attacked.evidence.verified for r in records),
+        owner_head=owner_heads[0],
+        owner_head_verified=sum(bool(head and head.verified) for head in owner_heads),
+        attack_succeeded=sum(r.attack_succeeded for r in records),
+        attack_seconds=mean(r.attack_seconds for r in records),
+        outcome=first.outcome,
+        threat_model=first.threat_model,
+        evidence_applicable=applicable,
+        task=None if applicable else first.attack_info.get("task"),
+        task_acc=None if applicable or None in task_accs else mean(task_accs),
+        summary=str(first.attack_info.get("summary", "")),
+        detector=first.attacked.detector,
+        claim=first.claim,
+        unsound_null=next((kind for r in records if (kind := r.unsound_null)), None),
+        defense_package=defense_package,
+        attack_package=attack_package,
+    )
+
+
+def _false_claims(store: ResultStore, protocol: Protocol) -> dict[str, FalseClaims]:
+    """Per scheme, the false-claim rate its newest calibration measured on foreign models."""
+    calibrations = CalibrationStore(store.path)
+    rates = {}
+    for name in defenses.names():
+        record = calibrations.latest(protocol, name)
+        if record is None or record.get("format") != RECORD_FORMAT:
+            continue
+        claims = record.get("false_claims", {})
+        # White-box keys fit no foreign architecture: their rate is the reference models'.
+        role = "foreign" if "foreign" in claims else "reference"
+        rate = claims.get(role)
+        if rate:
+            low, high = rate["ci95"]
+            rates[name] = FalseClaims(rate["claimed"], rate["pairs"], (low, high), role)
+    return rates
+
+
+def _rank(matches: list[MatchRow], false_claims: dict[str, FalseClaims]) -> list[DefenseRow]:
+    by_defense: dict[tuple[str, str | None], list[MatchRow]] = defaultdict(list)
+    for row in matches:
+        by_defense[(row.defense, row.defense_package)].append(row)
+    rows = []
+    for (defense, defense_package), cells in by_defense.items():
+        attacked = [c for c in cells if c.threat != "none"]
+        # A mark survives an attack when it was verified to begin with and no seed lost it;
+        # against a null that is not sound nothing was decided, so nothing is counted.
+        survived = None
+        if not any(c.unsound_null for c in cells):
+            survived = sum(
+                1 for c in attacked if c.marked_verified == len(c.seeds) and c.attack_succeeded == 0
+            )
+        rows.append(
+            dict(
+                defense=defense,
+                access=cells[0].access,
+                clean_acc=mean(c.clean_acc for c in cells),
+                marked_acc=mean(c.marked_acc for c in cells),
+                preservation=mean(c.marked_acc - c.clean_acc for c in cells),
+                marked_agreement=mean(c.marked_agreement for c in cells),
+                marked_evidence=cells[0].marked_evidence,
+                clean_evidence=cells[0].clean_evidence,
+                evidence_null=cells[0].null,
+                null=next((c.null for c in cells if c.unsound_null), cells[0].null),
+                attacks=len(attacked),
+                survived=survived,
+                false_claims=false_claims.get(defense.split(" [")[0]),
+                defense_package=defense_package,
+            )
+        )
+    # Attacks survived, counted not as a share: a variant run against fewer attacks
+    # must not outrank a scheme that met them all.
+    # Schemes without a sound null rank last: they decided nothing.
+    rows.sort(
+        key=lambda r: (
+            r["survived"] is None,
+            -(r["survived"] or 0),
+            -((r["survived"] or 0) / r["attacks"] if r["attacks"] else 0),
+            -r["marked_agreement"],
+            -r["preservation"],
+            r["defense"],
+            r["defense_package"] or "",
+        )
+    )
+    return [DefenseRow(rank=index + 1, **row) for index, row in enumerate(rows)]
+
+
+def protocols_in(store: ResultStore) -> list[Protocol]:
+    names = {record["protocol"] for record in store.records()}
+    return [PROTOCOLS[name] for name in sorted(names) if name in PROTOCOLS]
