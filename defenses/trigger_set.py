@@ -7,8 +7,9 @@ model on the triggers, count answers equal to the committed labels) are the same
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ class TriggerSetDefense(Defense):
     """Base class of black-box schemes whose key is a committed trigger set."""
 
     key_type = TriggerKey
-    # The public label check (arena.public) applies: the key's labels are chosen with no
+    # The public label check (arena.ownership.public) applies: the key's labels are chosen with no
     # regard to what clean models answer, so clean models must not agree with them.
     labels_independent: ClassVar[bool] = True
 
@@ -97,6 +98,16 @@ class TriggerSetDefense(Defense):
             augment=ctx.protocol.augment,
         )
         return model
+
+    def train_with_triggers(self, *args: Any, **kwargs: Any) -> nn.Module:
+        """Release 0.1's name of ``train_with_key``, for one release."""
+        warnings.warn(
+            "train_with_triggers is now train_with_key (a Defense hook); the old name goes "
+            "in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.train_with_key(*args, **kwargs)
 
     def continue_training(
         self, model: nn.Module, key: TriggerKey, ctx: Context, description: str

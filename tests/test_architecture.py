@@ -82,7 +82,7 @@ def test_the_layer_check_catches_a_wrong_way_import():
     assert wrong_way_imports("arena.util.files", "import arena\n") == ["arena.util.files -> arena"]
     local = "def f():\n    from arena.storage import results\n"
     assert wrong_way_imports("arena.core.data", local) == ["arena.core.data -> arena.storage"]
-    assert wrong_way_imports("arena.cli.app", upward) == []
+    assert wrong_way_imports("arena.cli.commands", upward) == []
 
 
 def test_no_import_cycle_counting_local_and_type_only_imports():
@@ -231,3 +231,34 @@ def test_the_context_is_an_immutable_value_that_never_trains():
     victim = Victim(scheme="a scheme", vk=None, data=ctx.splits.attacker)
     attacked = dataclasses.replace(ctx, victim=victim)
     assert attacked.victim.data is ctx.splits.attacker and ctx.victim is None
+
+
+def test_release_0_1_context_fields_still_read_for_one_release_with_a_warning():
+    import dataclasses
+
+    from arena.core.context import Context, Victim
+    from arena.core.protocols import get_protocol
+
+    ctx = dataclasses.replace(
+        Context(protocol=get_protocol("smoke")), victim=Victim("scheme", Path("vk.json"))
+    )
+    with pytest.warns(DeprecationWarning, match="victim_scheme moved to Context.victim.scheme"):
+        assert ctx.victim_scheme == "scheme"
+    with pytest.warns(DeprecationWarning, match="victim_vk moved"):
+        assert ctx.victim_vk == Path("vk.json")
+
+
+def test_every_name_contributing_imports_from_arena_is_on_the_stable_surface():
+    """A contributor copies CONTRIBUTING's imports: each must exist, without a warning."""
+    import re
+
+    import arena
+
+    guide = (ROOT / "CONTRIBUTING.md").read_text()
+    imported = set()
+    for block in re.findall(r"```python\n(.*?)```", guide, flags=re.S):
+        for node in ast.walk(ast.parse(block)):
+            if isinstance(node, ast.ImportFrom) and node.module == "arena":
+                imported.update(alias.name for alias in node.names)
+    assert len(imported) >= 10
+    assert sorted(imported - set(arena.__all__)) == []

@@ -149,7 +149,7 @@ def _commands() -> dict[str, object]:
     """Every command and group by its path ("" for arena, "run", "ledger head")."""
     import typer.main
 
-    from arena.cli.app import app
+    from arena.cli.commands import app
 
     found: dict[str, object] = {}
 
@@ -666,7 +666,7 @@ def test_ctrl_c_says_what_is_kept_and_exits_130(world: dict) -> None:
         # As in a terminal: a process started in the background (nohup, '&' in a script)
         # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
         "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-        "import arena.cli.app as cli\n"
+        "import arena.cli.commands as cli\n"
         "def interrupted(*args, **kwargs):\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    time.sleep(30)\n"
@@ -691,7 +691,7 @@ def test_ctrl_c_says_what_is_kept_and_exits_130(world: dict) -> None:
 
 
 def test_json_is_strict(capsys: pytest.CaptureFixture) -> None:
-    from arena.cli.app import _print_json
+    from arena.cli.commands import _print_json
     from arena.util.errors import ArenaError
 
     _print_json({"p_value": 0.5})
@@ -703,7 +703,7 @@ def test_json_is_strict(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_key_warning_only_for_keys_others_can_read(tmp_path: Path, capsys) -> None:
-    from arena.cli.app import _warn_if_exposed
+    from arena.cli.commands import _warn_if_exposed
 
     key = tmp_path / "mk.json"
     key.write_text("{}")

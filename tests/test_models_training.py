@@ -376,3 +376,46 @@ def test_unknown_model_name_far_from_all_is_one_short_line() -> None:
         create_model("zzzz-qqqq", num_classes=CLASSES, channels=1, image_size=SIZE)
     message = str(raised.value)
     assert message == "unknown timm model 'zzzz-qqqq' (timm.list_models() lists all)"
+
+
+def test_selected_training_moves_only_the_parameters_the_caller_left_trainable():
+    """A plugin that fine-tunes some layers (only BatchNorm, say) freezes the rest with
+    requires_grad and asks for trainable="selected"; "all" would unfreeze them."""
+    import torch
+    from torch import nn
+
+    from arena.core.training import TrainSettings, train
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(3))
+    model(torch.zeros(1, 1, 8, 8))
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters() if "1." not in name}
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith("1."))
+    images, labels = torch.rand(40, 1, 8, 8), torch.randint(0, 3, (40,))
+    before = model[1].weight.detach().clone()
+    train(
+        model,
+        images,
+        labels,
+        TrainSettings(epochs=2, batch_size=10, lr=0.5),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        trainable="selected",
+    )
+    assert not torch.equal(model[1].weight, before)
+    for name, parameter in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(parameter, frozen[name]), name
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    with pytest.raises(ValueError, match="no parameter of the model requires grad"):
+        train(
+            model,
+            images,
+            labels,
+            TrainSettings(epochs=1),
+            device=torch.device("cpu"),
+            generator=torch.Generator().manual_seed(0),
+            trainable="selected",
+        )

@@ -15,7 +15,6 @@ import pytest
 from arena.core.params import (
     NoParams,
     ParamDoc,
-    describe_params,
     document_params,
     param,
     params_to_dict,
@@ -163,9 +162,6 @@ def test_dict_and_description() -> None:
     params = parse({"epochs": "4"})
     assert params_to_dict(params)["epochs"] == 4
     assert params_to_dict(params)["budget"] == 5
-    assert describe_params(ExampleParams) == (
-        "lr=0.1 epochs=2 nesterov=False budget=5 optimizer='sgd' name='x'"
-    )
 
 
 def test_attack_plugin_rejects_a_negative_learning_rate() -> None:
@@ -335,6 +331,13 @@ def test_arena_list_fits_80_columns_and_shows_help_and_constraints(tmp_path) -> 
     assert "    optimizer: str = 'sgd'  one of 'sgd', 'adam'" in block
     for name in ("backdoor-wm", "trigger_size: int | None = None  in [1, 100,000]", "smoke"):
         assert name in result.stdout
+    # Each plugin's summary (its docstring's first line) and every budget of a protocol.
+    from arena.core.registry import attacks
+
+    summary = attacks.info("rtal").summary
+    assert summary in " ".join(line.strip() for line in block)
+    assert "  triggers: 20, 5 per batch" in result.stdout
+    assert "marking a trained model:" in result.stdout and "augment:" in result.stdout
 
 
 def test_arena_list_names_threat_model_fields_as_they_are(tmp_path) -> None:

@@ -209,3 +209,27 @@ def test_a_third_party_plugin_shadowing_a_builtin_is_refused(monkeypatch) -> Non
     # The global registry: the built-in modules registered there when first imported.
     with pytest.raises(ArenaError, match=f"'rtal' is provided by {DISTRIBUTION} .* and by pkg-c"):
         attacks.get("rtal")
+
+
+def test_an_entry_point_named_otherwise_than_its_class_registers_is_refused(monkeypatch) -> None:
+    """Two names for one plugin would store its results under either: refused, by name."""
+    from arena.core import registry as registry_module
+
+    registry = fresh_registry()
+
+    class Tuned(Stub):
+        pass
+
+    class Decorated(_EntryPoint):
+        def load(self) -> type:  # the module's @register_attack("norm-tune") runs on import
+            return registry.register("norm-tune")(self._cls)
+
+    installed = [Decorated("mismatch-name", "pkg-d", Tuned)]
+
+    def entry_points(group: str, name: str | None = None):
+        return [ep for ep in installed if name is None or ep.name == name]
+
+    monkeypatch.setattr(registry_module.metadata, "entry_points", entry_points)
+    with pytest.raises(ArenaError, match="named 'mismatch-name' but its class registers as"):
+        registry.get("mismatch-name")
+    assert [b.name for b in registry.broken()] == ["mismatch-name"]

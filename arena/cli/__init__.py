@@ -1,5 +1,28 @@
-"""Layer 6: the ``arena`` command line (the typer application is ``arena.cli.app.app``)."""
+"""Layer 6: the ``arena`` command line. ``app`` is the typer application, ``main`` the
+console script; the commands live in ``arena.cli.commands``."""
 
-from arena.cli.app import main
+from __future__ import annotations
 
-__all__ = ["main"]
+from typing import Any
+
+from arena.cli.commands import app, main
+
+__all__ = ["app", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    # Release 0.1's ``arena.cli`` was one module: its other names resolve here for one
+    # release (the commands module holds them).
+    import importlib
+    import warnings
+
+    commands = importlib.import_module("arena.cli.commands")
+    if name.startswith("__") or not hasattr(commands, name):
+        raise AttributeError(f"module 'arena.cli' has no attribute {name!r}")
+    warnings.warn(
+        f"arena.cli.{name} moved to arena.cli.commands.{name}; the old path goes in the "
+        "next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(commands, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,14 @@ def derive_seed(seed: int, purpose: str) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+def _moved(old: str, new: str) -> None:
+    warnings.warn(
+        f"Context.{old} moved to Context.{new}; the old name goes in the next release",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
 @dataclass(frozen=True)
 class Victim:
     """What every attacker knows of the model it attacks (Kerckhoffs): the scheme that
@@ -68,6 +77,17 @@ class Context:
     data: Splits | None = None
     clean: Callable[[], nn.Module] | None = None
     victim: Victim | None = None
+
+    # Release 0.1's attack-only fields, for one release: ``ctx.victim`` holds them now.
+    @property
+    def victim_scheme(self) -> Any:
+        _moved("victim_scheme", "victim.scheme")
+        return None if self.victim is None else self.victim.scheme
+
+    @property
+    def victim_vk(self) -> Path | None:
+        _moved("victim_vk", "victim.vk")
+        return None if self.victim is None else self.victim.vk
 
     @property
     def splits(self) -> Splits:

@@ -108,13 +108,6 @@ def params_to_dict(params: Any) -> dict[str, Any]:
     return dataclasses.asdict(params)
 
 
-def describe_params(params_type: type) -> str:
-    """``lr=0.01 epochs=None``: the defaults on one line."""
-    defaults = params_type()
-    return " ".join(
-        f"{field.name}={getattr(defaults, field.name)!r}"
-        for field in dataclasses.fields(params_type)
-    )
 
 
 @dataclasses.dataclass(frozen=True)

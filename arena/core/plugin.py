@@ -64,14 +64,6 @@ class ThreatModel:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def summary(self) -> str:
-        parts = [f"data: {self.data}", f"labels: {self.labels}"]
-        if self.query_budget is not None:
-            parts.append(f"query_budget: {self.query_budget}")
-        if self.epochs is not None:
-            parts.append(f"epochs: {self.epochs}")
-        return ", ".join(parts)
-
 
 class Plugin(abc.ABC):  # noqa: B024 (its subclasses declare the verbs)
     """Common to defenses and attacks: a name, a version and declared parameters."""
@@ -142,7 +134,8 @@ class Defense(Plugin):
         """Mark an already trained ``model`` with the protocol's ``mark_*`` budget."""
         protocol = ctx.protocol
         budget = with_budget(protocol.training, protocol.mark_epochs, protocol.mark_lr)
-        return self.train_with_key(model, key, ctx, budget, None, description)
+        per_batch = protocol.mark_triggers_per_batch
+        return self.train_with_key(model, key, ctx, budget, per_batch, description)
 
     def train_with_key(
         self,
@@ -154,8 +147,11 @@ class Defense(Plugin):
         description: str,
     ) -> nn.Module:
         """Train ``model`` to carry ``key`` with ``settings`` (and, for trigger sets,
-        ``triggers_per_batch`` key images in every batch)."""
+        ``triggers_per_batch`` key images in every batch). Default: ``mark`` under a
+        protocol whose ``training`` (and ``triggers_per_batch``) are these."""
         protocol = dataclasses.replace(ctx.protocol, training=settings)
+        if triggers_per_batch is not None:
+            protocol = dataclasses.replace(protocol, triggers_per_batch=triggers_per_batch)
         return self.mark(model, key, dataclasses.replace(ctx, protocol=protocol))
 
 

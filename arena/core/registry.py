@@ -164,6 +164,10 @@ class Registry:
             except Exception as error:  # one broken module must not hide the others
                 self._broken[module.name] = BrokenPlugin(module.name, self.kind, repr(error))
 
+    def _owns(self, name: str, cls: type) -> bool:
+        info = self._entries.get(name)
+        return info is not None and info.cls is cls
+
     def _load_entry_point(self, name: str) -> None:
         for entry_point in metadata.entry_points(group=self.group, name=name):
             dist = entry_point.dist
@@ -171,6 +175,12 @@ class Registry:
             Registry._loading_source = f"{dist.name} {dist.version}" if dist else entry_point.value
             try:
                 loaded = entry_point.load()
+                registered = getattr(loaded, "name", "") if isinstance(loaded, type) else ""
+                if registered and registered != name and self._owns(registered, loaded):
+                    raise ArenaError(
+                        f"the entry point is named {name!r} but its class registers as "
+                        f"{registered!r}; the two names must match"
+                    )
                 # An entry point may name an undecorated class: register it under its name.
                 if name not in self._entries and isinstance(loaded, type):
                     self.register(name)(loaded)

@@ -80,7 +80,7 @@ def train(
     triggers: tuple[torch.Tensor, torch.Tensor] | None = None,
     triggers_per_batch: int = 0,
     extra_loss: ExtraLoss | None = None,
-    trainable: Literal["all", "head"] = "all",
+    trainable: Literal["all", "head", "selected"] = "all",
     augment: Augment = "none",
     temperature: float = 1.0,
 ) -> TrainReport:
@@ -89,7 +89,10 @@ def train(
     ``labels`` are class indices (N,) or target probabilities (N, classes), e.g. a
     teacher's soft labels. ``temperature`` T divides the logits inside the loss, which is
     then scaled by T^2 so its gradients keep their size (Hinton et al. 2015); at 1 the
-    loss is plain cross-entropy.
+    loss is plain cross-entropy. ``trainable``: "all" trains every parameter (and sets
+    ``requires_grad`` on all of them); "head" only the output layer, the body frozen in
+    eval mode; "selected" the parameters whose ``requires_grad`` the caller left True
+    (e.g. only the BatchNorm layers), the model in train mode.
     """
     _check_arguments(settings, labels, temperature, triggers, triggers_per_batch)
     model.to(device)
@@ -262,6 +265,11 @@ def _trainable_parameters(model: nn.Module, trainable: str) -> list[nn.Parameter
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         return list(model.parameters())
+    if trainable == "selected":  # the caller chose them with requires_grad
+        chosen = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        if not chosen:
+            raise ValueError("trainable='selected' but no parameter of the model requires grad")
+        return chosen
     if trainable == "head":
         head = head_module(model)
         for parameter in model.parameters():
@@ -269,12 +277,12 @@ def _trainable_parameters(model: nn.Module, trainable: str) -> list[nn.Parameter
         for parameter in head.parameters():
             parameter.requires_grad_(True)
         return list(head.parameters())
-    raise ValueError(f"trainable must be 'all' or 'head', got {trainable!r}")
+    raise ValueError(f"trainable must be 'all', 'head' or 'selected', got {trainable!r}")
 
 
 def _set_mode(model: nn.Module, trainable: str) -> None:
     # Training only the head keeps the body, BatchNorm statistics included, frozen.
-    model.train(trainable == "all")
+    model.train(trainable != "head")
     if trainable == "head":
         head_module(model).train()
 

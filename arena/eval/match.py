@@ -161,8 +161,10 @@ def play_match(
     match = dataclasses.replace(match, ctx=ctx)  # from here on, holding the clean model
     with timer("verify"):
         owner = _measure_owner(match.defense, clean, marked, key, ctx, null)
-    victim = names.victim
-    attacker = dataclasses.replace(ctx, victim=victim)
+    # What the attacker knows: the scheme, the public key (mk stays with the owner), its
+    # own data; never the owner's clean model.
+    victim = Victim(match.defense, names.vk, splits.attacker)
+    attacker = dataclasses.replace(ctx, victim=victim, clean=None)
     with timer("attack"):
         attacked = _attack(match, names, marked, attacker, cached)
     with timer("verify"):
@@ -233,7 +235,7 @@ def _resolve(
 class _Names:
     """Every artifact of a match, named by what determines it: all known up front."""
 
-    victim: Victim
+    vk: Path  # the owner's public verification key, which every attacker knows
     clean_folder: Path
     marked_spec: dict[str, Any]
     marked_folder: Path
@@ -253,10 +255,8 @@ def _key_spec(match: _Match) -> dict[str, Any]:
 
 
 def _name_artifacts(match: _Match, key_spec: dict[str, Any], key: Key) -> _Names:
-    defense, attack, cache, ctx = match.defense, match.attack, match.cache, match.ctx
+    defense, attack, cache = match.defense, match.attack, match.cache
     clean_folder = cache.folder("clean", artifact_base(match.protocol, match.spec.seed))
-    # What the attacker knows: the scheme, the public key (mk stays with the owner), its data.
-    victim = Victim(defense, cache.folder("key", key_spec) / "vk.json", ctx.splits.attacker)
     marked_spec = {**key_spec, "key": key.fingerprint}
     if defense.starts_from == "clean":
         marked_spec["clean"] = clean_folder.name
@@ -267,7 +267,7 @@ def _name_artifacts(match: _Match, key_spec: dict[str, Any], key: Key) -> _Names
         "attack_params": attack.params_dict(),
     }
     return _Names(
-        victim=victim,
+        vk=cache.folder("key", key_spec) / "vk.json",
         clean_folder=clean_folder,
         marked_spec=marked_spec,
         marked_folder=cache.folder("marked", marked_spec),

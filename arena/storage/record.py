@@ -433,7 +433,7 @@ def load(raw: Mapping[str, Any], where: str = "a stored match record") -> MatchR
         return MatchRecord.from_dict(upgrade(raw))
     except KeyError as error:
         raise ArenaError(f"{where} is malformed: no field {error}") from None
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, ArenaError) as error:
         raise ArenaError(f"{where} is malformed: {error}") from None
 
 

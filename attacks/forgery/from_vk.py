@@ -28,12 +28,12 @@ from arena.core.plugin import (
     AttackOutcome,
     ClaimAttack,
     ClaimAttempt,
+    Requirements,
     ThreatModel,
 )
 from arena.core.registry import register_attack
 from arena.core.training import predict
 from arena.util.jsonio import read_json
-from attacks.forgery.common import TRIGGER_SET_KEYS
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,10 @@ class ForgeFromVk(ClaimAttack):
     paper = "Adi et al., USENIX Security 2018 (unforgeability)"
     Params = FromVkParams
 
-    requires = TRIGGER_SET_KEYS
+    requires = Requirements(
+        key_type=TriggerKey,
+        reason="its key commits to a projection and bits, not to trigger images and labels",
+    )
 
     def threat_model(self, ctx: Context) -> ThreatModel:
         return ThreatModel(data="attacker-split", labels="victim-top1", epochs=0)

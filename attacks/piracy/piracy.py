@@ -24,7 +24,7 @@ class Piracy(ClaimAttack):
     schemes continue training with their regularizer on the attacker's key, for the same
     budget. The attacker registers its key after it stole the model and before it
     publishes the pirated one, and claims it. The arena then settles the dispute with
-    the ownership protocol (``arena.claims``): the piracy succeeds only if the owner's
+    the ownership protocol (``arena.ownership.claims``): the piracy succeeds only if the owner's
     claim cannot be told from the pirate's.
     """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -304,7 +305,9 @@ def _list_registry(kind: str) -> None:
         plugin = info.cls
         stdout.print()
         stdout.print(Text.assemble((info.name, "bold"), f"  ({info.source})"))
-        _print_wrapped(getattr(plugin, "paper", "") or info.summary, indent=2)
+        for line in dict.fromkeys((info.summary, getattr(plugin, "paper", ""))):
+            if line:  # the docstring's first line, then the paper it cites
+                _print_wrapped(line, indent=2)
         if registry.kind == "defense":
             _print_wrapped(f"family: {plugin.family}; access: {plugin.access}", indent=2)
         else:
@@ -379,10 +382,19 @@ def _list_protocols() -> None:
             f"data: {protocol.dataset}; model: {protocol.model} @ {protocol.image_size}px",
             "split (owner/attacker/test): "
             f"{protocol.owner_size}/{protocol.attacker_size}/{protocol.test_size}",
-            f"owner epochs: {protocol.training.epochs}; attack epochs: {protocol.attack_epochs}",
+            f"owner training: {_settings_line(protocol.training)}; augment: {protocol.augment}",
+            f"triggers: {protocol.trigger_size}, {protocol.triggers_per_batch} per batch",
+            f"marking a trained model: {protocol.mark_epochs} epochs at lr {protocol.mark_lr:g}, "
+            f"{protocol.mark_triggers_per_batch} triggers per batch",
+            f"attack epochs: {protocol.attack_epochs}",
             f"alpha: {protocol.alpha:g}; delta: {protocol.delta:g}",
         ):
             _print_wrapped(line, indent=2)
+
+
+def _settings_line(settings: Any) -> str:
+    """A ``TrainSettings`` by its own field names."""
+    return ", ".join(f"{name} {value}" for name, value in dataclasses.asdict(settings).items())
 
 
 @app.command()
