@@ -108,8 +108,6 @@ def params_to_dict(params: Any) -> dict[str, Any]:
     return dataclasses.asdict(params)
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class ParamDoc:
     """One parameter as ``arena list`` prints it."""
