@@ -25,8 +25,8 @@ from arena.core.context import Context
 from arena.core.params import param
 from arena.core.plugin import AttackOutcome, QueryAttack, Requirements, ThreatModel
 from arena.core.registry import register_attack
-from arena.core.training import predict, train
-from attacks.removal.common import ScratchTraining, fresh_model
+from arena.core.training import predict
+from attacks.removal.common import ScratchTraining, train_fresh
 
 if TYPE_CHECKING:
     pass
@@ -85,16 +85,13 @@ class EvadeEnsemble(QueryAttack):
         members, steps = [], 0
         for index in range(self.params.members):
             purpose = f"attack:{self.name}:member{index}"
-            member = fresh_model(ctx, None, purpose)
-            report = train(
-                member,
-                images,
-                labels,
+            member, report = train_fresh(
+                ctx,
+                None,
+                purpose,
+                (images, labels),
                 self.params.settings(self.params.budget(ctx)),
-                device=ctx.device,
-                generator=ctx.generator(purpose),
-                description=f"retraining ensemble member {index + 1} on the victim's labels",
-                progress=ctx.progress,
+                f"retraining ensemble member {index + 1} on the victim's labels",
                 augment=ctx.protocol.augment,
             )
             members.append(member)

@@ -9,8 +9,9 @@ is the attacker's, declared as parameters; nothing is inherited from the owner.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from arena.core.context import Context
@@ -109,3 +110,33 @@ def fresh_model(ctx: Context, architecture: str | None, purpose: str) -> nn.Modu
     if protocol is ctx.protocol:
         return ctx.new_model(purpose)
     return Context(protocol=protocol, seed=ctx.seed, device=ctx.device).new_model(purpose)
+
+
+def train_fresh(
+    ctx: Context,
+    architecture: str | None,
+    purpose: str,
+    data: tuple[torch.Tensor, torch.Tensor],
+    settings: TrainSettings,
+    description: str,
+    *,
+    generator_purpose: str | None = None,
+    **options: Any,
+) -> tuple[nn.Module, TrainReport]:
+    """A fresh model (``fresh_model``) trained on the attacker's ``data`` (images and the
+    labels it got from the victim): extraction, distillation, an ensemble's members.
+    ``options`` go to ``train`` (``augment``, ``temperature``)."""
+    model = fresh_model(ctx, architecture, purpose)
+    images, labels = data
+    report = train(
+        model,
+        images,
+        labels,
+        settings,
+        device=ctx.device,
+        generator=ctx.generator(generator_purpose or purpose),
+        description=description,
+        progress=ctx.progress,
+        **options,
+    )
+    return model, report

@@ -18,8 +18,8 @@ from arena.core.context import Context
 from arena.core.params import param
 from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
-from arena.core.training import predict_logits, train
-from attacks.removal.common import ScratchTraining, fresh_model
+from arena.core.training import predict_logits
+from attacks.removal.common import ScratchTraining, train_fresh
 
 
 @dataclass(frozen=True)
@@ -58,16 +58,14 @@ class Distillation(RemovalAttack):
         images = ctx.splits.attacker.images
         temperature = self.params.temperature
         soft_labels = torch.softmax(predict_logits(model, images, ctx.device) / temperature, 1)
-        student = fresh_model(ctx, None, f"attack:{self.name}:student")
-        report = train(
-            student,
-            images,
-            soft_labels,
+        student, report = train_fresh(
+            ctx,
+            None,
+            f"attack:{self.name}:student",
+            (images, soft_labels),
             self.params.settings(self.params.budget(ctx)),
-            device=ctx.device,
-            generator=ctx.generator(f"attack:{self.name}"),
-            description="distillation",
-            progress=ctx.progress,
+            "distillation",
+            generator_purpose=f"attack:{self.name}",
             temperature=temperature,
         )
         return AttackOutcome(model=student, info={"steps": report.steps, "queries": len(images)})

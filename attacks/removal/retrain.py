@@ -18,8 +18,8 @@ from arena.core.context import Context
 from arena.core.params import param
 from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
-from arena.core.training import predict, train
-from attacks.removal.common import ScratchTraining, fresh_model
+from arena.core.training import predict
+from attacks.removal.common import ScratchTraining, train_fresh
 
 
 @dataclass(frozen=True)
@@ -66,16 +66,13 @@ class Retrain(RemovalAttack):
     def remove(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         images = ctx.splits.attacker.images
         labels = predict(model, images, ctx.device)
-        fresh = fresh_model(ctx, self.params.model, f"attack:{self.name}")
-        report = train(
-            fresh,
-            images,
-            labels,
+        fresh, report = train_fresh(
+            ctx,
+            self.params.model,
+            f"attack:{self.name}",
+            (images, labels),
             self.params.settings(self.params.budget(ctx)),
-            device=ctx.device,
-            generator=ctx.generator(f"attack:{self.name}"),
-            description="retraining on the victim's labels",
-            progress=ctx.progress,
+            "retraining on the victim's labels",
             augment=ctx.protocol.augment,
         )
         return AttackOutcome(model=fresh, info={"steps": report.steps, "queries": len(images)})
