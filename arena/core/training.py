@@ -194,10 +194,12 @@ def predict_logits(
 ) -> torch.Tensor:
     model.eval()
     model.to(device)
-    outputs = [
-        model(images[start : start + batch_size].to(device)).float().cpu()
-        for start in range(0, len(images), batch_size)
-    ]
+    with torch.no_grad():  # no graph: the same numbers, less memory (not inference_mode:
+        # distillation trains on these logits, and inference tensors cannot be saved)
+        outputs = [
+            model(images[start : start + batch_size].to(device)).float().cpu()
+            for start in range(0, len(images), batch_size)
+        ]
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
