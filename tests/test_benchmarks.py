@@ -1,0 +1,62 @@
+"""The plain PyTorch loop of ``benchmarks/match_profile.py`` trains what the arena's loop
+trains, to the bit: the benchmark's ratio compares the same work."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from arena.core.context import Context
+from arena.core.protocols import get_protocol
+from arena.core.training import TrainSettings, train
+
+
+@functools.cache
+def _match_profile() -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "match_profile.py"
+    spec = importlib.util.spec_from_file_location("match_profile", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("trainable", ["all", "head"])
+def test_plain_loop_ends_with_the_arena_loops_weights(trainable: str) -> None:
+    benchmark = _match_profile()
+    ctx = Context(protocol=get_protocol("smoke"), device=torch.device("cpu"))
+    owner = ctx.splits.owner
+    images, labels = owner.images[:120], owner.labels[:120]  # a last batch of 20
+    triggers = (torch.rand(7, 1, 16, 16), torch.randint(0, 10, (7,)))
+    settings = TrainSettings(epochs=2, batch_size=50)
+    arena_model, plain_model = ctx.owner_model(), ctx.owner_model()
+    train(
+        arena_model,
+        images,
+        labels,
+        settings,
+        device=ctx.device,
+        generator=ctx.generator("benchmark"),
+        triggers=triggers,
+        triggers_per_batch=3,
+        trainable=trainable,
+        augment="shift-flip",
+    )
+    benchmark.plain_train(
+        plain_model,
+        images,
+        labels,
+        settings,
+        ctx.generator("benchmark"),
+        "shift-flip",
+        triggers=triggers,
+        per_batch=3,
+        head_only=trainable == "head",
+    )
+    assert benchmark.largest_difference(arena_model, plain_model) == 0
