@@ -49,7 +49,6 @@ MOVED = {
     "arena.ledger": ("arena.ownership.ledger",),
     "arena.public": ("arena.ownership.public",),
     "arena.claims": ("arena.ownership.claims",),
-    "arena.ownership": ("arena.ownership.vendor", "arena.ownership.modelfile", "arena.util.files"),
     "arena.match": ("arena.eval.match",),
     "arena.sweep": ("arena.eval.sweep",),
     "arena.leaderboard": ("arena.eval.leaderboard", "arena.report.leaderboard"),
@@ -58,7 +57,7 @@ MOVED = {
 
 class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name not in MOVED or name == "arena.ownership":
+        if name not in MOVED:  # arena.ownership is a package now: its __init__ forwards
             return None
         return importlib.machinery.ModuleSpec(name, self)
 

@@ -26,7 +26,6 @@ from arena.core.plugin import (
 )
 from arena.core.registry import register_attack
 from arena.core.training import predict
-from arena.util.errors import ArenaError
 from attacks.forgery.common import TRIGGER_SET_KEYS, claim_key
 
 
@@ -96,8 +95,6 @@ class ForgeAdversarial(ClaimAttack):
         return ThreatModel(data="attacker-split", labels="none", query_budget=None, epochs=0)
 
     def claim(self, model: nn.Module, ctx: Context) -> AttackOutcome:
-        if ctx.victim is None:
-            raise ArenaError(f"{self.name} needs the victim's scheme (a match sets it)")
         rng = ctx.rng(f"attack:{self.name}")
         size = self.params.trigger_size or ctx.protocol.trigger_size
         attacker = ctx.splits.attacker
