@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from arena.core.context import Context
-from arena.core.estimators import art_classifier
+from arena.core.estimators import art_classifier, input_gradients_only
 from arena.core.keys import MAX_TRIGGERS, TriggerKey
 from arena.core.params import param
 from arena.core.registry import register_defense
@@ -115,7 +115,8 @@ def _adversaries(
     for start in range(0, len(order), 4 * size):
         index = order[start : start + 4 * size]
         labels = owner.labels[index]
-        perturbed = attack.generate(owner.images[index].numpy())
+        with input_gradients_only(model):
+            perturbed = attack.generate(owner.images[index].numpy())
         images = np.round(perturbed * 255).clip(0, 255).astype(np.uint8)  # key images are uint8
         answers = predict(model, torch.as_tensor(images).float() / 255, ctx.device)
         for image, label, wrong in zip(images, labels.tolist(), (answers != labels).tolist()):

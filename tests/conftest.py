@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from arena.core.environment import THREADS_VARIABLE
 from arena.storage.artifacts import ArtifactCache
 from arena.storage.results import ResultStore
 
@@ -56,7 +57,8 @@ def train_seed(request: pytest.FixtureRequest) -> int:
 
 @pytest.fixture(scope="session", autouse=True)
 def arena_folders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    """Point ``ARENA_HOME`` and ``ARENA_DATA`` at session folders and restore them after.
+    """Point ``ARENA_HOME`` and ``ARENA_DATA`` at session folders, set ``ARENA_THREADS``
+    to 1, and restore them after.
 
     ``ARENA_DATA`` is shared by the whole session so the parsed mnist5k copy is written
     once and read by every later test.
@@ -64,6 +66,9 @@ def arena_folders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     folders = {
         "ARENA_HOME": tmp_path_factory.mktemp("arena-home"),
         "ARENA_DATA": tmp_path_factory.mktemp("arena-data"),
+        # Commands the tests start train on one thread, like the tests themselves: the
+        # workers already share the cores.
+        THREADS_VARIABLE: "1",
     }
     saved = {name: os.environ.get(name) for name in folders}
     os.environ.update({name: str(path) for name, path in folders.items()})

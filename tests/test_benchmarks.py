@@ -18,9 +18,9 @@ from arena.core.training import TrainSettings, train
 
 
 @functools.cache
-def _match_profile() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "match_profile.py"
-    spec = importlib.util.spec_from_file_location("match_profile", path)
+def _benchmark(name: str) -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -29,7 +29,7 @@ def _match_profile() -> ModuleType:
 
 @pytest.mark.parametrize("trainable", ["all", "head"])
 def test_plain_loop_ends_with_the_arena_loops_weights(trainable: str) -> None:
-    benchmark = _match_profile()
+    benchmark = _benchmark("match_profile")
     ctx = Context(protocol=get_protocol("smoke"), device=torch.device("cpu"))
     owner = ctx.splits.owner
     images, labels = owner.images[:120], owner.labels[:120]  # a last batch of 20
@@ -60,3 +60,19 @@ def test_plain_loop_ends_with_the_arena_loops_weights(trainable: str) -> None:
         head_only=trainable == "head",
     )
     assert benchmark.largest_difference(arena_model, plain_model) == 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_speed_measures_both_loops_in_the_devices_precision(
+    precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU benchmark's code path, run on the CPU (figures only, no timing asserted)."""
+    monkeypatch.setenv("ARENA_PRECISION", precision)
+    result = _benchmark("train_speed").measure(
+        get_protocol("smoke"), images=60, epochs=1, repeats=1, device=torch.device("cpu")
+    )
+    assert result["environment"]["precision"] == precision
+    assert result["shape"] == [1, 16, 16] and result["images"] == 60
+    for side in ("arena", "plain"):
+        assert result[side]["seconds"] > 0 and result[side]["images_per_s"] > 0
+    assert result["ratio"] == result["arena"]["seconds"] / result["plain"]["seconds"]

@@ -11,8 +11,8 @@ from tests.cli_runner import run_arena
 from tests.record_schema import check_record
 
 
-def arena(*args: str, home) -> subprocess.CompletedProcess:
-    return run_arena(*args, home=home)  # the runner's 600 s: a guard against hangs
+def arena(*args: str, home, process: bool = False) -> subprocess.CompletedProcess:
+    return run_arena(*args, home=home, process=process)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,7 @@ def test_run_json_then_leaderboard(home, tmp_path):
         "1",
         "--json",
         home=home,
+        process=True,  # run as a shell starts it
     )
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)  # stdout holds the record and nothing else
@@ -82,7 +83,7 @@ def test_run_json_then_leaderboard(home, tmp_path):
     assert "attack succeeded" in table.stdout and "from cache" in table.stdout
 
     out = tmp_path / "boards"
-    board = arena("leaderboard", "--protocol", "smoke", "--out", str(out), home=home)
+    board = arena("leaderboard", "--protocol", "smoke", "--out", str(out), home=home, process=True)
     assert board.returncode == 0, board.stderr
     markdown = (out / "smoke.md").read_text()
     assert "| backdoor-wm | ftal |" in markdown

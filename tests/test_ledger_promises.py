@@ -255,7 +255,7 @@ def test_the_cli_writes_checks_and_keeps_receipts(parties, tmp_path):
     (keys / "vk.json").write_bytes((parties / "owner" / "vk.json").read_bytes())
     (keys / "mk.json").write_bytes((parties / "owner" / "mk.json").read_bytes())
     book = ["--ledger", str(tmp_path / "ledger.sqlite")]
-    registered = run_arena("register", str(keys / "vk.json"), *book, home=tmp_path)
+    registered = run_arena("register", str(keys / "vk.json"), *book, home=tmp_path, process=True)
     assert registered.returncode == 0, registered.stderr
     receipt = load_receipt(keys / "vk.json.receipt.json")
     assert (receipt.entry.kind, receipt.head_position) == ("key", 0)
@@ -269,7 +269,9 @@ def test_the_cli_writes_checks_and_keeps_receipts(parties, tmp_path):
     receipted = run_arena(*verify, "--receipt", str(keys / "vk.json.receipt.json"), home=tmp_path)
     assert "receipts fix ledger entries 0-0: they fix this order" in receipted.stdout
 
-    head = run_arena("ledger", "head", "--out", str(tmp_path / "head.json"), *book, home=tmp_path)
+    head = run_arena(
+        "ledger", "head", "--out", str(tmp_path / "head.json"), *book, home=tmp_path, process=True
+    )
     assert head.returncode == 0 and "ledger entry 1" in head.stdout
     _execute(Ledger(tmp_path / "ledger.sqlite"), "DELETE FROM ledger WHERE position = 1")
     check = run_arena("ledger", "check", str(tmp_path / "head.json"), *book, home=tmp_path)

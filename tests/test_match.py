@@ -9,6 +9,7 @@ import pytest
 
 from arena.core.protocols import get_protocol
 from arena.core.stats import Evidence
+from arena.core.training import accuracy
 from arena.eval.match import MatchSpec, play_match, run_match, score_removal
 from arena.util.errors import ArenaError, ArtifactError, KeyTamperedError, UnknownNameError
 from tests.record_schema import check_record
@@ -45,6 +46,30 @@ def test_marked_model_is_reused_by_every_attack(store, cache):
     record = run_match(_spec(attack="ftll"), store=store, cache=cache)
     assert record["cached"] == {"clean": True, "key": True, "marked": True, "attacked": False}
     assert len(list((cache.root / "marked").rglob("model.safetensors"))) == 1
+
+
+def test_the_owners_models_are_measured_once_for_every_attack(store, cache, monkeypatch):
+    """A sweep plays every attack against the same clean and marked model: their test
+    accuracies are computed once, and the second match records the same numbers."""
+    from arena.eval import match
+
+    measured = []
+
+    def counting_accuracy(model, *args, **kwargs):
+        measured.append(model)
+        return accuracy(model, *args, **kwargs)
+
+    monkeypatch.setattr(match, "_OWNER_MEASURES", match.OrderedDict())
+    monkeypatch.setattr(match, "accuracy", counting_accuracy)
+    first = run_match(_spec(attack="none"), store=store, cache=cache)
+    assert len(measured) == 3  # clean, marked, attacked
+    second = run_match(_spec(attack="quantize"), store=store, cache=cache)
+    assert len(measured) == 4  # the attacked model only
+    for name in ("clean", "marked"):
+        assert second[name] == first[name]
+    other_seed = run_match(_spec(attack="none", seed=1), store=store, cache=cache)
+    assert len(measured) == 7  # other models: measured
+    assert other_seed["clean"] != first["clean"]
 
 
 def test_replaced_head_reports_owner_head_evidence(store, cache):

@@ -184,6 +184,7 @@ def test_verify_exit_codes(vendor, tmp_path, train_seed):
         "--json",
         *common,
         home=tmp_path,
+        process=True,
     )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["verified"] is True

@@ -180,6 +180,7 @@ def test_cli_prove_then_verify_public(vendor, smoke_calibration, tmp_path):
         "--ledger",
         str(tmp_path / "owner.sqlite"),
         home=home,
+        process=True,
     )
     assert made.returncode == 0, made.stderr
     assert json.loads(proof.read_text())["subset"] == 0

@@ -152,7 +152,7 @@ def test_keygen_into_a_folder_with_a_published_vk_is_refused(home):
     assert digest(folder / "vk.json") == before
     assert sorted(p.name for p in folder.iterdir()) == ["vk.json"]
     # --out naming a file is refused too, and the file is left as it was.
-    result = run_arena("keygen", "--out", str(folder / "vk.json"), home=home)
+    result = run_arena("keygen", "--out", str(folder / "vk.json"), home=home, process=True)
     assert "is a file" in one_line_error(result)
     assert digest(folder / "vk.json") == before
 
@@ -243,7 +243,7 @@ def test_mark_never_overwrites_a_model_and_checks_before_training(home):
         (("--out", str(home / "m.safetensors"), "--seed", str(2**64)), "--seed must lie in"),
     ):
         result = run_arena("mark", "--key", str(keys / "mk.json"), "--data", "smoke", *bad,
-                           home=home)  # fmt: skip
+                           home=home, process=True)  # fmt: skip
         assert message in one_line_error(result)
     assert not (home / "m.safetensors").exists()
 

@@ -61,10 +61,40 @@ def test_an_interrupted_sweep_resumes_and_a_failed_match_does_not_stop_it(tmp_pa
 
 def test_cli_sweep_logs_every_match(tmp_path):
     args = ["sweep", "--protocol", "smoke", "--defense", "backdoor-wm", "--attack", "none"]
-    result = run_arena(*args, "--attack", "ftll", home=tmp_path)
+    result = run_arena(*args, "--attack", "ftll", home=tmp_path, process=True)
     assert result.returncode == 0, result.stderr
     assert "[2/2] backdoor-wm x ftll, seed 0" in result.stderr
     assert "2 matches: 2 run, 0 already finished, 0 failed" in result.stdout
     assert "1 clean" in result.stdout and "1 marked" in result.stdout
     bad = run_arena("sweep", "--protocol", "smoke", "--attack", "rtla", home=tmp_path)
     assert bad.returncode == 2 and "did you mean 'rtal'" in bad.stderr
+    # --estimate says what a bigger sweep would cost, from what this one measured, and
+    # runs nothing.
+    more = run_arena(*args, "--attack", "ftll", "--seed", "1", "--estimate", home=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert "estimate: 2 matches to run, 1 clean and 1 marked models to train" in more.stdout
+    assert "unit costs on this machine: clean" in more.stdout and not more.stderr
+
+
+def test_the_cost_model_counts_each_model_once_and_a_finished_match_as_free(tmp_path):
+    store, cache = ResultStore(tmp_path / "r.sqlite"), ArtifactCache(tmp_path / "cache")
+    defenses, some_attacks = ["backdoor-wm", "uchida"], ["none", "ftll"]
+    specs = sweeping.plan("smoke", defenses, some_attacks, [0])
+    sweeping.sweep(specs, store=store, cache=cache)
+    costs, again = sweeping.estimate_sweep(specs, store)
+    assert (again.matches, again.cleans, again.marks, again.seconds) == (0, 0, 0, 0.0)
+    assert costs.matches == 4 and set(costs.mark) == set(defenses)
+    assert set(costs.attack) == set(some_attacks) and costs.clean > 0 and costs.match > 0
+    _, bigger = sweeping.estimate_sweep(
+        sweeping.plan("smoke", defenses, some_attacks, [0, 1, 2]), store
+    )
+    assert (bigger.matches, bigger.cleans, bigger.marks, bigger.unknown) == (8, 2, 4, [])
+    per_seed = (
+        costs.clean
+        + sum(costs.mark.values())
+        + len(defenses) * sum(costs.attack.values())
+        + len(defenses) * len(some_attacks) * costs.match
+    )
+    assert bigger.seconds == pytest.approx(2 * per_seed)
+    _, unmeasured = sweeping.estimate_sweep(sweeping.plan("smoke", ["none"], ["rtal"], [0]), store)
+    assert unmeasured.unknown == ["attack rtal", "marking none"]

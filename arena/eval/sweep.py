@@ -19,6 +19,7 @@ import torch
 from arena.core.context import check_seed
 from arena.core.protocols import get_protocol
 from arena.core.registry import Registry, attacks, defenses
+from arena.eval.cost import Estimate, UnitCosts, estimate, unit_costs
 from arena.eval.match import MatchSpec, play_match
 from arena.storage.artifacts import ArtifactCache
 from arena.storage.record import MatchRecord
@@ -129,3 +130,31 @@ def sweep(
     finally:
         report.seconds = time.perf_counter() - started
     return report
+
+
+def estimate_sweep(specs: list[MatchSpec], store: ResultStore) -> tuple[UnitCosts, Estimate]:
+    """The cost model (``arena.eval.cost``) applied to ``specs``, with unit costs from the
+    matches ``store`` holds of each protocol's current version. A stored match means its
+    clean and marked models are in the cache (unless the cache was emptied since)."""
+    records = []
+    for name in sorted({spec.protocol for spec in specs}):
+        protocol = get_protocol(name)
+        records += [
+            record
+            for record in store.matches(name, protocol.version)
+            if record.model == protocol.model and _default_params(record)
+        ]
+    finished = {(r.defense, r.attack, r.seed) for r in records}
+    trained = {(r.defense, r.seed) for r in records} | {("clean", r.seed) for r in records}
+    costs = unit_costs(records)
+    return costs, estimate(specs, costs, finished, trained)
+
+
+def _default_params(record: MatchRecord) -> bool:
+    """Whether ``record`` is a match a sweep plays: both plugins at their defaults."""
+    try:
+        defense = defenses.get(record.defense)().params_dict()
+        attack = attacks.get(record.attack)().params_dict()
+    except ArenaError:  # a plugin no longer installed
+        return False
+    return dict(record.defense_params) == defense and dict(record.attack_params) == attack

@@ -16,7 +16,7 @@ from torch import nn
 
 from arena.core.context import Context
 from arena.core.data import to_model_input
-from arena.core.estimators import art_classifier
+from arena.core.estimators import art_classifier, input_gradients_only
 from arena.core.params import param
 from arena.core.plugin import (
     AttackOutcome,
@@ -167,7 +167,8 @@ def _targeted_pgd(
         batch_size=params.batch_size,
         verbose=False,
     )
-    return torch.as_tensor(attack.generate(images.numpy(), y=targets))
+    with input_gradients_only(model):
+        return torch.as_tensor(attack.generate(images.numpy(), y=targets))
 
 
 def _quantize(images: torch.Tensor) -> np.ndarray:

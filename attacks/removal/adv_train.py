@@ -2,6 +2,12 @@
 Resistant to Adversarial Attacks", ICLR 2018, as evaluated against watermarks by Lukas et
 al., "SoK: How Robust is Image Classification Deep Neural Network Watermarking?", IEEE S&P
 2022. PGD examples come from ART's ``ProjectedGradientDescent``.
+
+A cheaper inner attack is one parameter away: ``-A max_iter=1 -A eps_step=0.125`` is FGSM
+with a random start (Wong et al., "Fast is better than free", ICLR 2020): one gradient
+step per example instead of seven. It is not the default because it is weaker here: on
+mnist5k v1, seed 0, it left 32 of 100 triggers on ``backdoor-wm-pretrained`` (PGD: 20, a
+removal) and 97 of 100 on ``content`` (PGD: 86); 30 against 32 on ``backdoor-wm``.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import torch
 from torch import nn
 
 from arena.core.context import Context
-from arena.core.estimators import art_classifier
+from arena.core.estimators import art_classifier, input_gradients_only
 from arena.core.params import param
 from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
@@ -34,15 +40,15 @@ class AdvTrainParams(AttackerTraining):
     eps: float = param(
         0.1, help="L-infinity radius of the perturbation, inputs in [0, 1]", above=0, max=1
     )
-    eps_step: float = param(0.025, help="PGD step size, at most eps", above=0)
-    max_iter: int = param(7, help="PGD steps per example", min=1)
+    eps_step: float = param(
+        0.025, help="PGD step size; each step is projected back into the eps ball", above=0
+    )
+    max_iter: int = param(
+        7, help="PGD steps per example (1, with eps_step 1.25 eps: Wong et al.'s FGSM)", min=1
+    )
     random_start: bool = param(
         True, help="start PGD at a random point of the eps ball, as Madry et al."
     )
-
-    def check(self) -> None:
-        if self.eps_step > self.eps:
-            raise ValueError(f"eps_step must lie in (0, eps={self.eps}], got {self.eps_step}")
 
     def round_settings(self) -> TrainSettings:
         """One epoch per round; a constant rate, since the rounds form one run."""
@@ -129,7 +135,7 @@ def pgd_examples(
         batch_size=256,
         verbose=False,
     )
-    with _numpy_seed(seed):
+    with _numpy_seed(seed), input_gradients_only(model):
         adversarial = attack.generate(images.cpu().numpy(), y=labels.cpu().numpy())
     return torch.as_tensor(adversarial, dtype=images.dtype)
 
