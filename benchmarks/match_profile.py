@@ -74,6 +74,9 @@ from arena.core.registry import attacks, defenses
 from arena.core.training import TrainSettings, with_budget
 from arena.util.progress import Reporter, RichReporter
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded by path
+from plain import shift  # noqa: E402 (the benchmarks' shared plain code)
+
 PHASES = ("data", "keygen", "clean", "mark", "verify", "attack")
 OUTSIDE = "outside phases"  # resolving, naming artifacts, building and storing the record
 
@@ -483,7 +486,7 @@ def plain_train(
             index = order[first : first + settings.batch_size]
             batch_images, batch_labels = images[index], labels[index]
             if augment != "none":
-                batch_images = _shift(batch_images, generator, flip=augment == "shift-flip")
+                batch_images = shift(batch_images, generator, flip=augment == "shift-flip")
             if triggers is not None:
                 while len(pending) < per_batch:
                     fresh = torch.randperm(len(trigger_images), generator=trigger_generator)
@@ -503,24 +506,6 @@ def plain_train(
             if max_steps is not None and steps >= max_steps:
                 break
     model.eval()
-
-
-def _shift(images: torch.Tensor, generator: torch.Generator, flip: bool) -> torch.Tensor:
-    """Random translations by up to 1/8 of the side (reflect-padded crops), one gather."""
-    n, channels, height, width = images.shape
-    pad = max(1, height // 8)
-    padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
-    rows = (dy[:, None] + torch.arange(height, device=images.device))[:, None, :, None]
-    columns = (dx[:, None] + torch.arange(width, device=images.device))[:, None, None, :]
-    samples = torch.arange(n, device=images.device)[:, None, None, None]
-    planes = torch.arange(channels, device=images.device)[None, :, None, None]
-    out = padded[samples, planes, rows, columns]
-    if flip:
-        flips = (torch.rand(n, generator=generator) < 0.5).to(out.device)
-        out[flips] = out[flips].flip(-1)
-    return out
 
 
 @torch.no_grad()

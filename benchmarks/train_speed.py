@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ from arena.core.models import create_model
 from arena.core.protocols import PROTOCOLS, Protocol, get_protocol
 from arena.core.training import TrainSettings, make_optimizer, train
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded by path
+from plain import shift  # noqa: E402 (the benchmarks' shared plain code)
+
 
 def synthetic(protocol: Protocol, count: int, device: torch.device) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(0)
@@ -45,9 +49,7 @@ def synthetic(protocol: Protocol, count: int, device: torch.device) -> tuple[tor
 def arena_side(
     protocol: Protocol, settings: TrainSettings, data: tuple[torch.Tensor, ...], device
 ) -> float:
-    model = create_model(
-        protocol.model, protocol.num_classes, protocol.channels, protocol.image_size
-    ).to(device)
+    model = _model(protocol, device)
     _synchronize(device)
     start = time.perf_counter()
     train(
@@ -66,9 +68,7 @@ def plain_side(
     protocol: Protocol, settings: TrainSettings, data: tuple[torch.Tensor, ...], device
 ) -> float:
     """The textbook loop: shuffle, crop, forward under autocast, backward, step."""
-    model = create_model(
-        protocol.model, protocol.num_classes, protocol.channels, protocol.image_size
-    ).to(device)
+    model = _model(protocol, device)
     images, labels = data
     channels_last = precision(device) == "bf16"
     if channels_last:
@@ -84,7 +84,9 @@ def plain_side(
         order = torch.randperm(len(images), generator=generator).to(device)
         for first in range(0, len(images), settings.batch_size):
             index = order[first : first + settings.batch_size]
-            batch = _crop(images[index], generator, protocol.augment != "none")
+            batch = images[index]
+            if protocol.augment != "none":
+                batch = shift(batch, generator, flip=protocol.augment == "shift-flip")
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with autocast(device):
@@ -97,18 +99,11 @@ def plain_side(
     return time.perf_counter() - start
 
 
-def _crop(images: torch.Tensor, generator: torch.Generator, shift: bool) -> torch.Tensor:
-    if not shift:
-        return images
-    n, _, height, width = images.shape
-    pad = max(1, height // 8)
-    padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
-    rows = (dy[:, None] + torch.arange(height, device=images.device))[:, :, None]
-    columns = (dx[:, None] + torch.arange(width, device=images.device))[:, None, :]
-    batch = torch.arange(n, device=images.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows, columns].permute(0, 3, 1, 2)
+def _model(protocol: Protocol, device: torch.device) -> torch.nn.Module:
+    model = create_model(
+        protocol.model, protocol.num_classes, protocol.channels, protocol.image_size
+    )
+    return model.to(device)
 
 
 def _synchronize(device: torch.device) -> None:

@@ -76,3 +76,15 @@ def test_train_speed_measures_both_loops_in_the_devices_precision(
     for side in ("arena", "plain"):
         assert result[side]["seconds"] > 0 and result[side]["images_per_s"] > 0
     assert result["ratio"] == result["arena"]["seconds"] / result["plain"]["seconds"]
+
+
+def test_sweep_cost_estimates_both_sizes_from_what_the_pilot_measured(tmp_path: Path) -> None:
+    """The cost model's benchmark, small: every size after the pilot has an estimate made
+    of measured unit costs only (figures only, no timing asserted)."""
+    # The null defense and attacks that train nothing: the plumbing, at the least cost.
+    rows = _benchmark("sweep_cost").run("smoke", ["none"], ["none", "quantize"], tmp_path)
+    assert [row["sweep"] for row in rows] == ["pilot", "matrix, seed 1", "matrix, seeds 2-3"]
+    assert [row["matches"] for row in rows] == [2, 2, 4]
+    assert rows[1]["trained"] == {"clean": 1, "marked": 1, "attacked": 2}
+    for row in rows[1:]:
+        assert row["estimate"] > 0 and row["measured"] > 0 and not row["unknown"]

@@ -419,3 +419,32 @@ def test_selected_training_moves_only_the_parameters_the_caller_left_trainable()
             generator=torch.Generator().manual_seed(0),
             trainable="selected",
         )
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("flip", [False, True])
+def test_shift_augmentation_is_slicing_image_by_image_in_the_ordinary_layout(
+    channels: int, flip: bool
+) -> None:
+    """One gather gives the crops that slicing each image gives, value for value, and in
+    the same memory layout: a (N, 1, H, W) tensor with channels-last strides would make
+    the convolutions run other kernels, hence train other bits."""
+    import torch.nn.functional as F
+
+    from arena.core.training import _augment
+
+    images = torch.rand(40, channels, 32, 32, generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(2)
+    pad = 4
+    padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
+    dx = torch.randint(0, 2 * pad + 1, (40,), generator=generator).tolist()
+    dy = torch.randint(0, 2 * pad + 1, (40,), generator=generator).tolist()
+    expected = torch.stack(
+        [padded[i, :, dy[i] : dy[i] + 32, dx[i] : dx[i] + 32] for i in range(40)]
+    )
+    if flip:
+        flips = torch.rand(40, generator=generator) < 0.5
+        expected[flips] = expected[flips].flip(-1)
+    shifted = _augment(images, torch.Generator().manual_seed(2), flip=flip)
+    assert torch.equal(shifted, expected)
+    assert shifted.stride() == expected.stride() == images.stride()

@@ -169,7 +169,7 @@ def _epoch_batches(
     device: torch.device,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of shuffled (and augmented) batches, drawn from ``generator`` as they go."""
-    order = torch.randperm(len(images), generator=generator).to(device)
+    order = _to_device(torch.randperm(len(images), generator=generator), device)
     for batch_start in range(0, len(images), batch_size):
         index = order[batch_start : batch_start + batch_size]
         batch_images, batch_labels = images[index], labels[index]
@@ -251,7 +251,7 @@ class _TriggerFeed:
     def append(
         self, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        pick = self.order.take(self.per_batch).to(self.device)
+        pick = _to_device(self.order.take(self.per_batch), self.device)
         return torch.cat([images, self.images[pick]]), torch.cat([labels, self.labels[pick]])
 
 
@@ -329,16 +329,20 @@ def _augment(images: torch.Tensor, generator: torch.Generator, flip: bool) -> to
     n, _, height, width = images.shape
     pad = max(1, height // 8)
     padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
-    # Every crop in one gather (a copy, so the same values as slicing image by image).
-    rows = (dy[:, None] + torch.arange(height, device=images.device))[:, :, None]
-    columns = (dx[:, None] + torch.arange(width, device=images.device))[:, None, :]
-    batch = torch.arange(n, device=images.device)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[batch, rows, columns].permute(0, 3, 1, 2).contiguous()
+    dx = _to_device(torch.randint(0, 2 * pad + 1, (n,), generator=generator), images.device)
+    dy = _to_device(torch.randint(0, 2 * pad + 1, (n,), generator=generator), images.device)
+    # Every crop in one gather: a copy, so the values of slicing image by image, and in
+    # the ordinary layout (strides decide which convolution kernels run, hence the bits).
+    device = images.device
+    samples = torch.arange(n, device=device)[:, None, None, None]
+    planes = torch.arange(images.shape[1], device=device)[None, :, None, None]
+    rows = (dy[:, None] + torch.arange(height, device=device))[:, None, :, None]
+    columns = (dx[:, None] + torch.arange(width, device=device))[:, None, None, :]
+    out = padded[samples, planes, rows, columns]
     if flip:
-        flips = (torch.rand(n, generator=generator) < 0.5).to(out.device)
-        out[flips] = out[flips].flip(-1)
+        flips = _to_device(torch.rand(n, generator=generator) < 0.5, out.device)
+        # torch.where, not out[flips]: a boolean index makes a GPU wait for the host.
+        out = torch.where(flips[:, None, None, None], out.flip(-1), out)
     return out
 
 
@@ -350,3 +354,11 @@ def with_budget(settings: TrainSettings, epochs: int | None, lr: float | None) -
     if lr is not None:
         changes["lr"] = lr
     return dataclasses.replace(settings, **changes)
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor drawn on the host (the seeded generators live there) on ``device``; to a
+    GPU through pinned memory, so the copy does not make the host wait for the GPU."""
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
