@@ -37,10 +37,10 @@ def test_mark_meets_the_bars_on_mnist5k(defense, shared, train_seed):
         cache=cache,
     )
     clean, marked = record["clean"], record["marked"]
-    # Bars with a margin on seeds 0-2 (measured at 2 threads: clean 0.963-0.973, the
-    # marked models within 0.9 points of it, 94-100 of 100 triggers; at the arena's one
-    # thread, seed 0: clean 0.969, backdoor-wm 0.953 with 99/100). The protocol's 5 epochs
-    # on 3,000 images do not reach 0.97 on every seed.
+    # Bars with a margin. mnist5k v1 (5 epochs), seeds 0-2 at 2 threads: clean
+    # 0.963-0.973, the marked models within 0.9 points of it, 94-100 of 100 triggers. v2
+    # (30 epochs), seed 0 at the arena's 2 threads: clean 0.988, backdoor-wm 0.981 with
+    # 100/100, the same key on the clean model 9/100.
     assert clean["test_acc"] >= 0.95
     assert marked["test_acc"] >= clean["test_acc"] - 0.03
     evidence = marked["evidence"]
