@@ -75,7 +75,7 @@ from arena.core.training import TrainSettings, with_budget
 from arena.util.progress import Reporter, RichReporter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded by path
-from plain import shift  # noqa: E402 (the benchmarks' shared plain code)
+from plain import largest_difference, shift  # noqa: E402 (the benchmarks' shared plain code)
 
 PHASES = ("data", "keygen", "clean", "mark", "verify", "attack")
 OUTSIDE = "outside phases"  # resolving, naming artifacts, building and storing the record
@@ -655,15 +655,6 @@ def _plain_neural_cleanse(
             model, images, attacker.labels, setup.attack_settings, generator,
             setup.ctx.protocol.augment, max_steps=max_steps,
         )  # fmt: skip
-
-
-def largest_difference(first: nn.Module, second: nn.Module) -> float:
-    theirs = second.state_dict()
-    return max(
-        float((tensor.float() - theirs[name].float()).abs().max())
-        for name, tensor in first.state_dict().items()
-        if tensor.numel()
-    )
 
 
 # --- arena run, as a command --------------------------------------------------------

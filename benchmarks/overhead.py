@@ -19,8 +19,10 @@ import argparse
 import dataclasses
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,9 @@ from arena.core.context import Context, default_device
 from arena.core.protocols import PROTOCOLS, get_protocol
 from arena.storage.clean import train_clean
 from arena.util.progress import Reporter, RichReporter, silent
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded by path
+from plain import largest_difference  # noqa: E402 (the benchmarks' shared plain code)
 
 Loop = Callable[[], tuple[float, nn.Module]]
 
@@ -86,16 +91,6 @@ def plain_loop(ctx: Context) -> Loop:
         return time.perf_counter() - start, model
 
     return run
-
-
-def largest_difference(first: nn.Module, second: nn.Module) -> float:
-    """Largest absolute difference over every parameter and buffer."""
-    theirs = second.state_dict()
-    return max(
-        float((tensor.float() - theirs[name].float()).abs().max())
-        for name, tensor in first.state_dict().items()
-        if tensor.numel()
-    )
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def shift(images: torch.Tensor, generator: torch.Generator, flip: bool) -> torch.Tensor:
@@ -22,3 +23,13 @@ def shift(images: torch.Tensor, generator: torch.Generator, flip: bool) -> torch
         flips = (torch.rand(n, generator=generator) < 0.5).to(out.device)
         out[flips] = out[flips].flip(-1)
     return out
+
+
+def largest_difference(first: nn.Module, second: nn.Module) -> float:
+    """Largest absolute difference over every parameter and buffer."""
+    theirs = second.state_dict()
+    return max(
+        float((tensor.float() - theirs[name].float()).abs().max())
+        for name, tensor in first.state_dict().items()
+        if tensor.numel()
+    )
