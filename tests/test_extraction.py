@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from arena.core.context import Context
+from arena.core.models import clone_model
 from arena.core.plugin import Attack, ThreatModel
 from arena.core.protocols import get_protocol
 from arena.core.registry import attacks
@@ -19,6 +20,8 @@ from arena.storage.artifacts import ArtifactCache
 from arena.storage.clean import clean_model
 from arena.storage.results import ResultStore
 from arena.util.errors import ArenaError
+from attacks.removal import common
+from attacks.removal.common import _EXTRACTIONS
 from tests.record_schema import check_record
 
 SMOKE = get_protocol("smoke")
@@ -229,6 +232,28 @@ def test_retrain_on_another_architecture_is_cached_and_replayed(arena, tmp_path)
     )
     assert replay["cached"]["attacked"] is True
     assert replay["attacked"] == first["attacked"]
+
+
+def test_retrain_and_the_ensembles_first_member_are_one_model_trained_once(victim, monkeypatch):
+    model, ctx = victim
+    _EXTRACTIONS.clear()
+    trainings = []
+    real_train = common.train
+    monkeypatch.setattr(common, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
+    retrained = attacks.get("retrain")({}).run(clone_model(model), ctx).model
+    ensemble = attacks.get("evade-ensemble")({}).run(clone_model(model), ctx).model
+    assert len(trainings) == 2  # retrain's model, then only the ensemble's second member
+    stolen, first, second = ensemble.voters
+    assert _identical(first, retrained) and not _identical(second, retrained)
+    # What was handed back is what training afresh gives: the memory changes no weight.
+    _EXTRACTIONS.clear()
+    again = attacks.get("retrain")({}).run(clone_model(model), ctx).model
+    assert len(trainings) == 3 and _identical(again, retrained)
+
+
+def _identical(a: nn.Module, b: nn.Module) -> bool:
+    pairs = zip(a.state_dict().items(), b.state_dict().items(), strict=True)
+    return all(x[0] == y[0] and torch.equal(x[1], y[1]) for x, y in pairs)
 
 
 def test_transfer_reports_the_new_task_and_owner_head_decides(arena):

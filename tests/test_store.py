@@ -8,9 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from arena.core.environment import PRECISION_VARIABLE
+from arena.core.protocols import get_protocol
 from arena.storage.artifacts import load_model_file
+from arena.storage.clean import artifact_base
 from arena.storage.results import ResultStore
 from arena.util.errors import ArenaError, ArtifactError
+from arena.util.version import __version__
 
 
 def _record(seed: int) -> dict:
@@ -73,6 +77,18 @@ def test_artifact_round_trip_and_content_addressing(cache):
     assert (hit, hit_again, len(calls)) == (False, True, 1)
     assert meta["steps"] == 3 and len(meta["sha256"]) == 64
     assert torch.equal(again.weight, model.weight)
+
+
+def test_a_bfloat16_model_is_cached_apart_and_float32_names_stay(monkeypatch, cache):
+    protocol, cpu = get_protocol("smoke"), torch.device("cpu")
+    monkeypatch.setenv(PRECISION_VARIABLE, "fp32")
+    fp32 = artifact_base(protocol, 0, cpu)
+    # The names float32 models had before bfloat16 existed: caches stay valid.
+    assert fp32 == {"protocol": protocol.fingerprint, "seed": 0, "arena": __version__}
+    monkeypatch.setenv(PRECISION_VARIABLE, "bf16")
+    bf16 = artifact_base(protocol, 0, cpu)
+    assert bf16 == {**fp32, "precision": "bf16"}
+    assert cache.folder("clean", bf16) != cache.folder("clean", fp32)
 
 
 def test_a_file_that_is_not_safetensors_is_refused(tmp_path):

@@ -248,7 +248,7 @@ class _Names:
 def _key_spec(match: _Match) -> dict[str, Any]:
     defense = match.defense
     return {
-        **artifact_base(match.protocol, match.spec.seed),
+        **artifact_base(match.protocol, match.spec.seed, match.ctx.device),
         "defense": defense.name,
         "defense_version": defense.version,
         "defense_params": defense.params_dict(),
@@ -257,7 +257,9 @@ def _key_spec(match: _Match) -> dict[str, Any]:
 
 def _name_artifacts(match: _Match, key_spec: dict[str, Any], key: Key) -> _Names:
     defense, attack, cache = match.defense, match.attack, match.cache
-    clean_folder = cache.folder("clean", artifact_base(match.protocol, match.spec.seed))
+    clean_folder = cache.folder(
+        "clean", artifact_base(match.protocol, match.spec.seed, match.ctx.device)
+    )
     marked_spec = {**key_spec, "key": key.fingerprint}
     if defense.starts_from == "clean":
         marked_spec["clean"] = clean_folder.name

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from arena.core.context import Context, default_device
+from arena.core.environment import precision
 from arena.core.models import check_model_name
 from arena.core.protocols import Protocol, Recipe, parse_reference
 from arena.core.training import Augment, TrainSettings, train
@@ -27,9 +28,15 @@ from arena.util.version import __version__
 Role = Literal["reference", "foreign"]
 
 
-def artifact_base(protocol: Protocol, seed: int) -> dict[str, Any]:
-    """What every artifact of a match depends on: the protocol, the seed, the code."""
-    return {"protocol": protocol.fingerprint, "seed": seed, "arena": __version__}
+def artifact_base(protocol: Protocol, seed: int, device: torch.device) -> dict[str, Any]:
+    """What every artifact of a match depends on: the protocol, the seed, the code, and
+    the precision ``device`` computes in when it is not float32 (a bfloat16 model is
+    another model; float32 names stay what they were before bfloat16 existed)."""
+    base: dict[str, Any] = {"protocol": protocol.fingerprint, "seed": seed, "arena": __version__}
+    computed = precision(device)
+    if computed != "fp32":
+        base["precision"] = computed
+    return base
 
 
 def clean_model(ctx: Context, cache: ArtifactCache) -> tuple[nn.Module, dict[str, Any], bool]:
@@ -37,7 +44,7 @@ def clean_model(ctx: Context, cache: ArtifactCache) -> tuple[nn.Module, dict[str
 
     Returns the model, its cache metadata and whether it came from the cache.
     """
-    base = artifact_base(ctx.protocol, ctx.seed)
+    base = artifact_base(ctx.protocol, ctx.seed, ctx.device)
     return cache.model(
         cache.folder("clean", base),
         build=ctx.owner_model,
@@ -115,7 +122,7 @@ class ReferenceModel:
         )
 
     def _folder(self, ctx: Context, cache: ArtifactCache) -> Path:
-        base = artifact_base(ctx.protocol, ctx.seed)
+        base = artifact_base(ctx.protocol, ctx.seed, ctx.device)
         if self.recipe.name == "protocol":
             return cache.folder("clean", base)  # exactly a match's clean model
         return cache.folder("clean", {**base, "recipe": self.recipe.to_dict()})
@@ -132,7 +139,7 @@ class ReferenceModel:
         if self.recipe.name == "protocol":
             model, meta, _ = clean_model(ctx, cache)
             return model, meta
-        base = artifact_base(ctx.protocol, ctx.seed)
+        base = artifact_base(ctx.protocol, ctx.seed, ctx.device)
         model, meta, _ = cache.model(
             self._folder(ctx, cache),
             build=ctx.owner_model,

@@ -45,9 +45,10 @@ class EvadeEnsemble(QueryAttack):
     The attacker queries the stolen model once per image of its split, keeps the top-1
     answers, and trains ``members`` freshly initialised models of the victim's
     architecture on them, each from its own seed and data order, with its own optimizer
-    (as ``retrain`` does). The served answer is the class of highest mean softmax
-    probability over all voters (soft voting), returned as the log of the mean
-    probabilities: unlike a majority of top-1 votes it has no ties to break among three
+    (as ``retrain`` does; the first member is the very model ``retrain`` extracts, which a
+    sweep therefore trains once for both attacks). The served answer is the class of
+    highest mean softmax probability over all voters (soft voting), returned as the log
+    of the mean probabilities: unlike a majority of top-1 votes it has no ties to break among three
     voters that all disagree, and a confident correct voter outweighs unsure wrong ones,
     which keeps more test accuracy. The threat model's epochs count every member's passes
     over the attacker's split. Defaults: 2 members (the smallest ensemble in which the
@@ -84,7 +85,9 @@ class EvadeEnsemble(QueryAttack):
         labels = predict(model, images, ctx.device)
         members, steps = [], 0
         for index in range(self.params.members):
-            purpose = f"attack:{self.name}:member{index}"
+            # The first member is exactly the model ``retrain`` extracts (its seed, data
+            # and optimizer): a sweep trains it once for both attacks.
+            purpose = "attack:retrain" if index == 0 else f"attack:{self.name}:member{index}"
             member, report = train_fresh(
                 ctx,
                 None,

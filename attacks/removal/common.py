@@ -8,6 +8,10 @@ is the attacker's, declared as parameters; nothing is inherited from the owner.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,6 +19,7 @@ import torch
 from torch import nn
 
 from arena.core.context import Context
+from arena.core.environment import precision
 from arena.core.params import param
 from arena.core.plugin import ThreatModel
 from arena.core.training import TrainReport, TrainSettings, train
@@ -125,18 +130,99 @@ def train_fresh(
 ) -> tuple[nn.Module, TrainReport]:
     """A fresh model (``fresh_model``) trained on the attacker's ``data`` (images and the
     labels it got from the victim): extraction, distillation, an ensemble's members.
-    ``options`` go to ``train`` (``augment``, ``temperature``)."""
+    ``options`` go to ``train`` (``augment``, ``temperature``).
+
+    Training is deterministic, so a model this process already trained from exactly the
+    same inputs (``_Extractions``) is handed back instead of trained again: the same
+    weights either way. In a sweep, ``retrain`` and ``evade-ensemble``'s first member are
+    one such model.
+    """
     model = fresh_model(ctx, architecture, purpose)
     images, labels = data
+    generator_purpose = generator_purpose or purpose
+    key = _EXTRACTIONS.key(
+        ctx, architecture, purpose, generator_purpose, images, labels, settings, options
+    )
+    found = _EXTRACTIONS.get(key, model, ctx.device)
+    if found is not None:
+        ctx.progress.log(f"{description}: the same model as one trained before, reused")
+        return model, found
     report = train(
         model,
         images,
         labels,
         settings,
         device=ctx.device,
-        generator=ctx.generator(generator_purpose or purpose),
+        generator=ctx.generator(generator_purpose),
         description=description,
         progress=ctx.progress,
         **options,
     )
+    _EXTRACTIONS.put(key, model, report)
     return model, report
+
+
+class _Extractions:
+    """The last few models ``train_fresh`` trained in this process, by all that decides
+    their weights: the seed and purposes (initialisation and data order), architecture,
+    protocol, data, labels, optimizer and options, and the device, precision and thread
+    count the bits depend on. A bounded memory: a sweep's attacks on one marked model run
+    one after another."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self.entries: OrderedDict[str, tuple[dict[str, torch.Tensor], TrainReport]] = OrderedDict()
+
+    @staticmethod
+    def key(
+        ctx: Context,
+        architecture: str | None,
+        purpose: str,
+        generator_purpose: str,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        settings: TrainSettings,
+        options: dict[str, Any],
+    ) -> str:
+        digest = hashlib.sha256()
+        facts = {
+            "protocol": ctx.protocol.with_model(architecture).fingerprint,
+            "seed": ctx.seed,
+            "purpose": purpose,
+            "generator_purpose": generator_purpose,
+            "settings": dataclasses.asdict(settings),
+            "options": {name: repr(value) for name, value in sorted(options.items())},
+            "device": str(ctx.device),
+            "precision": precision(ctx.device),
+            "threads": torch.get_num_threads(),
+        }
+        digest.update(json.dumps(facts, sort_keys=True).encode())
+        for tensor in (images, labels):
+            contiguous = tensor.detach().cpu().contiguous()
+            digest.update(f"{contiguous.dtype}{tuple(contiguous.shape)}".encode())
+            digest.update(contiguous.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def get(self, key: str, model: nn.Module, device: torch.device) -> TrainReport | None:
+        """Fill ``model`` with the weights trained under ``key``; None if none are kept."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        self.entries.move_to_end(key)
+        state, report = entry
+        model.to(device).load_state_dict(state)
+        model.eval()
+        return report
+
+    def put(self, key: str, model: nn.Module, report: TrainReport) -> None:
+        state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+        self.entries[key] = (state, report)
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+_EXTRACTIONS = _Extractions()
