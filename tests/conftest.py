@@ -10,7 +10,8 @@ option wins; default 0). A test needing several seeds offsets them from this one
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ import torch
 from arena.core.environment import THREADS_VARIABLE
 from arena.storage.artifacts import ArtifactCache
 from arena.storage.results import ResultStore
+from arena.util.files import file_lock
 
 TRAIN_SEED_VARIABLE = "ARENA_TEST_SEED"
 
@@ -30,6 +32,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help=f"seed of tests that assert a training outcome (default ${TRAIN_SEED_VARIABLE} or 0)",
     )
+
+
+# The files that take longest (processes started, models trained), longest first: with
+# one worker per core taking whole files (pytest-xdist's loadfile) in collection order,
+# starting these first lets the short files fill in at the end, so the workers finish
+# together. An order only: a file missing here runs after them, as before.
+LONGEST_FIRST = (
+    "test_secrets_are_never_lost.py",
+    "test_contracts.py",
+    "test_entry_point.py",
+    "test_hostile_input.py",
+    "test_match.py",
+    "test_sweep.py",
+    "test_removal_advanced.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -103,25 +125,73 @@ def cache(tmp_path: Path) -> ArtifactCache:
     return ArtifactCache(tmp_path / "cache")
 
 
+def made_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]
+) -> Path:
+    """A folder ``make`` fills once per test session, copied for this worker: the workers
+    of a pytest-xdist session share the first one's work instead of repeating it (the
+    other waits on a lock), and each still gets a copy of its own to change."""
+    base = tmp_path_factory.getbasetemp()
+    copy = tmp_path_factory.mktemp(name)
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: nothing to share
+        make(copy)
+        return copy
+    shared = base.parent / f"made-once-{name}"  # the session's folder, above the workers'
+    with file_lock(base.parent / f"made-once-{name}.lock"):
+        if not (shared / ".finished").exists():
+            shutil.rmtree(shared, ignore_errors=True)  # a run interrupted halfway
+            make(shared)
+            (shared / ".finished").touch()
+    shutil.copytree(shared, copy, dirs_exist_ok=True)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def trained_smoke_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache holding what a smoke match of ``backdoor-wm`` at seed 0 trains before its
+    attack: the clean model, the key and the marked model, made once per session."""
+    from arena.eval.match import MatchSpec, run_match
+
+    def make(root: Path) -> None:
+        spec = MatchSpec(defense="backdoor-wm", attack="none", protocol="smoke", seed=0)
+        run_match(spec, store=ResultStore(root / "r.sqlite"), cache=ArtifactCache(root / "cache"))
+
+    return made_once(tmp_path_factory, "trained-smoke", make) / "cache"
+
+
+@pytest.fixture
+def warm_cache(tmp_path: Path, trained_smoke_cache: Path) -> ArtifactCache:
+    """A copy of ``trained_smoke_cache`` of the test's own: for tests of what happens
+    after the owner's models exist, which may change or break them."""
+    shutil.copytree(trained_smoke_cache, tmp_path / "cache")
+    return ArtifactCache(tmp_path / "cache")
+
+
 @pytest.fixture(scope="session")
 def smoke_calibration(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A small calibration of ``backdoor-wm`` on ``smoke``: 3 reference models of two
-    architectures and 2 foreign ones (one diverged), trained once for the session. Returns
+    architectures and 2 foreign ones (one diverged), made once for the session. Returns
     its database, cache and record."""
     from arena.core.protocols import get_protocol
     from arena.eval.calibration import calibrate
+    from arena.storage.calibrations import CalibrationStore
 
-    root = tmp_path_factory.mktemp("calibration")
+    smoke = get_protocol("smoke")
+
+    def make(root: Path) -> None:
+        calibrate(
+            smoke,
+            "backdoor-wm",
+            models=3,
+            foreign=2,
+            keys=5,
+            claim_keys=10,
+            in_distribution_keys=3,
+            db=root / "results.sqlite",
+            cache=ArtifactCache(root / "cache"),
+        )
+
+    root = made_once(tmp_path_factory, "calibration", make)
+    record = CalibrationStore(root / "results.sqlite").latest(smoke, "backdoor-wm")
     cache = ArtifactCache(root / "cache")
-    record = calibrate(
-        get_protocol("smoke"),
-        "backdoor-wm",
-        models=3,
-        foreign=2,
-        keys=5,
-        claim_keys=10,
-        in_distribution_keys=3,
-        db=root / "results.sqlite",
-        cache=cache,
-    )
     return {"db": root / "results.sqlite", "cache": cache, "record": record, "root": root}

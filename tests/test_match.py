@@ -33,22 +33,22 @@ def test_rerun_is_a_cache_hit_with_identical_numbers(store, cache):
     assert len(store.records("smoke")) == 1
 
 
-def test_the_typed_record_is_what_the_store_keeps_and_a_replay_returns(store, cache):
-    first = play_match(_spec(attack="none"), store=store, cache=cache)
+def test_the_typed_record_is_what_the_store_keeps_and_a_replay_returns(store, warm_cache):
+    first = play_match(_spec(attack="none"), store=store, cache=warm_cache)
     assert store.matches("smoke") == [first] and first.replay_seconds is None
-    again = play_match(_spec(attack="none"), store=store, cache=cache)
+    again = play_match(_spec(attack="none"), store=store, cache=warm_cache)
     assert again.replay_seconds is not None and all(again.cached.values())
     assert dataclasses.replace(again, cached=first.cached, replay_seconds=None) == first
 
 
-def test_marked_model_is_reused_by_every_attack(store, cache):
-    run_match(_spec(attack="none"), store=store, cache=cache)
-    record = run_match(_spec(attack="ftll"), store=store, cache=cache)
+def test_marked_model_is_reused_by_every_attack(store, warm_cache):
+    run_match(_spec(attack="none"), store=store, cache=warm_cache)
+    record = run_match(_spec(attack="ftll"), store=store, cache=warm_cache)
     assert record["cached"] == {"clean": True, "key": True, "marked": True, "attacked": False}
-    assert len(list((cache.root / "marked").rglob("model.safetensors"))) == 1
+    assert len(list((warm_cache.root / "marked").rglob("model.safetensors"))) == 1
 
 
-def test_the_owners_models_are_measured_once_for_every_attack(store, cache, monkeypatch):
+def test_the_owners_models_are_measured_once_for_every_attack(store, warm_cache, monkeypatch):
     """A sweep plays every attack against the same clean and marked model: their test
     accuracies are computed once, and the second match records the same numbers."""
     from arena.eval import match
@@ -61,49 +61,51 @@ def test_the_owners_models_are_measured_once_for_every_attack(store, cache, monk
 
     monkeypatch.setattr(match, "_OWNER_MEASURES", match.OrderedDict())
     monkeypatch.setattr(match, "accuracy", counting_accuracy)
-    first = run_match(_spec(attack="none"), store=store, cache=cache)
+    first = run_match(_spec(attack="none"), store=store, cache=warm_cache)
     assert len(measured) == 3  # clean, marked, attacked
-    second = run_match(_spec(attack="quantize"), store=store, cache=cache)
+    second = run_match(_spec(attack="quantize"), store=store, cache=warm_cache)
     assert len(measured) == 4  # the attacked model only
     for name in ("clean", "marked"):
         assert second[name] == first[name]
-    other_seed = run_match(_spec(attack="none", seed=1), store=store, cache=cache)
+    other_seed = run_match(_spec(attack="none", seed=1), store=store, cache=warm_cache)
     assert len(measured) == 7  # other models: measured
     assert other_seed["clean"] != first["clean"]
 
 
-def test_replaced_head_reports_owner_head_evidence(store, cache):
-    record = run_match(_spec(attack="rtll"), store=store, cache=cache)
+def test_replaced_head_reports_owner_head_evidence(store, warm_cache):
+    record = run_match(_spec(attack="rtll"), store=store, cache=warm_cache)
     owner_head = record["attacked"]["owner_head_evidence"]
     # RTLL trains only the new head: the owner's head on the unchanged body answers exactly
     # as the marked model did.
     assert owner_head == record["marked"]["evidence"]
     assert (
-        run_match(_spec(attack="ftll"), store=store, cache=cache)["attacked"]["owner_head_evidence"]
+        run_match(_spec(attack="ftll"), store=store, cache=warm_cache)["attacked"][
+            "owner_head_evidence"
+        ]
         is None
     )
 
 
-def test_corrupt_cached_model_is_refused_not_used(store, cache):
-    run_match(_spec(attack="none"), store=store, cache=cache)
-    (model_file,) = (cache.root / "marked").rglob("model.safetensors")
+def test_corrupt_cached_model_is_refused_not_used(store, warm_cache):
+    run_match(_spec(attack="none"), store=store, cache=warm_cache)
+    (model_file,) = (warm_cache.root / "marked").rglob("model.safetensors")
     data = bytearray(model_file.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model_file.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="corrupt"):
-        run_match(_spec(attack="none"), store=store, cache=cache)
+        run_match(_spec(attack="none"), store=store, cache=warm_cache)
     assert model_file.exists()  # nothing deleted behind the user's back
 
 
-def test_tampered_verification_key_is_refused(store, cache):
-    run_match(_spec(attack="none"), store=store, cache=cache)
-    (vk_file,) = (cache.root / "key").rglob("vk.json")
+def test_tampered_verification_key_is_refused(store, warm_cache):
+    run_match(_spec(attack="none"), store=store, cache=warm_cache)
+    (vk_file,) = (warm_cache.root / "key").rglob("vk.json")
     record = json.loads(vk_file.read_text())
     digest = record["commitments"][3]["label"]
     record["commitments"][3]["label"] = ("0" if digest[0] != "0" else "1") + digest[1:]
     vk_file.write_text(json.dumps(record))
     with pytest.raises(KeyTamperedError, match="trigger 3"):
-        run_match(_spec(attack="none"), store=store, cache=cache)
+        run_match(_spec(attack="none"), store=store, cache=warm_cache)
 
 
 @pytest.mark.parametrize(

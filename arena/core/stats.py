@@ -23,15 +23,17 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import numpy as np
-from scipy import optimize as _scipy_optimize
-from scipy import special as _scipy_special
-from scipy import stats as _scipy_stats
 
 from arena.util.errors import ArenaError
+
+# scipy is imported where it is used: 0.6 s that a command computing no p-value (a refusal
+# of bad input, a keygen, a listing) does not pay.
 
 
 def binomial_p_value(successes: int, trials: int, null_p: float) -> float:
     """P[X >= successes] for X ~ Binomial(trials, null_p), by scipy's exact test."""
+    from scipy import stats as _scipy_stats
+
     _check_counts(successes, trials)
     _check_probability(null_p, "null_p")
     if trials == 0:
@@ -42,6 +44,9 @@ def binomial_p_value(successes: int, trials: int, null_p: float) -> float:
 def beta_binomial_p_value(successes: int, trials: int, mean: float, dispersion: float) -> float:
     """P[X >= successes] for X ~ BetaBinomial(trials, a, b) of ``mean`` a / (a + b) and
     intra-class correlation ``dispersion`` 1 / (a + b + 1); dispersion 0 is the binomial."""
+    from scipy import special as _scipy_special
+    from scipy import stats as _scipy_stats
+
     _check_counts(successes, trials)
     _check_probability(mean, "null_p")
     _check_dispersion(dispersion)
@@ -116,6 +121,9 @@ def fit_beta_binomial(counts: list[tuple[int, int]]) -> BetaBinomialFit:
     zero, or nearly, prove little about a model the fit never saw, and such a null must
     not make one agreement significant.
     """
+    from scipy import optimize as _scipy_optimize
+    from scipy import stats as _scipy_stats
+
     if not counts:
         raise ArenaError("fitting a null needs at least one (successes, trials) count")
     for successes, trials in counts:
@@ -155,17 +163,23 @@ def fit_beta_binomial(counts: list[tuple[int, int]]) -> BetaBinomialFit:
 
 
 def _squash(value: float, bounds: tuple[float, float]) -> float:
+    from scipy import special as _scipy_special
+
     low, high = bounds
     return low + (high - low) * float(_scipy_special.expit(value))
 
 
 def _unsquash(value: float, bounds: tuple[float, float]) -> float:
+    from scipy import special as _scipy_special
+
     low, high = bounds
     return float(_scipy_special.logit((value - low) / (high - low)))
 
 
 def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
     """Exact two-sided Clopper-Pearson interval for a binomial proportion."""
+    from scipy import stats as _scipy_stats
+
     _check_counts(successes, trials)
     _check_probability(confidence, "confidence")
     if trials == 0:
