@@ -130,20 +130,39 @@ def made_once(
 ) -> Path:
     """A folder ``make`` fills once per test session, copied for this worker: the workers
     of a pytest-xdist session share the first one's work instead of repeating it (the
-    other waits on a lock), and each still gets a copy of its own to change."""
+    others wait on a lock), and each still gets a copy of its own to change. When
+    ``make`` fails, the workers after the first fail at once with its error."""
     base = tmp_path_factory.getbasetemp()
     copy = tmp_path_factory.mktemp(name)
     if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: nothing to share
         make(copy)
         return copy
     shared = base.parent / f"made-once-{name}"  # the session's folder, above the workers'
+    failed = base.parent / f"made-once-{name}.failed"
     with file_lock(base.parent / f"made-once-{name}.lock"):
+        if failed.exists():
+            pytest.fail(f"making {name} failed in another worker: {failed.read_text()}")
         if not (shared / ".finished").exists():
-            shutil.rmtree(shared, ignore_errors=True)  # a run interrupted halfway
-            make(shared)
+            shared.mkdir()
+            try:
+                make(shared)
+            except BaseException as error:
+                failed.write_text(f"{type(error).__name__}: {error}")
+                raise
             (shared / ".finished").touch()
     shutil.copytree(shared, copy, dirs_exist_ok=True)
     return copy
+
+
+@pytest.fixture(autouse=True)
+def forgotten_extractions() -> Iterator[None]:
+    """No test sees a model ``train_fresh`` kept from another (which may have trained it
+    with a stand-in ``train``)."""
+    from attacks.removal.common import _EXTRACTIONS
+
+    _EXTRACTIONS.clear()
+    yield
+    _EXTRACTIONS.clear()
 
 
 @pytest.fixture(scope="session")

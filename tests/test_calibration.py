@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
+from arena.core.environment import PRECISION_VARIABLE
 from arena.core.protocols import RECIPES, get_protocol, parse_reference
 from arena.core.stats import Evidence, null_p_value
 from arena.core.verify import Null
@@ -188,10 +190,21 @@ def test_a_repeated_calibration_reuses_the_cached_models(smoke_calibration):
     assert "| reference |" in to_markdown(again)
 
 
-def test_reference_models_load_from_the_cache_and_never_train(smoke_calibration, tmp_path):
+def test_reference_models_load_from_the_cache_and_never_train(
+    smoke_calibration, tmp_path, monkeypatch
+):
     store = CalibrationStore(smoke_calibration["db"])
     models = reference_models(SMOKE, "backdoor-wm", store, smoke_calibration["cache"])
     assert len(models) == 3
+    # A verifier computing in bfloat16 (a GPU's default) loads the float32 models this
+    # calibration trained: it only evaluates them.
+    assert smoke_calibration["record"]["versions"]["precision"] == "fp32"
+    monkeypatch.setenv(PRECISION_VARIABLE, "bf16")
+    again = reference_models(SMOKE, "backdoor-wm", store, smoke_calibration["cache"])
+    for loaded, model in zip(again, models, strict=True):
+        pairs = zip(loaded.state_dict().values(), model.state_dict().values(), strict=True)
+        assert all(torch.equal(a, b) for a, b in pairs)
+    monkeypatch.delenv(PRECISION_VARIABLE)
     from arena.storage.artifacts import ArtifactCache
 
     with pytest.raises(ArenaError, match="not in the cache"):

@@ -240,11 +240,16 @@ def test_retrain_and_the_ensembles_first_member_are_one_model_trained_once(victi
     trainings = []
     real_train = common.train
     monkeypatch.setattr(common, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
-    retrained = attacks.get("retrain")({}).run(clone_model(model), ctx).model
-    ensemble = attacks.get("evade-ensemble")({}).run(clone_model(model), ctx).model
+    retrain = attacks.get("retrain")({}).run(clone_model(model), ctx)
+    retrained = clone_model(retrain.model)
+    with torch.no_grad():  # what retrain's caller does to its model stays its own
+        next(retrain.model.parameters()).zero_()
+    ensemble = attacks.get("evade-ensemble")({}).run(clone_model(model), ctx)
     assert len(trainings) == 2  # retrain's model, then only the ensemble's second member
-    stolen, first, second = ensemble.voters
+    stolen, first, second = ensemble.model.voters
     assert _identical(first, retrained) and not _identical(second, retrained)
+    # The cost model counts the reused training as the ensemble's own.
+    assert "reused_seconds" not in retrain.info and ensemble.info["reused_seconds"] > 0
     # What was handed back is what training afresh gives: the memory changes no weight.
     _EXTRACTIONS.clear()
     again = attacks.get("retrain")({}).run(clone_model(model), ctx).model

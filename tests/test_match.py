@@ -33,10 +33,10 @@ def test_rerun_is_a_cache_hit_with_identical_numbers(store, cache):
     assert len(store.records("smoke")) == 1
 
 
-def test_the_typed_record_is_what_the_store_keeps_and_a_replay_returns(store, warm_cache):
-    first = play_match(_spec(attack="none"), store=store, cache=warm_cache)
+def test_the_typed_record_is_what_the_store_keeps_and_a_replay_returns(store, cache):
+    first = play_match(_spec(attack="none"), store=store, cache=cache)
     assert store.matches("smoke") == [first] and first.replay_seconds is None
-    again = play_match(_spec(attack="none"), store=store, cache=warm_cache)
+    again = play_match(_spec(attack="none"), store=store, cache=cache)
     assert again.replay_seconds is not None and all(again.cached.values())
     assert dataclasses.replace(again, cached=first.cached, replay_seconds=None) == first
 

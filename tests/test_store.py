@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from arena.core.context import Context
 from arena.core.environment import PRECISION_VARIABLE
 from arena.core.protocols import get_protocol
-from arena.storage.artifacts import load_model_file
+from arena.storage import clean
+from arena.storage.artifacts import ArtifactCache, load_model_file
 from arena.storage.clean import artifact_base
 from arena.storage.results import ResultStore
 from arena.util.errors import ArenaError, ArtifactError
@@ -79,16 +81,20 @@ def test_artifact_round_trip_and_content_addressing(cache):
     assert torch.equal(again.weight, model.weight)
 
 
-def test_a_bfloat16_model_is_cached_apart_and_float32_names_stay(monkeypatch, cache):
-    protocol, cpu = get_protocol("smoke"), torch.device("cpu")
-    monkeypatch.setenv(PRECISION_VARIABLE, "fp32")
-    fp32 = artifact_base(protocol, 0, cpu)
+def test_a_bfloat16_model_is_cached_apart_and_float32_names_stay(monkeypatch, tmp_path):
+    protocol = get_protocol("smoke")
+    fp32 = artifact_base(protocol, 0, "fp32")
     # The names float32 models had before bfloat16 existed: caches stay valid.
     assert fp32 == {"protocol": protocol.fingerprint, "seed": 0, "arena": __version__}
+    assert artifact_base(protocol, 0, "bf16") == {**fp32, "precision": "bf16"}
+    # A run asking for bfloat16 trains its own clean model, not the float32 one.
+    cache, ctx = ArtifactCache(tmp_path), Context(protocol=protocol, seed=0)
+    monkeypatch.setattr(clean, "train_clean", lambda model, ctx: {})
+    _, meta, hit = clean.clean_model(ctx, cache)
     monkeypatch.setenv(PRECISION_VARIABLE, "bf16")
-    bf16 = artifact_base(protocol, 0, cpu)
-    assert bf16 == {**fp32, "precision": "bf16"}
-    assert cache.folder("clean", bf16) != cache.folder("clean", fp32)
+    _, bf16_meta, bf16_hit = clean.clean_model(ctx, cache)
+    assert (hit, bf16_hit) == (False, False) and bf16_meta["spec"]["precision"] == "bf16"
+    assert "precision" not in meta["spec"]
 
 
 def test_a_file_that_is_not_safetensors_is_refused(tmp_path):

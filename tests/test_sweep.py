@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from arena.core.registry import attacks
+from arena.eval import cost
 from arena.eval import sweep as sweeping
 from arena.storage.artifacts import ArtifactCache
 from arena.storage.results import ResultStore
@@ -74,6 +75,18 @@ def test_cli_sweep_logs_every_match(tmp_path):
     assert more.returncode == 0, more.stderr
     assert "estimate: 2 matches to run, 1 clean and 1 marked models to train" in more.stdout
     assert "unit costs on this machine: clean" in more.stdout and not more.stderr
+
+
+def test_an_attack_that_reused_anothers_model_is_costed_as_if_it_trained_it(warm_cache, tmp_path):
+    store = ResultStore(tmp_path / "r.sqlite")
+    specs = sweeping.plan("smoke", ["backdoor-wm"], ["evade-ensemble", "retrain"], [0])
+    sweeping.sweep(specs, store=store, cache=warm_cache)
+    ensemble, retrain = sorted(store.matches("smoke"), key=lambda record: record.attack)
+    # The sweep plays evade-ensemble first: retrain gets its first member's model back.
+    reused = retrain.attack_info["reused_seconds"]
+    assert "reused_seconds" not in ensemble.attack_info and reused > 0
+    costs = cost.unit_costs([retrain])
+    assert costs.attack["retrain"] == pytest.approx(retrain.seconds["attack"] + reused)
 
 
 def test_the_cost_model_counts_each_model_once_and_a_finished_match_as_free(tmp_path):

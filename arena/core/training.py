@@ -56,8 +56,9 @@ class TrainSettings:
 @dataclass(frozen=True)
 class TrainReport:
     steps: int
-    seconds: float
+    seconds: float  # what the training took, also when the model was reused
     final_loss: float
+    reused: bool = False  # handed back from an identical earlier training, not run again
 
 
 ExtraLoss = Callable[[nn.Module], torch.Tensor]

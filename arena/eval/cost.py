@@ -67,7 +67,10 @@ def unit_costs(records: Iterable[MatchRecord]) -> UnitCosts:
             mark.setdefault(record.defense, []).append(seconds["mark"])
             trained += seconds["mark"]
         if not cached.get("attacked", True):
-            attack.setdefault(record.attack, []).append(seconds["attack"])
+            # An attack that reused a model another attack had trained (retrain and the
+            # ensemble in a sweep) is costed as if it trained it: what it costs alone.
+            reused = float(record.attack_info.get("reused_seconds", 0.0))
+            attack.setdefault(record.attack, []).append(seconds["attack"] + reused)
             trained += seconds["attack"]
             rest.append(max(0.0, seconds["total"] - trained))
     return UnitCosts(

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from arena.core.context import Context, Victim, check_seed, default_device
-from arena.core.environment import environment
+from arena.core.environment import environment, precision
 from arena.core.keys import Key
 from arena.core.models import clone_model, head_state, load_head_state
 from arena.core.plugin import Attack, ClaimAttempt, Defense, QueryFilter
@@ -248,7 +248,7 @@ class _Names:
 def _key_spec(match: _Match) -> dict[str, Any]:
     defense = match.defense
     return {
-        **artifact_base(match.protocol, match.spec.seed, match.ctx.device),
+        **artifact_base(match.protocol, match.spec.seed, precision(match.ctx.device)),
         "defense": defense.name,
         "defense_version": defense.version,
         "defense_params": defense.params_dict(),
@@ -258,7 +258,7 @@ def _key_spec(match: _Match) -> dict[str, Any]:
 def _name_artifacts(match: _Match, key_spec: dict[str, Any], key: Key) -> _Names:
     defense, attack, cache = match.defense, match.attack, match.cache
     clean_folder = cache.folder(
-        "clean", artifact_base(match.protocol, match.spec.seed, match.ctx.device)
+        "clean", artifact_base(match.protocol, match.spec.seed, precision(match.ctx.device))
     )
     marked_spec = {**key_spec, "key": key.fingerprint}
     if defense.starts_from == "clean":

@@ -28,14 +28,13 @@ from arena.util.version import __version__
 Role = Literal["reference", "foreign"]
 
 
-def artifact_base(protocol: Protocol, seed: int, device: torch.device) -> dict[str, Any]:
-    """What every artifact of a match depends on: the protocol, the seed, the code, and
-    the precision ``device`` computes in when it is not float32 (a bfloat16 model is
-    another model; float32 names stay what they were before bfloat16 existed)."""
+def artifact_base(protocol: Protocol, seed: int, computed_in: str) -> dict[str, Any]:
+    """What every artifact of a match depends on: the protocol, the seed, the code, and the
+    precision it is computed in (``precision(device)``) when that is not float32 (a
+    bfloat16 model is another model; float32 names stay what they were before bfloat16)."""
     base: dict[str, Any] = {"protocol": protocol.fingerprint, "seed": seed, "arena": __version__}
-    computed = precision(device)
-    if computed != "fp32":
-        base["precision"] = computed
+    if computed_in != "fp32":
+        base["precision"] = computed_in
     return base
 
 
@@ -44,7 +43,7 @@ def clean_model(ctx: Context, cache: ArtifactCache) -> tuple[nn.Module, dict[str
 
     Returns the model, its cache metadata and whether it came from the cache.
     """
-    base = artifact_base(ctx.protocol, ctx.seed, ctx.device)
+    base = artifact_base(ctx.protocol, ctx.seed, precision(ctx.device))
     return cache.model(
         cache.folder("clean", base),
         build=ctx.owner_model,
@@ -121,8 +120,8 @@ class ReferenceModel:
             progress=progress,
         )
 
-    def _folder(self, ctx: Context, cache: ArtifactCache) -> Path:
-        base = artifact_base(ctx.protocol, ctx.seed, ctx.device)
+    def _folder(self, ctx: Context, cache: ArtifactCache, computed_in: str) -> Path:
+        base = artifact_base(ctx.protocol, ctx.seed, computed_in)
         if self.recipe.name == "protocol":
             return cache.folder("clean", base)  # exactly a match's clean model
         return cache.folder("clean", {**base, "recipe": self.recipe.to_dict()})
@@ -139,24 +138,28 @@ class ReferenceModel:
         if self.recipe.name == "protocol":
             model, meta, _ = clean_model(ctx, cache)
             return model, meta
-        base = artifact_base(ctx.protocol, ctx.seed, ctx.device)
+        computed_in = precision(ctx.device)
+        base = artifact_base(ctx.protocol, ctx.seed, computed_in)
         model, meta, _ = cache.model(
-            self._folder(ctx, cache),
+            self._folder(ctx, cache, computed_in),
             build=ctx.owner_model,
             train=lambda model: _train_recipe(model, ctx, self.recipe),
             spec={**base, "recipe": self.recipe.to_dict()},
         )
         return model, meta
 
-    def cached(self, protocol: Protocol, cache: ArtifactCache, device: torch.device) -> nn.Module:
-        """Load it from the cache; never train (a verifier does not train 20 models)."""
+    def cached(
+        self, protocol: Protocol, cache: ArtifactCache, device: torch.device, computed_in: str
+    ) -> nn.Module:
+        """Load the model its calibration trained in the precision ``computed_in`` from the
+        cache; never train (a verifier does not train 20 models)."""
         ctx = self.context(protocol, device, silent)
         model = ctx.owner_model()
-        if cache.load_model(self._folder(ctx, cache), model) is None:
+        if cache.load_model(self._folder(ctx, cache, computed_in), model) is None:
             raise ArenaError(
-                f"reference model {self.index} ({self.name}, seed {self.seed}) is not in the "
-                f"cache {cache.root}; run arena calibrate --protocol {protocol.name} with the "
-                "same cache"
+                f"reference model {self.index} ({self.name}, seed {self.seed}, trained in "
+                f"{computed_in}) is not in the cache {cache.root}; run arena calibrate "
+                f"--protocol {protocol.name} with the same cache"
             )
         return model
 
@@ -222,7 +225,12 @@ def reference_models(
         )
     cache = cache or ArtifactCache()
     device = device or default_device()
-    return [_row_model(row).cached(protocol, cache, device) for row in record["models"]]
+    # The models the calibration trained, in its precision (records from before bfloat16
+    # existed were all float32), whatever this verifier computes in.
+    computed_in = record.get("versions", {}).get("precision", "fp32")
+    return [
+        _row_model(row).cached(protocol, cache, device, computed_in) for row in record["models"]
+    ]
 
 
 def _row_model(row: dict[str, Any]) -> ReferenceModel:

@@ -26,7 +26,12 @@ from arena.core.params import param
 from arena.core.plugin import AttackOutcome, QueryAttack, Requirements, ThreatModel
 from arena.core.registry import register_attack
 from arena.core.training import predict
-from attacks.removal.common import ScratchTraining, train_fresh
+from attacks.removal.common import (
+    EXTRACTION_PURPOSE,
+    ScratchTraining,
+    reused_seconds,
+    train_fresh,
+)
 
 if TYPE_CHECKING:
     pass
@@ -59,6 +64,7 @@ class EvadeEnsemble(QueryAttack):
     threat = "evasion"
     paper = "Hitaj and Mancini, arXiv:1809.00615, 2018; Tramèr et al., USENIX Security 2016"
     Params = EnsembleParams
+    version = "2"  # 2: the first member is retrain's model (1: a seed of its own)
 
     def threat_model(self, ctx: Context) -> ThreatModel:
         return ThreatModel(
@@ -83,11 +89,11 @@ class EvadeEnsemble(QueryAttack):
     def prepare(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         images = ctx.splits.attacker.images
         labels = predict(model, images, ctx.device)
-        members, steps = [], 0
+        members, reports = [], []
         for index in range(self.params.members):
-            # The first member is exactly the model ``retrain`` extracts (its seed, data
-            # and optimizer): a sweep trains it once for both attacks.
-            purpose = "attack:retrain" if index == 0 else f"attack:{self.name}:member{index}"
+            # The first member is the very model ``retrain`` extracts (its seed, data and
+            # optimizer): a sweep trains it once for both attacks.
+            purpose = EXTRACTION_PURPOSE if index == 0 else f"attack:{self.name}:member{index}"
             member, report = train_fresh(
                 ctx,
                 None,
@@ -98,7 +104,7 @@ class EvadeEnsemble(QueryAttack):
                 augment=ctx.protocol.augment,
             )
             members.append(member)
-            steps += report.steps
+            reports.append(report)
         return AttackOutcome(
             model=Ensemble([model, *members]),
             info={
@@ -107,8 +113,9 @@ class EvadeEnsemble(QueryAttack):
                     f" on its labels for {len(images)} queries"
                 ),
                 "members": len(members),
-                "steps": steps,
+                "steps": sum(report.steps for report in reports),
                 "queries": len(images),
+                **reused_seconds(*reports),
             },
         )
 

@@ -134,8 +134,10 @@ def train_fresh(
 
     Training is deterministic, so a model this process already trained from exactly the
     same inputs (``_Extractions``) is handed back instead of trained again: the same
-    weights either way. In a sweep, ``retrain`` and ``evade-ensemble``'s first member are
-    one such model.
+    weights either way, and a report marked ``reused`` with the seconds the training
+    took. ``retrain`` and ``evade-ensemble``'s first member are one such model
+    (``EXTRACTION_PURPOSE``): a sweep, which plays both against each marked model, trains
+    it once.
     """
     model = fresh_model(ctx, architecture, purpose)
     images, labels = data
@@ -143,10 +145,10 @@ def train_fresh(
     key = _EXTRACTIONS.key(
         ctx, architecture, purpose, generator_purpose, images, labels, settings, options
     )
-    found = _EXTRACTIONS.get(key, model, ctx.device)
+    found = _EXTRACTIONS.get(key, model, ctx.device) if key is not None else None
     if found is not None:
         ctx.progress.log(f"{description}: the same model as one trained before, reused")
-        return model, found
+        return model, dataclasses.replace(found, reused=True)
     report = train(
         model,
         images,
@@ -158,8 +160,16 @@ def train_fresh(
         progress=ctx.progress,
         **options,
     )
-    _EXTRACTIONS.put(key, model, report)
+    if key is not None:
+        _EXTRACTIONS.put(key, model, report)
     return model, report
+
+
+def reused_seconds(*reports: TrainReport) -> dict[str, float]:
+    """For an attack's ``info``: the seconds of the trainings it reused (none: nothing),
+    which the cost model adds back to what the attack costs on its own."""
+    seconds = sum(report.seconds for report in reports if report.reused)
+    return {"reused_seconds": seconds} if any(report.reused for report in reports) else {}
 
 
 class _Extractions:
@@ -183,7 +193,11 @@ class _Extractions:
         labels: torch.Tensor,
         settings: TrainSettings,
         options: dict[str, Any],
-    ) -> str:
+    ) -> str | None:
+        """The key, or None when an option is not a plain value whose ``repr`` says all of
+        it (a tensor's elides, a function's is an address): such a training is not kept."""
+        if not all(isinstance(value, _PLAIN) for value in options.values()):
+            return None
         digest = hashlib.sha256()
         facts = {
             "protocol": ctx.protocol.with_model(architecture).fingerprint,
@@ -225,4 +239,9 @@ class _Extractions:
         self.entries.clear()
 
 
+_PLAIN = (str, int, float, bool, type(None))
 _EXTRACTIONS = _Extractions()
+
+# The seed purpose of the model ``retrain`` extracts, which ``evade-ensemble`` takes for
+# its first member.
+EXTRACTION_PURPOSE = "attack:retrain"

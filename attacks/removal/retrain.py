@@ -19,7 +19,12 @@ from arena.core.params import param
 from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
 from arena.core.training import predict
-from attacks.removal.common import ScratchTraining, train_fresh
+from attacks.removal.common import (
+    EXTRACTION_PURPOSE,
+    ScratchTraining,
+    reused_seconds,
+    train_fresh,
+)
 
 
 @dataclass(frozen=True)
@@ -69,10 +74,11 @@ class Retrain(RemovalAttack):
         fresh, report = train_fresh(
             ctx,
             self.params.model,
-            f"attack:{self.name}",
+            EXTRACTION_PURPOSE,
             (images, labels),
             self.params.settings(self.params.budget(ctx)),
             "retraining on the victim's labels",
             augment=ctx.protocol.augment,
         )
-        return AttackOutcome(model=fresh, info={"steps": report.steps, "queries": len(images)})
+        info = {"steps": report.steps, "queries": len(images), **reused_seconds(report)}
+        return AttackOutcome(model=fresh, info=info)
