@@ -77,6 +77,16 @@ def test_cli_sweep_logs_every_match(tmp_path):
     assert "unit costs on this machine: clean" in more.stdout and not more.stderr
 
 
+def test_an_estimate_with_nothing_measured_gives_no_figure():
+    blind = cost.Estimate(matches=3, cleans=1, marks=1, unknown=["attack rtal", "the clean model"])
+    assert blind.describe().endswith(
+        "train: unknown, no stored match of the protocol has measured its parts"
+    )
+    partial = cost.Estimate(seconds=90.0, matches=3, cleans=1, marks=1, unknown=["attack rtal"])
+    assert "1.5 min, not counting attack rtal (no stored match" in partial.describe()
+    assert cost.Estimate(seconds=90.0, matches=3).describe().endswith("train: 1.5 min")
+
+
 def test_an_attack_that_reused_anothers_model_is_costed_as_if_it_trained_it(warm_cache, tmp_path):
     store = ResultStore(tmp_path / "r.sqlite")
     specs = sweeping.plan("smoke", ["backdoor-wm"], ["evade-ensemble", "retrain"], [0])

@@ -93,17 +93,20 @@ class Estimate:
     unknown: list[str] = field(default_factory=list)  # what is not counted, by name
 
     def describe(self) -> str:
-        minutes = self.seconds / 60
         text = (
             f"estimate: {self.matches} matches to run, {self.cleans} clean and {self.marks} "
-            f"marked models to train: {minutes:.1f} min"
+            f"marked models to train: "
         )
-        if self.unknown:
-            shown = ", ".join(sorted(self.unknown)[:8])
-            more = len(self.unknown) - 8
-            text += f", not counting {shown}{f' and {more} more' if more > 0 else ''}"
-            text += " (no stored match has measured them)"
-        return text
+        if not self.unknown:
+            return text + f"{self.seconds / 60:.1f} min"
+        if self.seconds == 0:  # nothing of it measured: no figure rather than a zero
+            return text + "unknown, no stored match of the protocol has measured its parts"
+        shown = ", ".join(sorted(self.unknown)[:8])
+        more = len(self.unknown) - 8
+        return (
+            text + f"{self.seconds / 60:.1f} min, not counting {shown}"
+            f"{f' and {more} more' if more > 0 else ''} (no stored match has measured them)"
+        )
 
 
 def estimate(
