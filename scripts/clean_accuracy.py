@@ -2,9 +2,11 @@
 a protocol's training budget (README, "Protocols").
 
     python scripts/clean_accuracy.py --protocol mnist5k --epochs 30 --seed 0 --seed 1
+    python scripts/clean_accuracy.py --epochs 15 --label-smoothing 0.1 --seed 0
 
-Trains with the arena's ``train_clean`` (the protocol's recipe, its epochs replaced) at the
-``arena`` command's settings (``apply_deterministic_defaults``), nothing cached.
+Trains with the arena's ``train_clean`` (the protocol's recipe, its epochs and any recipe
+option given here replaced) at the ``arena`` command's settings
+(``apply_deterministic_defaults``), nothing cached.
 """
 
 from __future__ import annotations
@@ -27,12 +29,24 @@ def main() -> None:
         "--epochs", type=int, action="append", help="repeatable [default: the protocol's]"
     )
     parser.add_argument("--seed", type=int, action="append", help="repeatable [default: 0]")
+    parser.add_argument("--lr", type=float, help="[default: the protocol's]")
+    parser.add_argument("--batch-size", type=int, help="[default: the protocol's]")
+    parser.add_argument("--label-smoothing", type=float, help="[default: the protocol's]")
     args = parser.parse_args()
+    recipe = {
+        name: value
+        for name, value in (
+            ("lr", args.lr),
+            ("batch_size", args.batch_size),
+            ("label_smoothing", args.label_smoothing),
+        )
+        if value is not None
+    }
     threads = apply_deterministic_defaults()
     base = get_protocol(args.protocol)
     for epochs in args.epochs or [base.training.epochs]:
         protocol = dataclasses.replace(
-            base, training=dataclasses.replace(base.training, epochs=epochs)
+            base, training=dataclasses.replace(base.training, epochs=epochs, **recipe)
         )
         for seed in args.seed or [0]:
             ctx = Context(protocol=protocol, seed=seed)
@@ -42,7 +56,8 @@ def main() -> None:
             test = ctx.splits.test
             acc = accuracy(model, test.images, test.labels, ctx.device)
             print(
-                f"{base.label}, {epochs} epochs, seed {seed}: test accuracy {acc:.4f} "
+                f"{base.label}, {epochs} epochs{''.join(f', {k}={v}' for k, v in recipe.items())}, "
+                f"seed {seed}: test accuracy {acc:.4f} "
                 f"({time.perf_counter() - start:.1f} s, {threads} threads)",
                 flush=True,
             )

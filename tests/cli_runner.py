@@ -45,7 +45,7 @@ def _in_a_process(
     if path:
         env["PYTHONPATH"] = os.pathsep.join(str(folder) for folder in path)
     return subprocess.run(
-        [sys.executable, "-c", "from arena.cli import main; main()", *args],
+        [sys.executable, "-c", "from arena.cli import console; console()", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -88,3 +88,29 @@ def test_sweep_cost_estimates_both_sizes_from_what_the_pilot_measured(tmp_path: 
     assert rows[1]["trained"] == {"clean": 1, "marked": 1, "attacked": 2}
     for row in rows[1:]:
         assert row["estimate"] > 0 and row["measured"] > 0 and not row["unknown"]
+
+
+def test_cpu_options_measures_every_setting_but_compilation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CPU settings benchmark, small (figures only, no timing asserted; ``compile``
+    is left out: it compiles for tens of seconds). Its two side-by-side processes are
+    real ones."""
+    import json
+
+    benchmark = _benchmark("cpu_options")
+    settings = [name for name in benchmark.SETTINGS if name != "compile"]
+    out = tmp_path / "cpu.json"
+    only = [argument for name in settings for argument in ("--only", name)]
+    arguments = ["--protocol", "smoke", "--images", "100", "--epochs", "1", "--threads", "1"]
+    monkeypatch.setattr(sys, "argv", ["cpu_options.py", *arguments, *only, "--json", str(out)])
+    threads = torch.get_num_threads()
+    try:
+        benchmark.main()
+    finally:
+        torch.set_num_threads(threads)
+    results = json.loads(out.read_text())["results"]
+    assert list(results) == settings
+    assert all(figures["images_per_s"] > 0 for figures in results.values())
+    assert len(results["2 processes"]["per_process"]) == 2
+    assert capsys.readouterr().out.count("images/s") == len(settings)

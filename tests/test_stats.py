@@ -40,6 +40,22 @@ def test_p_value_is_one_without_successes(trials: int, null_p: float) -> None:
     assert binomial_p_value(0, trials, null_p) == pytest.approx(1.0)
 
 
+def test_p_value_is_scipys_exact_test_to_the_bit() -> None:
+    # The incomplete beta function is what scipy's binomtest computes: recorded p-values
+    # do not change with the function that computes them.
+    for trials in (1, 2, 5, 20, 100, 256, 1000):
+        for null_p in (0.01, 0.1, 0.5, 1 / 3, 0.9):
+            for successes in range(0, trials + 1, max(1, trials // 40)):
+                expected = scipy_stats.binomtest(
+                    successes, trials, null_p, alternative="greater"
+                ).pvalue
+                assert binomial_p_value(successes, trials, null_p) == expected, (
+                    successes,
+                    trials,
+                    null_p,
+                )
+
+
 def test_p_value_decreases_with_successes() -> None:
     values = [binomial_p_value(k, 30, 0.1) for k in range(31)]
     assert all(later < earlier for earlier, later in zip(values, values[1:]))
@@ -89,6 +105,19 @@ def test_clopper_pearson_equals_beta_quantiles_and_widens_with_confidence() -> N
     assert high == pytest.approx(scipy_stats.beta.ppf(0.975, 31, 70), rel=1e-6)
     wide_low, wide_high = clopper_pearson(30, 100, confidence=0.99)
     assert wide_low < low < 0.3 < high < wide_high
+
+
+def test_clopper_pearson_is_scipys_exact_interval() -> None:
+    # scipy finds the same quantiles by a root search that stops near 1e-12.
+    for trials in (1, 2, 10, 100, 1000):
+        for successes in range(0, trials + 1, max(1, trials // 25)):
+            for confidence in (0.95, 0.98):
+                expected = scipy_stats.binomtest(successes, trials).proportion_ci(
+                    confidence_level=confidence, method="exact"
+                )
+                low, high = clopper_pearson(successes, trials, confidence)
+                assert low == pytest.approx(expected.low, abs=2e-12)
+                assert high == pytest.approx(expected.high, abs=2e-12)
 
 
 @pytest.mark.parametrize(

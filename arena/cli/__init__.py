@@ -1,13 +1,14 @@
-"""Layer 6: the ``arena`` command line. ``app`` is the typer application, ``main`` the
-console script; the commands live in ``arena.cli.commands``."""
+"""Layer 6: the ``arena`` command line. ``app`` is the typer application, ``console`` the
+``arena`` executable and ``main`` the command line it runs (in-process callers use
+``main``); the commands live in ``arena.cli.commands``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from arena.cli.commands import app, main
+from arena.cli.commands import app, console, main
 
-__all__ = ["app", "main"]
+__all__ = ["app", "console", "main"]
 
 
 def __getattr__(name: str) -> Any:

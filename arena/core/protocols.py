@@ -155,7 +155,10 @@ PROTOCOLS: dict[str, Protocol] = {
     for protocol in (
         Protocol(
             name="smoke",
-            version=1,
+            # v2: 6 epochs for the clean model (v1: 8), a smoke match from an empty cache
+            # in under 6 s: clean test accuracy 0.885-0.920 on seeds 0-4 (v1: 0.890-0.915),
+            # and backdoor-wm's from-scratch mark 17-20 of 20 triggers on each.
+            version=2,
             description="a slice of the embedded MNIST subset at 16x16 on a tiny model: seconds",
             dataset="mnist5k",
             image_size=16,
@@ -166,7 +169,7 @@ PROTOCOLS: dict[str, Protocol] = {
             test_size=200,
             split_seed=0,
             model="test_resnet.r160_in1k",
-            training=TrainSettings(epochs=8, batch_size=50, lr=0.1, weight_decay=1e-4),
+            training=TrainSettings(epochs=6, batch_size=50, lr=0.1, weight_decay=1e-4),
             mark_epochs=3,
             mark_lr=0.03,
             mark_triggers_per_batch=8,

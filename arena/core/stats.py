@@ -31,22 +31,25 @@ from arena.util.errors import ArenaError
 
 
 def binomial_p_value(successes: int, trials: int, null_p: float) -> float:
-    """P[X >= successes] for X ~ Binomial(trials, null_p), by scipy's exact test."""
-    from scipy import stats as _scipy_stats
+    """P[X >= successes] for X ~ Binomial(trials, null_p): the exact upper tail, the
+    regularized incomplete beta function I_p(k, n - k + 1).
+
+    It is what ``scipy.stats.binomtest(k, n, p, alternative="greater")`` returns, to the
+    bit (tested), from ``scipy.special`` alone: 0.08 s to import against 0.48 s for
+    ``scipy.stats``, which a smoke match would otherwise spend on its one verdict.
+    """
+    from scipy import special as _scipy_special
 
     _check_counts(successes, trials)
     _check_probability(null_p, "null_p")
-    if trials == 0:
+    if trials == 0 or successes == 0:
         return 1.0
-    return float(_scipy_stats.binomtest(successes, trials, null_p, alternative="greater").pvalue)
+    return float(_scipy_special.betainc(successes, trials - successes + 1, null_p))
 
 
 def beta_binomial_p_value(successes: int, trials: int, mean: float, dispersion: float) -> float:
     """P[X >= successes] for X ~ BetaBinomial(trials, a, b) of ``mean`` a / (a + b) and
     intra-class correlation ``dispersion`` 1 / (a + b + 1); dispersion 0 is the binomial."""
-    from scipy import special as _scipy_special
-    from scipy import stats as _scipy_stats
-
     _check_counts(successes, trials)
     _check_probability(mean, "null_p")
     _check_dispersion(dispersion)
@@ -54,6 +57,9 @@ def beta_binomial_p_value(successes: int, trials: int, mean: float, dispersion: 
         return binomial_p_value(successes, trials, mean)
     if trials == 0 or successes == 0:
         return 1.0
+    from scipy import special as _scipy_special
+    from scipy import stats as _scipy_stats
+
     a, b = beta_parameters(mean, dispersion)
     # Summing the pmf of the tail keeps precision far below 1e-16, where sf would round.
     tail = _scipy_stats.betabinom.logpmf(np.arange(successes, trials + 1), trials, a, b)
@@ -177,17 +183,25 @@ def _unsquash(value: float, bounds: tuple[float, float]) -> float:
 
 
 def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Exact two-sided Clopper-Pearson interval for a binomial proportion."""
-    from scipy import stats as _scipy_stats
+    """Exact two-sided Clopper-Pearson interval for a binomial proportion: the (1 -
+    confidence) / 2 quantile of Beta(k, n - k + 1) and the (1 + confidence) / 2 quantile of
+    Beta(k + 1, n - k), by the inverse of the regularized incomplete beta function.
+
+    The same interval as scipy's ``binomtest(k, n).proportion_ci(method="exact")``, which
+    finds these quantiles by root search (to about 1e-12; tested), from ``scipy.special``
+    alone (see ``binomial_p_value``).
+    """
+    from scipy import special as _scipy_special
 
     _check_counts(successes, trials)
     _check_probability(confidence, "confidence")
     if trials == 0:
         return (0.0, 1.0)
-    interval = _scipy_stats.binomtest(successes, trials).proportion_ci(
-        confidence_level=confidence, method="exact"
-    )
-    return (float(interval.low), float(interval.high))
+    tail = (1.0 - confidence) / 2.0
+    failures = trials - successes
+    low = 0.0 if successes == 0 else _scipy_special.betaincinv(successes, failures + 1, tail)
+    high = 1.0 if failures == 0 else _scipy_special.betaincinv(successes + 1, failures, 1 - tail)
+    return (float(low), float(high))
 
 
 @dataclass(frozen=True)
