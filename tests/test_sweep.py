@@ -46,14 +46,14 @@ def test_an_interrupted_sweep_resumes_and_a_failed_match_does_not_stop_it(tmp_pa
         sweeping.sweep(specs, store=store, cache=cache, on_match=interrupt_after_first)
     assert len(store.records("smoke")) == 1  # the finished match is kept
 
-    real = sweeping.play_match
+    real = sweeping.play_unsaved
 
     def failing(spec, **kwargs):
         if spec.attack == "ftll":
             raise ArenaError("the plugin broke")
         return real(spec, **kwargs)
 
-    monkeypatch.setattr(sweeping, "play_match", failing)
+    monkeypatch.setattr(sweeping, "play_unsaved", failing)
     resumed = sweeping.sweep(specs, store=store, cache=cache)
     assert (resumed.replayed, resumed.run) == (1, 1)
     assert [(s.attack, e) for s, e in resumed.failed] == [("ftll", "the plugin broke")]
@@ -121,3 +121,44 @@ def test_the_cost_model_counts_each_model_once_and_a_finished_match_as_free(tmp_
     assert bigger.seconds == pytest.approx(2 * per_seed)
     _, unmeasured = sweeping.estimate_sweep(sweeping.plan("smoke", ["none"], ["rtal"], [0]), store)
     assert unmeasured.unknown == ["attack rtal", "marking none"]
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (["--executor", "dask"], "unknown executor 'dask'; choose local or ray"),
+        (["--address", "auto"], "--address and --workers are options of --executor ray"),
+        (["--executor", "ray", "--workers", "0"], "workers must be >= 1, got 0"),
+    ],
+)
+def test_sweep_refuses_a_bad_executor_before_any_training(
+    tmp_path, options: list[str], says: str
+) -> None:
+    result = run_arena("sweep", "--protocol", "smoke", *options, home=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {says}"
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_ray_executor_without_ray_says_how_to_get_it(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if not installed
+    with pytest.raises(ArenaError, match=r"pip install 'watermark-arena\[ray\]'"):
+        sweeping.RaySweep()
+
+
+def test_the_task_graph_trains_each_clean_and_marked_model_in_one_match_first() -> None:
+    specs = sweeping.plan("smoke", ["backdoor-wm", "uchida"], ["none", "ftal", "rtal"], [0, 1])
+    graph = sweeping.task_graph(specs)
+    first = {(s.defense, s.seed): i for i, s in reversed(list(enumerate(specs)))}
+    for index, spec in enumerate(specs):
+        mark = first[(spec.defense, spec.seed)]
+        seed_first = first[("backdoor-wm", spec.seed)]
+        if index == seed_first:
+            assert graph[index] == ()  # trains the seed's clean model
+        elif index == mark:
+            assert graph[index] == (seed_first,)  # marks, once the clean model exists
+        else:
+            assert graph[index] == (mark,)  # loads the marked model
+        assert all(before < index for before in graph[index])

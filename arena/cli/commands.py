@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from arena.core.environment import apply_deterministic_defaults
+from arena.core.environment import apply_deterministic_defaults, threads_setting
 from arena.core.params import document_params
 from arena.core.protocols import PROTOCOLS, get_protocol
 from arena.core.registry import BrokenPlugin, registry_for
@@ -246,14 +246,36 @@ def sweep(
             help="only print what the sweep would cost (from the stored matches' timings)",
         ),
     ] = False,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="local: one match after another in this process; ray: matches as Ray "
+            "tasks (pip install 'watermark-arena[ray]')"
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="ray: join this cluster (e.g. 'auto'); default: start a local one"),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="ray: matches at once on the local cluster [default: the CPUs]"),
+    ] = None,
 ) -> None:
     """Run every defense x attack x seed match; finished ones are skipped, so an
     interrupted sweep resumes where it stopped. Exit 1 if a match failed."""
-    from arena.eval.sweep import estimate_sweep, plan
+    from arena.eval.sweep import RaySweep, estimate_sweep, plan
     from arena.eval.sweep import sweep as run_sweep
 
+    if executor not in ("local", "ray"):
+        raise ArenaError(f"unknown executor {executor!r}; choose local or ray")
+    if executor == "local" and (address is not None or workers is not None):
+        raise ArenaError("--address and --workers are options of --executor ray")
     skipped: list[tuple[str, str, str]] = []
     specs = plan(protocol, defense, attack, seed, skipped)
+    # Each Ray task trains with ARENA_THREADS threads (default: one per task).
+    ray_threads = threads_setting() if os.environ.get("ARENA_THREADS", "").strip() else 1
+    runner = RaySweep(address, workers, ray_threads) if executor == "ray" else None
     store, cache = ResultStore(db), ArtifactCache(cache_dir)
     costs, predicted = estimate_sweep(specs, store)
     if estimate:
@@ -271,7 +293,11 @@ def sweep(
             highlight=False,
         )
 
+    ended = 0
+
     def log(index: int, spec: Any, record: MatchRecord | None, note: str) -> None:
+        nonlocal ended
+        ended += 1  # matches end in the graph's order here, in any order on Ray
         verdict = ""
         if record is not None:
             evidence = record.attacked.evidence
@@ -281,7 +307,7 @@ def sweep(
                 f"attack {'succeeded' if record.attack_succeeded else 'failed'}; "
             )
         stderr.print(
-            f"[{index + 1}/{len(specs)}] {spec.defense} x {spec.attack}, seed {spec.seed}: "
+            f"[{ended}/{len(specs)}] {spec.defense} x {spec.attack}, seed {spec.seed}: "
             f"{verdict}{note}",
             highlight=False,
         )
@@ -292,6 +318,7 @@ def sweep(
         cache=cache,
         progress=RichReporter(stderr),
         on_match=log,
+        executor=runner,
     )
     stdout.print(report.summary(), highlight=False)
     for spec, error in report.failed:

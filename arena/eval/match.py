@@ -139,6 +139,27 @@ def play_match(
     device: torch.device | None = None,
 ) -> MatchRecord:
     """Run one match and store its record; a finished match is returned from the store."""
+    store = store or ResultStore()
+    match_id, record, replayed = play_unsaved(
+        spec, store=store, cache=cache, progress=progress, device=device
+    )
+    if not replayed:
+        store.save(match_id, record)
+    return record
+
+
+def play_unsaved(
+    spec: MatchSpec,
+    *,
+    store: ResultStore | None = None,
+    cache: ArtifactCache | None = None,
+    progress: Reporter = silent,
+    device: torch.device | None = None,
+) -> tuple[str, MatchRecord, bool]:
+    """Run one match without storing it: its id, its record and whether the record is a
+    finished one from ``store`` (which is only read: the stored matches and the
+    calibrations). For a sweep whose one writer is elsewhere (``arena sweep --executor
+    ray``: the driver stores what its workers played)."""
     match = _resolve(spec, store, cache, progress, device)
     started = time.perf_counter()
     timer = _PhaseTimer()
@@ -151,11 +172,12 @@ def play_match(
     null = CalibrationStore(match.store.path).null(get_protocol(spec.protocol), match.defense.name)
     finished = _finished(match, names, null)
     if finished is not None:
-        return dataclasses.replace(
+        replay = dataclasses.replace(
             finished,
             cached={phase: True for phase in finished.cached},
             replay_seconds=time.perf_counter() - started,
         )
+        return names.match_id, replay, True
     with timer("data"):
         splits = match.ctx.splits
     clean, marked, ctx, digests = _clean_and_mark(match, names, key, timer, cached)
@@ -172,8 +194,7 @@ def play_match(
         served = _measure_served(match, key, marked, attacked, attacker, null)
     verdict = _decide(match, key, marked, owner["marked"], attacked, served, null, timer)
     record = _record(match, null, owner, served, attacked, verdict, len(splits.test), timer, cached)
-    match.store.save(names.match_id, record)
-    return record
+    return names.match_id, record, False
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,38 @@
 """``arena sweep``: every defense against every attack, for a protocol and seeds.
 
-Matches run defense by defense, so each marked model is trained once and every attack
-against it loads it from the artifact cache. A finished match is a cache hit, and each
-match is stored as soon as it ends, so an interrupted sweep loses at most the match in
-progress: running it again finishes the rest. A match that fails (a plugin's error) is
+A sweep is a task graph (``task_graph``): the first match of each seed trains its clean
+model, the first match of each (defense, seed) then trains that defense's marked model,
+and every other match against that marked model waits for it and loads it from the
+artifact cache. So each clean model is trained once per seed and each marked model once
+per defense and seed, however many workers play the matches. Two executors run the
+graph: ``local`` (the default) plays the matches one after another in this process, in
+the graph's order; ``ray`` (``RaySweep``) plays them as Ray tasks on a local or existing
+cluster, each started once the match it waits for has ended.
+
+Either way one process writes the results database (the driver, here): a match is stored
+as soon as it ends, so an interrupted sweep loses at most the matches in progress, and
+running it again skips the finished ones. A match that fails (a plugin's error) is
 reported and the sweep goes on.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from arena.core.context import check_seed
+from arena.core.environment import apply_deterministic_defaults
 from arena.core.protocols import get_protocol
 from arena.core.registry import Registry, attacks, defenses
 from arena.eval.cost import Estimate, UnitCosts, estimate, unit_costs
-from arena.eval.match import MatchSpec, play_match
+from arena.eval.match import MatchSpec, play_unsaved
 from arena.storage.artifacts import ArtifactCache
 from arena.storage.record import MatchRecord
 from arena.storage.results import ResultStore
@@ -92,6 +104,74 @@ def plan(
     ]
 
 
+def task_graph(specs: list[MatchSpec]) -> list[tuple[int, ...]]:
+    """What each match waits for (indices into ``specs``, which must be in ``plan``'s
+    order or any order that lists a match's predecessors first).
+
+    The first match of a seed waits for nothing: it trains the seed's clean model. The
+    first match of every other (defense, seed) waits for it, since marking a trained
+    model starts from the clean one, and trains the defense's marked model. Every other
+    match waits for the first match of its (defense, seed), whose marked model it loads.
+    """
+    first_of_seed: dict[tuple, int] = {}
+    first_of_mark: dict[tuple, int] = {}
+    graph: list[tuple[int, ...]] = []
+    for index, spec in enumerate(specs):
+        seed_key = (spec.protocol, spec.model, spec.seed)
+        mark_key = (*seed_key, spec.defense, _frozen(spec.defense_params))
+        if mark_key in first_of_mark:
+            graph.append((first_of_mark[mark_key],))
+        elif seed_key in first_of_seed:
+            first_of_mark[mark_key] = index
+            graph.append((first_of_seed[seed_key],))
+        else:
+            first_of_seed[seed_key] = first_of_mark[mark_key] = index
+            graph.append(())
+    return graph
+
+
+def _frozen(params: Any) -> str:
+    return json.dumps(dict(params), sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class Played:
+    """What one match task hands back to the driver: the record to store, or why not."""
+
+    spec: MatchSpec
+    match_id: str | None = None
+    record: MatchRecord | None = None
+    replayed: bool = False
+    error: str | None = None
+
+
+def play_task(
+    spec: MatchSpec,
+    store_path: str,
+    cache_root: str,
+    device: str | None = None,
+    threads: int | None = None,
+) -> Played:
+    """One match, played without storing it (the driver stores it): what a worker runs.
+
+    ``threads``: the thread count to train with (``apply_deterministic_defaults``), set
+    in a worker process of its own; None keeps the caller's. A plugin's error (an
+    ``ArenaError``) is handed back, not raised: the match failed, not the worker.
+    """
+    if threads is not None:
+        apply_deterministic_defaults(threads)
+    try:
+        match_id, record, replayed = play_unsaved(
+            spec,
+            store=ResultStore(store_path),
+            cache=ArtifactCache(cache_root),
+            device=torch.device(device) if device else None,
+        )
+    except ArenaError as error:
+        return Played(spec, error=str(error))
+    return Played(spec, match_id, record, replayed)
+
+
 def sweep(
     specs: list[MatchSpec],
     *,
@@ -100,36 +180,155 @@ def sweep(
     progress: Reporter = silent,
     device: torch.device | None = None,
     on_match: Callable[[int, MatchSpec, MatchRecord | None, str], None] | None = None,
+    executor: RaySweep | None = None,
 ) -> SweepReport:
-    """Run ``specs`` in order; ``on_match(index, spec, record, note)`` after each one."""
+    """Run ``specs`` (``plan``'s order) on ``executor`` (None: one after another in this
+    process); ``on_match(index, spec, record, note)`` after each one, in the order they
+    end. The records are stored here, by this process alone."""
     store = store or ResultStore()
     cache = cache or ArtifactCache()
     report = SweepReport(planned=len(specs))
     started = time.perf_counter()
-    try:
-        for index, spec in enumerate(specs):
-            try:
-                record = play_match(
-                    spec, store=store, cache=cache, progress=progress, device=device
-                )
-            except ArenaError as error:
-                report.failed.append((spec, str(error)))
-                if on_match:
-                    on_match(index, spec, None, f"failed: {error}")
-                continue
-            if record.replay_seconds is not None:
-                report.replayed += 1
-                note = "already finished"
-            else:
-                report.run += 1
-                trained = [p for p, hit in record.cached.items() if not hit and p != "key"]
-                report.trained.update(trained)
-                note = f"trained: {', '.join(trained)}" if trained else "all models cached"
+
+    def finish(index: int, played: Played) -> None:
+        spec = played.spec
+        if played.error is not None:
+            report.failed.append((spec, played.error))
             if on_match:
-                on_match(index, spec, record, note)
+                on_match(index, spec, None, f"failed: {played.error}")
+            return
+        record = played.record
+        if played.replayed:
+            report.replayed += 1
+            note = "already finished"
+        else:
+            store.save(played.match_id, record)
+            report.run += 1
+            trained = [p for p, hit in record.cached.items() if not hit and p != "key"]
+            report.trained.update(trained)
+            note = f"trained: {', '.join(trained)}" if trained else "all models cached"
+        if on_match:
+            on_match(index, spec, record, note)
+
+    try:
+        if executor is None:
+            for index, spec in enumerate(specs):
+                try:
+                    match_id, record, replayed = play_unsaved(
+                        spec, store=store, cache=cache, progress=progress, device=device
+                    )
+                except ArenaError as error:
+                    finish(index, Played(spec, error=str(error)))
+                    continue
+                finish(index, Played(spec, match_id, record, replayed))
+        else:
+            executor.run(specs, task_graph(specs), store, cache, device, finish)
     finally:
         report.seconds = time.perf_counter() - started
     return report
+
+
+class RaySweep:
+    """The sweep's matches as Ray tasks (``arena sweep --executor ray``).
+
+    ``address`` joins an existing cluster (``ray start --head`` on one machine, ``ray
+    start --address ...`` on the others); None starts a local one of ``workers`` CPUs
+    for the sweep and stops it after. Each match is a task of ``threads`` CPUs (and one
+    GPU where the cluster has GPUs), submitted once the match it waits for
+    (``task_graph``) has ended, and retried up to ``retries`` times if its worker dies;
+    a plugin's error is not retried. The results database is written here only; the
+    artifact cache and the database must be at paths every node can read and write
+    (one machine, or a shared filesystem mounted at the same path on every node).
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        workers: int | None = None,
+        threads: int = 1,
+        retries: int = 2,
+    ) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ArenaError(
+                "the ray executor needs Ray: pip install 'watermark-arena[ray]'"
+            ) from None
+        if workers is not None and workers < 1:
+            raise ArenaError(f"workers must be >= 1, got {workers}")
+        if threads < 1:
+            raise ArenaError(f"threads must be >= 1, got {threads}")
+        self.address, self.workers, self.threads, self.retries = address, workers, threads, retries
+        self.start_seconds: float | None = None  # starting (or joining) the cluster
+
+    def run(
+        self,
+        specs: list[MatchSpec],
+        graph: list[tuple[int, ...]],
+        store: ResultStore,
+        cache: ArtifactCache,
+        device: torch.device | None,
+        finish: Callable[[int, Played], None],
+    ) -> None:
+        import ray
+
+        started = time.perf_counter()
+        started_here = not ray.is_initialized()
+        if started_here:
+            cpus = None if self.address else (self.workers or os.cpu_count() or 1) * self.threads
+            ray.init(
+                address=self.address,
+                num_cpus=cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+                runtime_env={"env_vars": _arena_environment()},
+            )
+        self.start_seconds = time.perf_counter() - started
+        try:
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+            task = ray.remote(play_task).options(
+                num_cpus=self.threads, num_gpus=gpus, max_retries=self.retries
+            )
+            where = (str(store.path), str(cache.root), str(device) if device else None)
+            waiting = [set(before) for before in graph]
+            dependents: dict[int, list[int]] = {}
+            for index, before in enumerate(graph):
+                for upstream in before:
+                    dependents.setdefault(upstream, []).append(index)
+            running: dict[Any, int] = {}
+
+            def submit(index: int) -> None:
+                running[task.remote(specs[index], *where, self.threads)] = index
+
+            for index, before in enumerate(waiting):
+                if not before:
+                    submit(index)
+            while running:
+                done, _ = ray.wait(list(running), num_returns=1)
+                index = running.pop(done[0])
+                try:
+                    played = ray.get(done[0])
+                except Exception as error:  # the worker died past its retries, or a bug
+                    played = Played(specs[index], error=_last_line(error))
+                finish(index, played)
+                for later in dependents.get(index, []):
+                    waiting[later].discard(index)
+                    if not waiting[later]:
+                        submit(later)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+
+def _arena_environment() -> dict[str, str]:
+    """The arena's settings (``ARENA_*``) for the workers of any node."""
+    return {name: value for name, value in os.environ.items() if name.startswith("ARENA_")}
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(error).__name__
 
 
 def estimate_sweep(specs: list[MatchSpec], store: ResultStore) -> tuple[UnitCosts, Estimate]:
