@@ -55,3 +55,70 @@ def test_labels_ignore_unset_and_undeclared_parameters():
     assert labelled(defenses, "gone-scheme", {"strength": 2, "unset": None}) == (
         "gone-scheme [strength=2]"
     )
+
+
+def _seeds(store, defense: str, attack: str, successes: list[int]) -> None:
+    """``defense`` x ``attack`` on seeds 0, 1, ...: the attacked evidence of each seed
+    (15 of 20 and more is verified: the attack failed; fewer: it succeeded)."""
+    import dataclasses
+
+    for seed, count in enumerate(successes):
+        record = dataclasses.replace(sample_record(seed, count, attack=attack), defense=defense)
+        store.save(f"{defense}-{attack}-{seed}", record)
+
+
+def test_a_cell_aggregates_its_seeds_with_intervals_and_flags_a_flip(store):
+    _seeds(store, "backdoor-wm", "ftal", [20, 3, 18, 2, 19])
+    (row,) = build(store, SMOKE).matches
+    assert row.seeds == [0, 1, 2, 3, 4]
+    assert row.attacked_per_seed == [(0, 20, 20), (1, 3, 20), (2, 18, 20), (3, 2, 20), (4, 19, 20)]
+    assert row.attack_succeeded == 2 and row.flips
+    low, high = row.succeeded_ci95
+    assert 0.05 < low < 0.06 and 0.85 < high < 0.86  # Clopper-Pearson of 2 of 5
+    # Every seed's accuracy is the same here: a t-interval of zero width.
+    assert row.marked_acc_ci95 == pytest.approx((0.9, 0.9))
+    markdown = to_markdown(build(store, SMOKE))
+    assert "2/5 seeds (CI95 5-85%), flips" in markdown
+    assert "s0 20/20, s1 3/20, s2 18/20, s3 2/20, s4 19/20" in markdown
+    assert "Seeds: 5 per cell" in markdown
+
+
+def test_one_seed_gives_no_accuracy_interval_and_no_flip(store):
+    _seeds(store, "backdoor-wm", "ftal", [3])
+    (row,) = build(store, SMOKE).matches
+    assert row.clean_acc_ci95 is None and not row.flips and row.attack_succeeded == 1
+
+
+def test_defenses_rank_by_their_worst_case_and_tie_where_the_seeds_cannot_separate(store):
+    # Six seeds: content's strongest attack won 6 of 6 (CI95 54-100%), uchida's and
+    # noise's none (0-46%): two ranks. uchida and noise tie; uchida survived more attacks.
+    _seeds(store, "content", "ftal", [2, 1, 3, 2, 0, 4])
+    _seeds(store, "content", "rtal", [20] * 6)
+    _seeds(store, "uchida", "ftal", [20, 19, 20, 18, 20, 20])
+    _seeds(store, "uchida", "rtal", [20] * 6)
+    _seeds(store, "noise", "ftal", [20] * 6)
+    board = build(store, SMOKE)
+    ranked = [(row.defense, row.rank, row.tied) for row in board.defenses]
+    assert ranked == [("uchida", 1, True), ("noise", 1, True), ("content", 3, False)]
+    worst = {row.defense: row.worst for row in board.defenses}
+    assert (worst["content"].attack, worst["content"].succeeded) == ("ftal", 6)
+    assert (worst["noise"].succeeded, worst["noise"].seeds) == (0, 6)
+    markdown = to_markdown(board)
+    assert "| 1= | uchida |" in markdown and "| 3 | content |" in markdown
+    assert "ftal: 6/6 seeds (CI95 54-100%)" in markdown
+    assert board.to_dict()["defenses"][2]["worst"]["seeds"] == 6
+
+
+def test_five_seeds_cannot_separate_none_of_five_from_five_of_five(store):
+    # 95% Clopper-Pearson: 0/5 reaches 52%, 5/5 starts at 48%: the intervals overlap.
+    _seeds(store, "content", "ftal", [2] * 5)
+    _seeds(store, "uchida", "ftal", [20] * 5)
+    ranks = [(row.defense, row.rank, row.tied) for row in build(store, SMOKE).defenses]
+    assert ranks == [("uchida", 1, True), ("content", 1, True)]
+
+
+def test_with_one_seed_every_defense_ties(store):
+    _seeds(store, "content", "ftal", [2])
+    _seeds(store, "uchida", "ftal", [20])
+    ranks = [(row.rank, row.tied) for row in build(store, SMOKE).defenses]
+    assert ranks == [(1, True), (1, True)]  # 0/1 and 1/1: intervals 0-97.5% and 2.5-100%

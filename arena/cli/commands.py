@@ -9,6 +9,7 @@ import os
 import stat
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -264,18 +265,12 @@ def sweep(
 ) -> None:
     """Run every defense x attack x seed match; finished ones are skipped, so an
     interrupted sweep resumes where it stopped. Exit 1 if a match failed."""
-    from arena.eval.sweep import RaySweep, estimate_sweep, plan
+    from arena.eval.sweep import estimate_sweep, plan
     from arena.eval.sweep import sweep as run_sweep
 
-    if executor not in ("local", "ray"):
-        raise ArenaError(f"unknown executor {executor!r}; choose local or ray")
-    if executor == "local" and (address is not None or workers is not None):
-        raise ArenaError("--address and --workers are options of --executor ray")
+    runner = _sweep_executor(executor, address, workers)
     skipped: list[tuple[str, str, str]] = []
     specs = plan(protocol, defense, attack, seed, skipped)
-    # Each Ray task trains with ARENA_THREADS threads (default: one per task).
-    ray_threads = threads_setting() if os.environ.get("ARENA_THREADS", "").strip() else 1
-    runner = RaySweep(address, workers, ray_threads) if executor == "ray" else None
     store, cache = ResultStore(db), ArtifactCache(cache_dir)
     costs, predicted = estimate_sweep(specs, store)
     if estimate:
@@ -293,11 +288,43 @@ def sweep(
             highlight=False,
         )
 
+    report = run_sweep(
+        specs,
+        store=store,
+        cache=cache,
+        progress=RichReporter(stderr),
+        on_match=_sweep_log(len(specs)),
+        executor=runner,
+    )
+    stdout.print(report.summary(), highlight=False)
+    for spec, error in report.failed:
+        stdout.print(f"failed: {spec.defense} x {spec.attack}, seed {spec.seed}: {error}")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _sweep_executor(executor: str, address: str | None, workers: int | None) -> Any:
+    """``arena sweep``'s executor: None for the local one, else a ``RaySweep`` whose
+    tasks train with ``ARENA_THREADS`` threads (default: one per task)."""
+    from arena.eval.sweep import RaySweep
+
+    if executor not in ("local", "ray"):
+        raise ArenaError(f"unknown executor {executor!r}; choose local or ray")
+    if executor == "local":
+        if address is not None or workers is not None:
+            raise ArenaError("--address and --workers are options of --executor ray")
+        return None
+    threads = threads_setting() if os.environ.get("ARENA_THREADS", "").strip() else 1
+    return RaySweep(address, workers, threads)
+
+
+def _sweep_log(total: int) -> Callable[[int, Any, MatchRecord | None, str], None]:
+    """A line on stderr as each match ends: its place among those ended, its verdict."""
     ended = 0
 
     def log(index: int, spec: Any, record: MatchRecord | None, note: str) -> None:
         nonlocal ended
-        ended += 1  # matches end in the graph's order here, in any order on Ray
+        ended += 1  # matches end in the graph's order locally, in any order on Ray
         verdict = ""
         if record is not None:
             evidence = record.attacked.evidence
@@ -307,24 +334,11 @@ def sweep(
                 f"attack {'succeeded' if record.attack_succeeded else 'failed'}; "
             )
         stderr.print(
-            f"[{ended}/{len(specs)}] {spec.defense} x {spec.attack}, seed {spec.seed}: "
-            f"{verdict}{note}",
+            f"[{ended}/{total}] {spec.defense} x {spec.attack}, seed {spec.seed}: {verdict}{note}",
             highlight=False,
         )
 
-    report = run_sweep(
-        specs,
-        store=store,
-        cache=cache,
-        progress=RichReporter(stderr),
-        on_match=log,
-        executor=runner,
-    )
-    stdout.print(report.summary(), highlight=False)
-    for spec, error in report.failed:
-        stdout.print(f"failed: {spec.defense} x {spec.attack}, seed {spec.seed}: {error}")
-    if report.failed:
-        raise typer.Exit(1)
+    return log
 
 
 @app.command("list")

@@ -1,10 +1,16 @@
 """Aggregate stored matches per protocol and rank the defenses: the leaderboard's numbers.
 
-A defense is ranked by how many attacks its mark survived (still verified, or the attack
-cost more accuracy than delta), then by the share survived, the marked agreement and
-functionality preservation; a scheme whose null is not sound (uncalibrated, or refuted
-by its calibration's false claims) decides nothing and ranks last. Matches over several
-seeds are aggregated: mean accuracies, and counts of seeds verified / succeeded. A later
+A cell (defense, attack, model) aggregates its seeds: accuracies as means with a 95%
+t-interval over the seeds, the mark's evidence per seed, and attack success as k of n
+seeds with its Clopper-Pearson interval; a cell whose seeds disagree on the verdict is
+flagged (``flips``). A defense is ranked by its worst case: the attack that succeeded on
+the largest share of its seeds (the strongest attack against it, a min-max), and defenses
+whose worst-case intervals overlap share a rank (``tied``), so no order claims more than
+the seeds support. Within a tie, and between schemes the worst case does not separate,
+the order is the attacks survived (still verified on every seed, or the attack cost more
+accuracy than delta), their share, the marked agreement, functionality preservation and
+the name. A scheme whose null is not sound (uncalibrated, or refuted by its
+calibration's false claims) decides nothing and ranks last. A later
 run of the same match and seed supersedes the earlier; a run with parameters set away
 from a plugin's defaults is its own variant row, e.g. ``ftal [lr=0.05]``, and so is a
 plugin of the same name from another package. The rows hold numbers; ``arena.report``
@@ -13,14 +19,16 @@ turns them into text.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from statistics import mean
+from statistics import mean, stdev
 from typing import Any
 
 from arena.core.plugin import ThreatModel
 from arena.core.protocols import PROTOCOLS, Protocol
 from arena.core.registry import Registry, attacks, defenses
+from arena.core.stats import clopper_pearson
 from arena.core.verify import UNSOUND_NULLS
 from arena.storage.calibrations import RECORD_FORMAT, CalibrationStore
 from arena.storage.record import (
@@ -36,8 +44,10 @@ from arena.util.errors import ArenaError
 
 THREAT_SECTIONS = ("none", "removal", "forgery", "piracy", "evasion")
 
-# The shape of the leaderboard's JSON file: 2 holds numbers where 1 held display text.
-LEADERBOARD_FORMAT = 2
+# The shape of the leaderboard's JSON file: 2 holds numbers where 1 held display text;
+# 3 adds the intervals over seeds, the per-seed evidence, the flip flag, each defense's
+# worst case and shared ranks (``tied``).
+LEADERBOARD_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,31 @@ class MatchRow:
     # The distributions that provided the plugins (without version).
     defense_package: str | None = None
     attack_package: str | None = None
+    # Over the seeds: 95% t-intervals of the mean accuracies (None with one seed), the
+    # attacked evidence of every seed as (seed, successes, trials), the Clopper-Pearson
+    # interval of the share of seeds the attack succeeded on, and whether the seeds
+    # disagree on that verdict.
+    clean_acc_ci95: Interval | None = None
+    marked_acc_ci95: Interval | None = None
+    attacked_acc_ci95: Interval | None = None
+    attacked_per_seed: list[tuple[int, int, int]] = field(default_factory=list)
+    succeeded_ci95: Interval | None = None
+    flips: bool = False
+
+
+@dataclass(frozen=True)
+class WorstCase:
+    """The strongest attack against a defense: the one that succeeded on the largest
+    share of its seeds (then the higher interval, then the name)."""
+
+    attack: str
+    succeeded: int  # seeds
+    seeds: int
+    ci95: Interval  # Clopper-Pearson
+
+    @property
+    def rate(self) -> float:
+        return self.succeeded / self.seeds
 
 
 @dataclass(frozen=True)
@@ -133,6 +168,9 @@ class DefenseRow:
     # (the newest calibration); None: not measured.
     false_claims: FalseClaims | None = None
     defense_package: str | None = None
+    seeds: int = 0  # the fewest seeds of any of its cells
+    worst: WorstCase | None = None  # None: no attack decided (no sound null, or none run)
+    tied: bool = False  # its rank is shared: the worst-case intervals overlap
 
 
 @dataclass(frozen=True)
@@ -243,6 +281,7 @@ def _match_row(cell: Cell, records: list[MatchRecord]) -> MatchRow:
     owner_heads = [r.attacked.owner_head_evidence for r in records]
     applicable = first.attacked.evidence.applicable
     task_accs = [r.attack_info.get("task_test_acc") for r in records]
+    succeeded = sum(r.attack_succeeded for r in records)
     return MatchRow(
         defense=defense,
         attack=attack,
@@ -264,7 +303,7 @@ def _match_row(cell: Cell, records: list[MatchRecord]) -> MatchRow:
         attacked_verified=sum(r.attacked.evidence.verified for r in records),
         owner_head=owner_heads[0],
         owner_head_verified=sum(bool(head and head.verified) for head in owner_heads),
-        attack_succeeded=sum(r.attack_succeeded for r in records),
+        attack_succeeded=succeeded,
         attack_seconds=mean(r.attack_seconds for r in records),
         outcome=first.outcome,
         threat_model=first.threat_model,
@@ -277,7 +316,27 @@ def _match_row(cell: Cell, records: list[MatchRecord]) -> MatchRow:
         unsound_null=next((kind for r in records if (kind := r.unsound_null)), None),
         defense_package=defense_package,
         attack_package=attack_package,
+        clean_acc_ci95=mean_interval([r.clean.test_acc for r in records]),
+        marked_acc_ci95=mean_interval([r.marked.test_acc for r in records]),
+        attacked_acc_ci95=mean_interval([r.attacked.test_acc for r in records]),
+        attacked_per_seed=[
+            (r.seed, r.attacked.evidence.successes, r.attacked.evidence.trials) for r in records
+        ],
+        succeeded_ci95=clopper_pearson(succeeded, len(records)),
+        flips=0 < succeeded < len(records),
     )
+
+
+def mean_interval(values: list[float], confidence: float = 0.95) -> Interval | None:
+    """The t-interval of the mean of ``values`` (seeds: independent runs); None for one."""
+    from scipy import special
+
+    if len(values) < 2:
+        return None
+    center = mean(values)
+    half = special.stdtrit(len(values) - 1, (1 + confidence) / 2) * stdev(values)
+    half /= math.sqrt(len(values))
+    return (center - half, center + half)
 
 
 def _false_claims(store: ResultStore, protocol: Protocol) -> dict[str, FalseClaims]:
@@ -307,11 +366,12 @@ def _rank(matches: list[MatchRow], false_claims: dict[str, FalseClaims]) -> list
         attacked = [c for c in cells if c.threat != "none"]
         # A mark survives an attack when it was verified to begin with and no seed lost it;
         # against a null that is not sound nothing was decided, so nothing is counted.
-        survived = None
+        survived = worst = None
         if not any(c.unsound_null for c in cells):
             survived = sum(
                 1 for c in attacked if c.marked_verified == len(c.seeds) and c.attack_succeeded == 0
             )
+            worst = _worst_case(attacked)
         rows.append(
             dict(
                 defense=defense,
@@ -328,14 +388,18 @@ def _rank(matches: list[MatchRow], false_claims: dict[str, FalseClaims]) -> list
                 survived=survived,
                 false_claims=false_claims.get(defense.split(" [")[0]),
                 defense_package=defense_package,
+                seeds=min(len(c.seeds) for c in cells),
+                worst=worst,
             )
         )
-    # Attacks survived, counted not as a share: a variant run against fewer attacks
-    # must not outrank a scheme that met them all.
-    # Schemes without a sound null rank last: they decided nothing.
+    # The worst case first (the smallest share of seeds the strongest attack won); then
+    # attacks survived, counted not as a share: a variant run against fewer attacks must
+    # not outrank a scheme that met them all. Schemes without a sound null rank last:
+    # they decided nothing.
     rows.sort(
         key=lambda r: (
             r["survived"] is None,
+            r["worst"].rate if r["worst"] else 0.0,
             -(r["survived"] or 0),
             -((r["survived"] or 0) / r["attacks"] if r["attacks"] else 0),
             -r["marked_agreement"],
@@ -344,7 +408,51 @@ def _rank(matches: list[MatchRow], false_claims: dict[str, FalseClaims]) -> list
             r["defense_package"] or "",
         )
     )
-    return [DefenseRow(rank=index + 1, **row) for index, row in enumerate(rows)]
+    ranks = _shared_ranks([row["worst"] if row["survived"] is not None else None for row in rows])
+    return [
+        DefenseRow(rank=rank, tied=tied, **row)
+        for row, (rank, tied) in zip(rows, ranks, strict=True)
+    ]
+
+
+def _worst_case(cells: list[MatchRow]) -> WorstCase | None:
+    """The attack that won the largest share of its seeds (``WorstCase``)."""
+    cases = [
+        WorstCase(c.attack, c.attack_succeeded, len(c.seeds), c.succeeded_ci95)
+        for c in cells
+        if c.succeeded_ci95 is not None
+    ]
+    if not cases:
+        return None
+    return min(cases, key=lambda case: (-case.rate, -case.ci95[1], case.attack))
+
+
+def _shared_ranks(worst: list[WorstCase | None]) -> list[tuple[int, bool]]:
+    """Ranks in the sorted order, shared along runs of overlapping worst-case intervals.
+
+    A defense ties with the one ranked just above it when their worst cases' intervals
+    overlap (or neither has one); a tie joins the whole run, so each rank is the first
+    place of its run.
+    """
+    ranks: list[tuple[int, bool]] = []
+    for index, case in enumerate(worst):
+        if index and _same_place(case, worst[index - 1]):
+            rank = ranks[-1][0]
+            ranks[-1] = (rank, True)
+            ranks.append((rank, True))
+        else:
+            ranks.append((index + 1, False))
+    return ranks
+
+
+def _same_place(case: WorstCase | None, above: WorstCase | None) -> bool:
+    if case is None or above is None:
+        return case is None and above is None
+    return _overlap(case.ci95, above.ci95)
+
+
+def _overlap(first: Interval, second: Interval) -> bool:
+    return first[0] <= second[1] and second[0] <= first[1]
 
 
 def protocols_in(store: ResultStore) -> list[Protocol]:

@@ -25,9 +25,11 @@ from arena.util.jsonio import write_json_atomic
 def defense_cells(row: DefenseRow) -> list[str]:
     unsound = row.evidence_null.unsound
     return [
-        str(row.rank),
+        f"{row.rank}=" if row.tied else str(row.rank),
         plugin_label(row.defense, row.defense_package),
         row.access,
+        str(row.seeds),
+        worst_text(row),
         pct(row.clean_acc),
         pct(row.marked_acc),
         f"{100 * row.preservation:+.2f}",
@@ -37,6 +39,42 @@ def defense_cells(row: DefenseRow) -> list[str]:
         false_claims_text(row.false_claims),
         k_of_n(row.survived, row.attacks) if row.survived is not None else "no verdict",
     ]
+
+
+def worst_text(row: DefenseRow) -> str:
+    """``rtal: 2/5 seeds (CI95 5-85%)``: the strongest attack and the seeds it won."""
+    worst = row.worst
+    if worst is None:
+        return "no verdict" if row.survived is None else "none run"
+    return f"{worst.attack}: {_seeds_rate(worst.succeeded, worst.seeds, worst.ci95)}"
+
+
+def _seeds_rate(count: int, seeds: int, ci95: tuple[float, float] | None) -> str:
+    text = f"{k_of_n(count, seeds)} seeds"
+    if ci95 is not None:
+        text += f" (CI95 {100 * ci95[0]:.0f}-{100 * ci95[1]:.0f}%)"
+    return text
+
+
+def mean_text(value: float | None, ci95: tuple[float, float] | None) -> str:
+    """``98.54 ±0.21``: a mean over seeds and the half-width of its 95% t-interval."""
+    if value is None:
+        return "n/a"
+    if ci95 is None:
+        return pct(value)
+    return f"{pct(value)} ±{100 * (ci95[1] - ci95[0]) / 2:.2f}"
+
+
+def succeeded_text(row: MatchRow) -> str:
+    """``2/5 seeds (CI95 5-85%), flips``: the seeds the attack won, and whether the
+    seeds disagree."""
+    text = _seeds_rate(row.attack_succeeded, len(row.seeds), row.succeeded_ci95)
+    return text + (", flips" if row.flips else "")
+
+
+def per_seed_text(row: MatchRow) -> str:
+    """The evidence after the attack on every seed: ``s0 20/100, s1 34/100``."""
+    return ", ".join(f"s{seed} {k_of_n(k, n)}" for seed, k, n in row.attacked_per_seed)
 
 
 def null_text(null: NullUsed) -> str:
@@ -70,6 +108,8 @@ DEFENSE_HEADER = [
     "rank",
     "defense",
     "access",
+    "seeds",
+    "strongest attack (seeds it won)",
     "clean acc %",
     "marked acc %",
     "Δ acc (pts)",
@@ -87,7 +127,7 @@ MATCH_HEADER = [
     "seeds",
     "marked acc %",
     "attacked acc %",
-    "evidence after attack",
+    "evidence after attack, per seed",
     "max p-value",
     "verified",
     "owner-head evidence",
@@ -152,12 +192,12 @@ def claim_cells(row: MatchRow) -> list[str]:
     return [
         *_names(row),
         str(total),
-        pct(row.marked_acc),
-        pct(row.attacked_acc),
+        mean_text(row.marked_acc, row.marked_acc_ci95),
+        mean_text(row.attacked_acc, row.attacked_acc_ci95),
         judged("owner"),
         judged("attacker"),
         on_clean,
-        _verdict(row, k_of_n(row.attack_succeeded, total)),
+        _verdict(row, succeeded_text(row)),
         f"{row.attack_seconds:.1f}",
         notes(row),
         row.outcome,
@@ -179,13 +219,13 @@ def match_cells(row: MatchRow) -> list[str]:
         return [
             *_names(row),
             str(total),
-            pct(row.marked_acc),
+            mean_text(row.marked_acc, row.marked_acc_ci95),
             f"{task}: {pct(row.task_acc)}" if row.task_acc is not None else f"{task}: n/a",
             "n/a (another task)",
             "n/a",
             "n/a",
             f"{owner_head_text(row)}, decides",
-            k_of_n(row.attack_succeeded, total),
+            succeeded_text(row),
             f"{row.attack_seconds:.1f}",
             notes(row),
             row.outcome,
@@ -194,13 +234,13 @@ def match_cells(row: MatchRow) -> list[str]:
     return [
         *_names(row),
         str(total),
-        pct(row.marked_acc),
-        pct(row.attacked_acc),
-        k_of_n(evidence.successes, evidence.trials),
+        mean_text(row.marked_acc, row.marked_acc_ci95),
+        mean_text(row.attacked_acc, row.attacked_acc_ci95),
+        per_seed_text(row) or k_of_n(evidence.successes, evidence.trials),
         f"{row.attacked_p_value:.1e}",
         _verdict(row, k_of_n(row.attacked_verified, total)),
         owner_head_text(row),
-        _verdict(row, k_of_n(row.attack_succeeded, total)),
+        _verdict(row, succeeded_text(row)),
         f"{row.attack_seconds:.1f}",
         notes(row),
         row.outcome,
@@ -279,6 +319,15 @@ def to_markdown(board: Leaderboard) -> str:
         "there the owner-head evidence decides and the accuracy shown is the new task's, "
         "reported as information.",
         "",
+        f"Seeds: {_seed_counts(board)}. Accuracies are means over a cell's seeds with the "
+        "half-width of their 95% t-interval; an attack's success is the seeds it won, with "
+        "their 95% Clopper-Pearson interval, and `flips` marks a cell whose seeds disagree "
+        "on the verdict. The defenses are ranked by their worst case: the share of seeds "
+        "won by the strongest attack against each (fewer is better). Defenses whose "
+        "worst-case intervals overlap share a rank (`1=`): the seeds do not separate them. "
+        "Within a shared rank the order is by attacks survived on every seed, then marked "
+        "agreement.",
+        "",
         _versions_line(board),
         "",
         "## Defenses",
@@ -305,6 +354,15 @@ def to_markdown(board: Leaderboard) -> str:
             "(same variant and seed) are left out.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _seed_counts(board: Leaderboard) -> str:
+    """``5 per cell`` or ``1-5 per cell``: how many seeds the cells rest on."""
+    counts = sorted({len(row.seeds) for row in board.matches})
+    if not counts:
+        return "none"
+    span = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"{span} per cell"
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
