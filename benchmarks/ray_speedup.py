@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +27,9 @@ from arena.eval.sweep import RaySweep, plan, sweep
 from arena.storage.artifacts import ArtifactCache
 from arena.storage.results import ResultStore
 
-DEFENSES = ["backdoor-wm", "content", "uchida", "frontier-stitching"]
-ATTACKS = ["none", "ftll", "ftal", "rtal", "fine-prune", "distill"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded by path
+from sweep_cost import ATTACKS, DEFENSES  # noqa: E402 (the cost model's benchmark matrix)
+
 TIMINGS = ("seconds", "attack_seconds", "replay_seconds")
 
 

@@ -189,3 +189,19 @@ def test_a_driver_killed_mid_sweep_resumes_without_duplicates(tmp_path: Path) ->
     assert len(rows) == len(set(rows)) == 8
     with sqlite3.connect(database) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_the_speedup_benchmark_runs_three_executors_to_the_same_records(
+    tmp_path: Path, as_a_command: None
+) -> None:
+    """``benchmarks/ray_speedup.py``, small (figures only, no timing asserted)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "ray_speedup.py"
+    spec = importlib.util.spec_from_file_location("ray_speedup", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    rows = benchmark.run("smoke", ["none"], ["none", "ftll"], [0], tmp_path)
+    assert [row["executor"] for row in rows] == ["local", "ray, 1 worker", "ray, 2 workers"]
+    assert all(row["matches"] == 2 and row["wall_s"] > 0 for row in rows)
+    assert rows[0]["ray_start_s"] is None and all(row["ray_start_s"] > 0 for row in rows[1:])
