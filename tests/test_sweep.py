@@ -162,3 +162,27 @@ def test_the_task_graph_trains_each_clean_and_marked_model_in_one_match_first() 
         else:
             assert graph[index] == (mark,)  # loads the marked model
         assert all(before < index for before in graph[index])
+
+
+def test_a_sweep_that_discards_attacked_models_still_resumes_and_plays_again_when_asked(
+    tmp_path,
+):
+    from arena.eval.match import play_match
+
+    store, cache = ResultStore(tmp_path / "r.sqlite"), ArtifactCache(tmp_path / "cache")
+    specs = sweeping.plan("smoke", ["backdoor-wm"], ["none", "ftll"], [0])
+    first = sweeping.sweep(specs, store=store, cache=cache, discard_attacked=True)
+    assert first.trained == {"clean": 1, "marked": 1, "attacked": 2}
+    attacked = sorted((tmp_path / "cache" / "attacked").glob("*/*/meta.json"))
+    assert len(attacked) == 2
+    for meta in attacked:
+        assert not (meta.parent / "model.safetensors").exists()
+        assert '"discarded": true' in meta.read_text()
+    # The stored matches still count as finished: nothing is played again.
+    again = sweeping.sweep(specs, store=store, cache=cache, discard_attacked=True)
+    assert (again.replayed, again.run) == (2, 0) and not again.trained
+    # Without its record (here: another database), the match plays its attack again.
+    record = play_match(specs[1], store=ResultStore(tmp_path / "other.sqlite"), cache=cache)
+    assert record.cached == {"key": True, "clean": True, "marked": True, "attacked": False}
+    kept = [meta.parent / "model.safetensors" for meta in attacked]
+    assert sum(path.exists() for path in kept) == 1

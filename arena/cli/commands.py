@@ -262,6 +262,14 @@ def sweep(
         int | None,
         typer.Option(help="ray: matches at once on the local cluster [default: the CPUs]"),
     ] = None,
+    discard_attacked: Annotated[
+        bool,
+        typer.Option(
+            "--discard-attacked",
+            help="keep no attacked model once its match is stored (a finished match still "
+            "counts; re-measuring one plays its attack again)",
+        ),
+    ] = False,
 ) -> None:
     """Run every defense x attack x seed match; finished ones are skipped, so an
     interrupted sweep resumes where it stopped. Exit 1 if a match failed."""
@@ -295,6 +303,7 @@ def sweep(
         progress=RichReporter(stderr),
         on_match=_sweep_log(len(specs)),
         executor=runner,
+        discard_attacked=discard_attacked,
     )
     stdout.print(report.summary(), highlight=False)
     for spec, error in report.failed:

@@ -155,11 +155,17 @@ def play_unsaved(
     cache: ArtifactCache | None = None,
     progress: Reporter = silent,
     device: torch.device | None = None,
+    discard_attacked: bool = False,
 ) -> tuple[str, MatchRecord, bool]:
     """Run one match without storing it: its id, its record and whether the record is a
     finished one from ``store`` (which is only read: the stored matches and the
     calibrations). For a sweep whose one writer is elsewhere (``arena sweep --executor
-    ray``: the driver stores what its workers played)."""
+    ray``: the driver stores what its workers played).
+
+    ``discard_attacked``: the attacked model's file is deleted once measured
+    (``ArtifactCache.discard_model``); its stored match still counts as finished, and
+    re-measuring it (a newer calibration) plays the attack again.
+    """
     match = _resolve(spec, store, cache, progress, device)
     started = time.perf_counter()
     timer = _PhaseTimer()
@@ -194,6 +200,8 @@ def play_unsaved(
         served = _measure_served(match, key, marked, attacked, attacker, null)
     verdict = _decide(match, key, marked, owner["marked"], attacked, served, null, timer)
     record = _record(match, null, owner, served, attacked, verdict, len(splits.test), timer, cached)
+    if discard_attacked:
+        match.cache.discard_model(names.attacked_folder)
     return names.match_id, record, False
 
 
@@ -304,9 +312,10 @@ def _name_artifacts(match: _Match, key_spec: dict[str, Any], key: Key) -> _Names
 def _finished(match: _Match, names: _Names, null: Null) -> MatchRecord | None:
     """The stored record of this match, when it still stands.
 
-    A finished match: its key opened, every model file is intact and its null is still
-    the current one, so the stored measurements of exactly these artifacts stand. A newer
-    calibration re-measures (the models come from the cache).
+    A finished match: its key opened, every model file is intact (the attacked model's,
+    unless it was discarded once measured) and its null is still the current one, so the
+    stored measurements of exactly these artifacts stand. A newer calibration re-measures
+    (the models come from the cache; a discarded attacked model is attacked again).
     """
     finished = match.store.match(names.match_id)
     if finished is None or (finished.null.calibration, finished.null.kind) != (
@@ -314,8 +323,10 @@ def _finished(match: _Match, names: _Names, null: Null) -> MatchRecord | None:
         null.kind,
     ):
         return None
-    folders = (names.clean_folder, names.marked_folder, names.attacked_folder)
+    folders = (names.clean_folder, names.marked_folder)
     if any(match.cache.check(folder) is None for folder in folders):
+        return None
+    if match.cache.check(names.attacked_folder, discarded=True) is None:
         return None
     return finished
 

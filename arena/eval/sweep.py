@@ -151,6 +151,7 @@ def play_task(
     cache_root: str,
     device: str | None = None,
     threads: int | None = None,
+    discard_attacked: bool = False,
 ) -> Played:
     """One match, played without storing it (the driver stores it): what a worker runs.
 
@@ -166,6 +167,7 @@ def play_task(
             store=ResultStore(store_path),
             cache=ArtifactCache(cache_root),
             device=torch.device(device) if device else None,
+            discard_attacked=discard_attacked,
         )
     except ArenaError as error:
         return Played(spec, error=str(error))
@@ -181,10 +183,12 @@ def sweep(
     device: torch.device | None = None,
     on_match: Callable[[int, MatchSpec, MatchRecord | None, str], None] | None = None,
     executor: RaySweep | None = None,
+    discard_attacked: bool = False,
 ) -> SweepReport:
     """Run ``specs`` (``plan``'s order) on ``executor`` (None: one after another in this
     process); ``on_match(index, spec, record, note)`` after each one, in the order they
-    end. The records are stored here, by this process alone."""
+    end. The records are stored here, by this process alone. ``discard_attacked``: keep
+    no attacked model once its match is measured (``play_unsaved``)."""
     store = store or ResultStore()
     cache = cache or ArtifactCache()
     report = SweepReport(planned=len(specs))
@@ -215,14 +219,19 @@ def sweep(
             for index, spec in enumerate(specs):
                 try:
                     match_id, record, replayed = play_unsaved(
-                        spec, store=store, cache=cache, progress=progress, device=device
+                        spec,
+                        store=store,
+                        cache=cache,
+                        progress=progress,
+                        device=device,
+                        discard_attacked=discard_attacked,
                     )
                 except ArenaError as error:
                     finish(index, Played(spec, error=str(error)))
                     continue
                 finish(index, Played(spec, match_id, record, replayed))
         else:
-            executor.run(specs, task_graph(specs), store, cache, device, finish)
+            executor.run(specs, task_graph(specs), store, cache, device, finish, discard_attacked)
     finally:
         report.seconds = time.perf_counter() - started
     return report
@@ -269,6 +278,7 @@ class RaySweep:
         cache: ArtifactCache,
         device: torch.device | None,
         finish: Callable[[int, Played], None],
+        discard_attacked: bool = False,
     ) -> None:
         import ray
 
@@ -299,7 +309,7 @@ class RaySweep:
             running: dict[Any, int] = {}
 
             def submit(index: int) -> None:
-                running[task.remote(specs[index], *where, self.threads)] = index
+                running[task.remote(specs[index], *where, self.threads, discard_attacked)] = index
 
             for index, before in enumerate(waiting):
                 if not before:

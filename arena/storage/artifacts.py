@@ -40,16 +40,20 @@ class ArtifactCache:
         with file_lock(folder.parent / f"{folder.name}.lock"):
             yield
 
-    def check(self, folder: Path) -> dict[str, Any] | None:
+    def check(self, folder: Path, *, discarded: bool = False) -> dict[str, Any] | None:
         """The metadata of a finished entry whose model file is intact; None if unfinished.
 
-        A missing or altered model file is an error, never silently retrained or used.
+        A missing or altered model file is an error, never silently retrained or used. An
+        entry whose model was discarded (``discard_model``) counts as finished only with
+        ``discarded``; otherwise it is one to make again.
         """
         meta_path = folder / "meta.json"
         if not meta_path.exists():
             return None  # the metadata is written last: no metadata, no finished entry
         model_path = folder / "model.safetensors"
         meta = read_json(meta_path)
+        if meta.get("discarded"):
+            return meta if discarded else None
         hint = f"delete {folder} to train it again"
         if not model_path.exists():
             raise ArtifactError(f"cached model {model_path} is missing; {hint}")
@@ -66,6 +70,17 @@ class ArtifactCache:
         if meta is not None:
             load_model_file(folder / "model.safetensors", model)
         return meta
+
+    def discard_model(self, folder: Path) -> None:
+        """Delete ``folder``'s model file and keep its metadata, marked ``discarded``: the
+        record of what was made (its spec, SHA-256 and cost) stays, the space does not.
+        The metadata is marked first, so an interruption leaves a discarded entry."""
+        with self.lock(folder):
+            meta = self.check(folder)
+            if meta is None:
+                return
+            write_json_atomic(folder / "meta.json", {**meta, "discarded": True})
+            (folder / "model.safetensors").unlink(missing_ok=True)
 
     def save_model(self, folder: Path, model: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
         """Write the model, then its metadata (with the file's SHA-256); return that."""
