@@ -127,9 +127,10 @@ def side_by_side(protocol: Protocol, images: int, epochs: int) -> dict[str, floa
         "--child",
     ]
     children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    rates = [json.loads(child.communicate()[0])["fp32"]["images_per_s"] for child in children]
+    outputs = [child.communicate()[0] for child in children]
     if any(child.returncode for child in children):
         raise SystemExit("a side-by-side process failed")
+    rates = [json.loads(output)["fp32"]["images_per_s"] for output in outputs]
     return {"images_per_s": sum(rates), "per_process": rates}
 
 

@@ -105,10 +105,13 @@ def test_cpu_options_measures_every_setting_but_compilation(
     arguments = ["--protocol", "smoke", "--images", "100", "--epochs", "1", "--threads", "1"]
     monkeypatch.setattr(sys, "argv", ["cpu_options.py", *arguments, *only, "--json", str(out)])
     threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     try:
-        benchmark.main()
+        benchmark.main()  # sets the arena command's defaults: restored after
     finally:
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     results = json.loads(out.read_text())["results"]
     assert list(results) == settings
     assert all(figures["images_per_s"] > 0 for figures in results.values())

@@ -101,11 +101,11 @@ def test_defenses_rank_by_their_worst_case_and_tie_where_the_seeds_cannot_separa
     ranked = [(row.defense, row.rank, row.tied) for row in board.defenses]
     assert ranked == [("uchida", 1, True), ("noise", 1, True), ("content", 3, False)]
     worst = {row.defense: row.worst for row in board.defenses}
-    assert (worst["content"].attack, worst["content"].succeeded) == ("ftal", 6)
-    assert (worst["noise"].succeeded, worst["noise"].seeds) == (0, 6)
+    assert (worst["content"].attack, worst["content"].lost) == ("ftal", 6)
+    assert (worst["noise"].lost, worst["noise"].seeds) == (0, 6)
     markdown = to_markdown(board)
     assert "| 1= | uchida |" in markdown and "| 3 | content |" in markdown
-    assert "ftal: 6/6 seeds (CI95 54-100%)" in markdown
+    assert "ftal: 6/6 seeds lost (CI95 54-100%)" in markdown
     assert board.to_dict()["defenses"][2]["worst"]["seeds"] == 6
 
 
@@ -122,3 +122,28 @@ def test_with_one_seed_every_defense_ties(store):
     _seeds(store, "uchida", "ftal", [20])
     ranks = [(row.rank, row.tied) for row in build(store, SMOKE).defenses]
     assert ranks == [(1, True), (1, True)]  # 0/1 and 1/1: intervals 0-97.5% and 2.5-100%
+
+
+def test_a_mark_that_never_verified_loses_every_seed_and_ranks_below_one_that_survived(store):
+    import dataclasses
+
+    from tests.record_schema import evidence_record
+
+    _seeds(store, "uchida", "ftal", [20] * 6)  # verified, and survived every seed
+    for seed in range(6):  # content: never verified, so the attack "failed" to remove it
+        record = sample_record(seed, 2)
+        unmarked = dataclasses.replace(record.marked, evidence=evidence_record(2))
+        record = dataclasses.replace(
+            record, defense="content", marked=unmarked, attack_succeeded=False
+        )
+        store.save(f"content-{seed}", record)
+    # none: run against the null attack only, so no attack decided anything.
+    for seed in range(6):
+        none = dataclasses.replace(sample_record(seed, 20, attack="none"), threat="none")
+        store.save(f"none-{seed}", dataclasses.replace(none, defense="none"))
+    board = build(store, SMOKE)
+    ranked = [(row.defense, row.rank, row.tied) for row in board.defenses]
+    assert ranked == [("uchida", 1, False), ("content", 2, False), ("none", 3, False)]
+    worst = {row.defense: row.worst for row in board.defenses}
+    assert worst["content"].lost == 6 and worst["uchida"].lost == 0 and worst["none"] is None
+    assert "| 3 | none |" in to_markdown(board) and "none run" in to_markdown(board)

@@ -94,7 +94,8 @@ def test_ray_plays_the_same_records_as_the_local_executor_and_marks_once(
 
 
 def _match_task_pids() -> list[int]:
-    """Processes running a match task now (Ray titles a busy worker ``ray::play_task``)."""
+    """This test's workers running a match task now (Ray titles a busy worker
+    ``ray::play_task``; the local cluster's processes descend from this one)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -102,9 +103,20 @@ def _match_task_pids() -> list[int]:
                 command = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if command.startswith(b"ray::play_task"):
+            if command.startswith(b"ray::play_task") and _descends_from_us(int(entry.name)):
                 pids.append(int(entry.name))
     return pids
+
+
+def _descends_from_us(pid: int) -> bool:
+    while pid > 1:
+        if pid == os.getpid():
+            return True
+        try:  # the parent is the 4th field, after the command in parentheses
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+    return False
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's workers through /proc")

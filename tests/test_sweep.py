@@ -186,3 +186,22 @@ def test_a_sweep_that_discards_attacked_models_still_resumes_and_plays_again_whe
     assert record.cached == {"key": True, "clean": True, "marked": True, "attacked": False}
     kept = [meta.parent / "model.safetensors" for meta in attacked]
     assert sum(path.exists() for path in kept) == 1
+
+
+def test_a_parameter_variant_of_a_defense_is_marked_by_its_own_first_match() -> None:
+    from arena.eval.match import MatchSpec
+
+    def spec(attack: str, seed: int = 0, **params) -> MatchSpec:
+        return MatchSpec(
+            defense="deepsigns", attack=attack, protocol="smoke", seed=seed, defense_params=params
+        )
+
+    specs = [
+        spec("none"),
+        spec("ftal"),
+        spec("none", center_strength=0.0),  # another marked model: marks after the clean one
+        spec("ftal", center_strength=0.0),
+        spec("none", seed=1),  # another seed: its own clean model
+        spec("ftal", seed=1),
+    ]
+    assert sweeping.task_graph(specs) == [(), (0,), (0,), (2,), (), (4,)]

@@ -3,8 +3,9 @@
 A cell (defense, attack, model) aggregates its seeds: accuracies as means with a 95%
 t-interval over the seeds, the mark's evidence per seed, and attack success as k of n
 seeds with its Clopper-Pearson interval; a cell whose seeds disagree on the verdict is
-flagged (``flips``). A defense is ranked by its worst case: the attack that succeeded on
-the largest share of its seeds (the strongest attack against it, a min-max), and defenses
+flagged (``flips``). A defense is ranked by its worst case: the attack its mark did not
+survive on the largest share of seeds (the strongest attack against it, a min-max; a
+seed whose mark never verified is lost), and defenses
 whose worst-case intervals overlap share a rank (``tied``), so no order claims more than
 the seeds support. Within a tie, and between schemes the worst case does not separate,
 the order is the attacks survived (still verified on every seed, or the attack cost more
@@ -136,17 +137,19 @@ class MatchRow:
 
 @dataclass(frozen=True)
 class WorstCase:
-    """The strongest attack against a defense: the one that succeeded on the largest
-    share of its seeds (then the higher interval, then the name)."""
+    """The strongest attack against a defense: the one its mark did not survive on the
+    largest share of seeds (then the higher interval, then the name). A seed is lost when
+    the attack succeeded or the mark was not verified to begin with: a mark that never
+    verified survived nothing."""
 
     attack: str
-    succeeded: int  # seeds
+    lost: int  # seeds
     seeds: int
-    ci95: Interval  # Clopper-Pearson
+    ci95: Interval  # Clopper-Pearson of lost / seeds
 
     @property
     def rate(self) -> float:
-        return self.succeeded / self.seeds
+        return self.lost / self.seeds
 
 
 @dataclass(frozen=True)
@@ -392,13 +395,14 @@ def _rank(matches: list[MatchRow], false_claims: dict[str, FalseClaims]) -> list
                 worst=worst,
             )
         )
-    # The worst case first (the smallest share of seeds the strongest attack won); then
-    # attacks survived, counted not as a share: a variant run against fewer attacks must
-    # not outrank a scheme that met them all. Schemes without a sound null rank last:
-    # they decided nothing.
+    # The worst case first (the smallest share of seeds lost to the strongest attack);
+    # then attacks survived, counted not as a share. A variant run against fewer attacks
+    # is ranked on the attacks it met. After the ranked schemes come those no attack was
+    # run against, then those without a sound null: they decided nothing.
     rows.sort(
         key=lambda r: (
             r["survived"] is None,
+            r["worst"] is None,
             r["worst"].rate if r["worst"] else 0.0,
             -(r["survived"] or 0),
             -((r["survived"] or 0) / r["attacks"] if r["attacks"] else 0),
@@ -416,12 +420,14 @@ def _rank(matches: list[MatchRow], false_claims: dict[str, FalseClaims]) -> list
 
 
 def _worst_case(cells: list[MatchRow]) -> WorstCase | None:
-    """The attack that won the largest share of its seeds (``WorstCase``)."""
-    cases = [
-        WorstCase(c.attack, c.attack_succeeded, len(c.seeds), c.succeeded_ci95)
-        for c in cells
-        if c.succeeded_ci95 is not None
-    ]
+    """The attack whose cell lost the mark on the largest share of seeds (``WorstCase``)."""
+    cases = []
+    for cell in cells:
+        seeds = len(cell.seeds)
+        # Seeds whose mark was not verified before the attack, and seeds the attack won
+        # (it can only win where the mark was verified): disjoint.
+        lost = seeds - cell.marked_verified + cell.attack_succeeded
+        cases.append(WorstCase(cell.attack, lost, seeds, clopper_pearson(lost, seeds)))
     if not cases:
         return None
     return min(cases, key=lambda case: (-case.rate, -case.ci95[1], case.attack))

@@ -140,6 +140,7 @@ def play_match(
 ) -> MatchRecord:
     """Run one match and store its record; a finished match is returned from the store."""
     store = store or ResultStore()
+    store.check_writable()  # the record is written at the end: refuse now, not after training
     match_id, record, replayed = play_unsaved(
         spec, store=store, cache=cache, progress=progress, device=device
     )
@@ -243,7 +244,6 @@ def _resolve(
     check_seed(spec.seed)
     cache = cache or ArtifactCache()
     store = store or ResultStore()
-    store.check_writable()  # the record is written at the end: refuse now, not after training
     ctx = Context(
         protocol=protocol, seed=spec.seed, device=device or default_device(), progress=progress
     )

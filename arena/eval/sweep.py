@@ -23,11 +23,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from arena.core.context import check_seed
+from arena.core.data import load_raw
 from arena.core.environment import apply_deterministic_defaults
 from arena.core.protocols import get_protocol
 from arena.core.registry import Registry, attacks, defenses
@@ -84,7 +86,7 @@ def plan(
     out and, when ``skipped`` is given, listed there as (defense, attack, reason).
     """
     get_protocol(protocol)
-    seeds = list(seeds)
+    seeds = list(dict.fromkeys(seeds))  # a seed given twice is one set of matches
     for seed in seeds:  # refused here, before the first match, not by each match
         check_seed(seed)
     chosen_defenses = expand(defense_names, defenses)
@@ -190,6 +192,7 @@ def sweep(
     end. The records are stored here, by this process alone. ``discard_attacked``: keep
     no attacked model once its match is measured (``play_unsaved``)."""
     store = store or ResultStore()
+    store.check_writable()  # every record is written here: refuse now, not after training
     cache = cache or ArtifactCache()
     report = SweepReport(planned=len(specs))
     started = time.perf_counter()
@@ -265,6 +268,10 @@ class RaySweep:
             ) from None
         if workers is not None and workers < 1:
             raise ArenaError(f"workers must be >= 1, got {workers}")
+        if workers is not None and address is not None:
+            raise ArenaError(
+                "--workers sizes a local cluster; a joined one (--address) has its own"
+            )
         if threads < 1:
             raise ArenaError(f"threads must be >= 1, got {threads}")
         self.address, self.workers, self.threads, self.retries = address, workers, threads, retries
@@ -282,13 +289,16 @@ class RaySweep:
     ) -> None:
         import ray
 
+        for name in sorted({spec.protocol for spec in specs}):
+            # Each data set read (or downloaded) once, here, before workers race for it.
+            load_raw(get_protocol(name).dataset)
         started = time.perf_counter()
         started_here = not ray.is_initialized()
         if started_here:
-            cpus = None if self.address else (self.workers or os.cpu_count() or 1) * self.threads
+            local = self.address is None  # "local": a new cluster, never one found lying around
             ray.init(
-                address=self.address,
-                num_cpus=cpus,
+                address=self.address or "local",
+                num_cpus=(self.workers or os.cpu_count() or 1) * self.threads if local else None,
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,
@@ -296,11 +306,13 @@ class RaySweep:
             )
         self.start_seconds = time.perf_counter() - started
         try:
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
             task = ray.remote(play_task).options(
-                num_cpus=self.threads, num_gpus=gpus, max_retries=self.retries
+                num_cpus=self.threads,
+                num_gpus=self._gpu_share(ray, device),
+                max_retries=self.retries,
             )
-            where = (str(store.path), str(cache.root), str(device) if device else None)
+            paths = (str(Path(store.path).resolve()), str(Path(cache.root).resolve()))
+            where = (*paths, str(device) if device else None)
             waiting = [set(before) for before in graph]
             dependents: dict[int, list[int]] = {}
             for index, before in enumerate(graph):
@@ -330,10 +342,32 @@ class RaySweep:
             if started_here:
                 ray.shutdown()
 
+    def _gpu_share(self, ray: Any, device: torch.device | None) -> float:
+        """The GPU each task asks for: none on a CPU device or a cluster without GPUs;
+        else the cluster's GPUs shared evenly by the tasks its CPUs can run at once. A
+        request no node can meet is refused here, not left waiting forever."""
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        if not any(node.get("CPU", 0) >= self.threads for node in nodes):
+            raise ArenaError(
+                f"no node of the Ray cluster has {self.threads} CPUs for a task "
+                "(ARENA_THREADS); lower it"
+            )
+        gpus = sum(node.get("GPU", 0) for node in nodes)
+        if gpus == 0 or (device is not None and device.type != "cuda"):
+            return 0
+        at_once = max(1, int(sum(node.get("CPU", 0) for node in nodes) // self.threads))
+        return min(1.0, gpus / at_once)
+
 
 def _arena_environment() -> dict[str, str]:
-    """The arena's settings (``ARENA_*``) for the workers of any node."""
-    return {name: value for name, value in os.environ.items() if name.startswith("ARENA_")}
+    """The arena's settings (``ARENA_*``) for the workers of any node, folder paths made
+    absolute (a worker's working directory is not the driver's)."""
+    paths = ("ARENA_HOME", "ARENA_DATA")
+    return {
+        name: os.path.abspath(value) if name in paths and value else value
+        for name, value in os.environ.items()
+        if name.startswith("ARENA_")
+    }
 
 
 def _last_line(error: BaseException) -> str:

@@ -42,15 +42,16 @@ def defense_cells(row: DefenseRow) -> list[str]:
 
 
 def worst_text(row: DefenseRow) -> str:
-    """``rtal: 2/5 seeds (CI95 5-85%)``: the strongest attack and the seeds it won."""
+    """``rtal: 2/5 seeds lost (CI95 5-85%)``: the strongest attack, the seeds the mark did
+    not survive it on."""
     worst = row.worst
     if worst is None:
         return "no verdict" if row.survived is None else "none run"
-    return f"{worst.attack}: {_seeds_rate(worst.succeeded, worst.seeds, worst.ci95)}"
+    return f"{worst.attack}: {_seeds_rate(worst.lost, worst.seeds, worst.ci95, 'lost')}"
 
 
-def _seeds_rate(count: int, seeds: int, ci95: tuple[float, float] | None) -> str:
-    text = f"{k_of_n(count, seeds)} seeds"
+def _seeds_rate(count: int, seeds: int, ci95: tuple[float, float] | None, what: str = "") -> str:
+    text = f"{k_of_n(count, seeds)} seeds" + (f" {what}" if what else "")
     if ci95 is not None:
         text += f" (CI95 {100 * ci95[0]:.0f}-{100 * ci95[1]:.0f}%)"
     return text
@@ -109,7 +110,7 @@ DEFENSE_HEADER = [
     "defense",
     "access",
     "seeds",
-    "strongest attack (seeds it won)",
+    "strongest attack (seeds the mark lost)",
     "clean acc %",
     "marked acc %",
     "Δ acc (pts)",
@@ -323,10 +324,10 @@ def to_markdown(board: Leaderboard) -> str:
         "half-width of their 95% t-interval; an attack's success is the seeds it won, with "
         "their 95% Clopper-Pearson interval, and `flips` marks a cell whose seeds disagree "
         "on the verdict. The defenses are ranked by their worst case: the share of seeds "
-        "won by the strongest attack against each (fewer is better). Defenses whose "
-        "worst-case intervals overlap share a rank (`1=`): the seeds do not separate them. "
-        "Within a shared rank the order is by attacks survived on every seed, then marked "
-        "agreement.",
+        "whose mark the strongest attack against each removed, or that never verified "
+        "(fewer is better). Defenses whose worst-case intervals overlap share a rank "
+        "(`1=`): the seeds do not separate them. The order is by that share, then attacks "
+        "survived on every seed, then marked agreement.",
         "",
         _versions_line(board),
         "",
