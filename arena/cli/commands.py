@@ -228,6 +228,31 @@ def _print_match(record: MatchRecord) -> None:
         )
 
 
+ExecutorOption = Annotated[
+    str,
+    typer.Option(
+        help="local: one match after another in this process; ray: matches as Ray tasks "
+        "(pip install 'watermark-arena[ray]')"
+    ),
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(help="ray: join this cluster (e.g. 'auto'); default: start a local one"),
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(help="ray: matches at once on the local cluster [default: the CPUs]"),
+]
+DiscardOption = Annotated[
+    bool,
+    typer.Option(
+        "--discard-attacked",
+        help="keep no attacked model once its match is stored (a finished match still "
+        "counts; re-measuring one plays its attack again)",
+    ),
+]
+
+
 @app.command()
 def sweep(
     defense: Annotated[
@@ -247,29 +272,10 @@ def sweep(
             help="only print what the sweep would cost (from the stored matches' timings)",
         ),
     ] = False,
-    executor: Annotated[
-        str,
-        typer.Option(
-            help="local: one match after another in this process; ray: matches as Ray "
-            "tasks (pip install 'watermark-arena[ray]')"
-        ),
-    ] = "local",
-    address: Annotated[
-        str | None,
-        typer.Option(help="ray: join this cluster (e.g. 'auto'); default: start a local one"),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(help="ray: matches at once on the local cluster [default: the CPUs]"),
-    ] = None,
-    discard_attacked: Annotated[
-        bool,
-        typer.Option(
-            "--discard-attacked",
-            help="keep no attacked model once its match is stored (a finished match still "
-            "counts; re-measuring one plays its attack again)",
-        ),
-    ] = False,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    workers: WorkersOption = None,
+    discard_attacked: DiscardOption = False,
 ) -> None:
     """Run every defense x attack x seed match; finished ones are skipped, so an
     interrupted sweep resumes where it stopped. Exit 1 if a match failed."""
