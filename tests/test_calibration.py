@@ -69,6 +69,8 @@ def test_an_exact_scheme_fits_nothing_and_counts_false_claims(smoke_calibration)
     assert len(rows) == 3 and {row["role"] for row in rows} == {"reference"}
     assert null["trials"] == 3 * 5 * SMOKE.trigger_size == sum(row["trials"] for row in rows)
     assert all(row["test_acc"] > 0.5 for row in rows)  # real, trained clean models
+    for row in rows + record["claims"]:  # every key's count, summing to the model's
+        assert len(row["counts"]) == row["keys"] and sum(row["counts"]) == row["successes"]
     claims = record["false_claims"]
     # Every foreign model gets all 10 claim keys, every reference model the first 5.
     assert claims["foreign"]["pairs"] == 2 * 10 and claims["reference"]["pairs"] == 3 * 5

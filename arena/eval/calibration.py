@@ -348,6 +348,8 @@ def _model_row(
         "rate": successes / trials if trials else 0.0,
         "max_agreement": max((e.successes for e in agreed), default=0),
         "smallest_p_value": min((e.p_value for e in agreed), default=1.0),
+        # Each key's count, in key order: the histogram behind the null (and the site's plot).
+        "counts": [e.successes for e in agreed],
     }
 
 
