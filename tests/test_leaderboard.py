@@ -147,3 +147,19 @@ def test_a_mark_that_never_verified_loses_every_seed_and_ranks_below_one_that_su
     worst = {row.defense: row.worst for row in board.defenses}
     assert worst["content"].lost == 6 and worst["uchida"].lost == 0 and worst["none"] is None
     assert "| 3 | none |" in to_markdown(board) and "none run" in to_markdown(board)
+
+
+def test_the_versions_line_names_what_differs_and_on_which_seeds(store):
+    import dataclasses
+
+    for seed in range(4):
+        record = sample_record(seed, 3)
+        threads = 2 if seed == 0 else 1
+        environment = {**record.versions.environment, "threads": threads}
+        versions = dataclasses.replace(record.versions, environment=environment)
+        store.save(f"s{seed}", dataclasses.replace(record, versions=versions))
+    markdown = to_markdown(build(store, SMOKE))
+    assert (
+        "Versions of the matches shown: torch 2.0; differing between matches: "
+        "threads 1 (3 matches, seeds 1-3) or 2 (1 match, seed 0)."
+    ) in markdown

@@ -183,7 +183,7 @@ class Leaderboard:
     matches: list[MatchRow]
     older_versions: int  # records of earlier protocol versions left out
     superseded: int = 0  # records replaced by a later run of the same cell and seed
-    versions: list[Versions] = field(default_factory=list)  # per record shown
+    versions: list[tuple[int, Versions]] = field(default_factory=list)  # (seed, ...) per record
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -230,7 +230,7 @@ def build(store: ResultStore, protocol: Protocol) -> Leaderboard:
         matches,
         older_versions=len(records) - len(current),
         superseded=len(current) - len(latest),
-        versions=[record.versions for record in latest.values()],
+        versions=[(record.seed, record.versions) for record in latest.values()],
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -286,17 +285,47 @@ PLUGIN_VERSION_KEYS = ("arena", "defense", "attack", "defense_package", "attack_
 
 
 def _versions_line(board: Leaderboard) -> str:
-    """The package versions and settings the shown matches ran with (all of them)."""
-    seen = sorted({json.dumps(v.to_dict(), sort_keys=True) for v in board.versions})
-    if not seen:
+    """The package versions and settings the shown matches ran with: what all share once,
+    then each setting that differs with the matches and seeds of every value."""
+    if not board.versions:
         return "Versions: not recorded."
-    described: list[str] = []
-    for text in seen:
-        v = json.loads(text)
-        line = ", ".join(f"{k} {v[k]}" for k in sorted(v) if k not in PLUGIN_VERSION_KEYS)
-        if line not in described:  # records that differ only in plugin versions
-            described.append(line)
-    return "Versions of the matches shown: " + "; ".join(described) + "."
+    runs = [
+        (seed, {k: v for k, v in versions.to_dict().items() if k not in PLUGIN_VERSION_KEYS})
+        for seed, versions in board.versions
+    ]
+    names = sorted({name for _, settings in runs for name in settings})
+    shared, differing = [], []
+    for name in names:
+        values: dict[str, list[int]] = {}
+        for seed, settings in runs:
+            values.setdefault(str(settings.get(name, "not recorded")), []).append(seed)
+        if len(values) == 1:
+            shared.append(f"{name} {next(iter(values))}")
+            continue
+        described = [
+            f"{value} ({len(seeds):,} match{'' if len(seeds) == 1 else 'es'}, "
+            f"{seed_list(sorted(set(seeds)))})"
+            for value, seeds in sorted(values.items())
+        ]
+        differing.append(f"{name} " + " or ".join(described))
+    line = "Versions of the matches shown: " + ", ".join(shared)
+    if differing:
+        line += "; differing between matches: " + "; ".join(differing)
+    return line + "."
+
+
+def seed_list(seeds: list[int]) -> str:
+    """``seeds 0-3, 7``: sorted seeds with consecutive runs joined."""
+    parts: list[str] = []
+    start = previous = seeds[0]
+    for seed in [*seeds[1:], None]:
+        if seed is not None and seed == previous + 1:
+            previous = seed
+            continue
+        parts.append(str(start) if start == previous else f"{start}-{previous}")
+        if seed is not None:
+            start = previous = seed
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(parts)
 
 
 def to_markdown(board: Leaderboard) -> str:
