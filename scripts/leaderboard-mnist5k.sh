@@ -8,11 +8,13 @@
 # matches are skipped, so an interrupted run resumes where it stopped.
 #
 #   bash scripts/leaderboard-mnist5k.sh                              # local, two threads
-#   SEEDS="0 1 2 3 4" bash scripts/leaderboard-mnist5k.sh --executor ray --workers 2
+#   ARENA_THREADS=1 bash scripts/leaderboard-mnist5k.sh --executor ray --workers 2
 #
-# Options go to `arena sweep`. Every seed of one leaderboard should run with the same
-# executor and ARENA_THREADS: the thread count decides a CPU run's bits (README,
-# "Reproducibility"), and each record says which it was.
+# Options go to `arena sweep`. The published board ran the second way (two matches side by
+# side, one thread each: 1.8x the first on a 2-core machine, README "Sweeps on Ray"). The
+# thread count decides a CPU run's bits (README, "Reproducibility"): each record says
+# which it ran with, and the leaderboard's versions line names any setting that differs
+# between its matches, with their seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 read -r -a seeds <<< "${SEEDS:-0 1 2 3 4 5}"
