@@ -24,7 +24,7 @@ import numpy as np
 from torch import nn
 
 from arena.core.context import Context
-from arena.core.keys import NONCE_BYTES, Key, commit
+from arena.core.keys import NONCE_BYTES, Key, KeyExhibit, commit
 from arena.core.models import find_layer
 from arena.core.plugin import Defense
 from arena.core.stats import Evidence
@@ -106,6 +106,16 @@ class WhiteBoxKey(Key):
             raise KeyTamperedError(
                 "the marking key does not open the verification key's commitment: one was altered"
             )
+
+    def exhibit(self) -> KeyExhibit:
+        read = "activations" if self.images is not None else "weights"
+        return KeyExhibit(
+            images=self.images,
+            labels=self.classes,
+            label_kind="class",
+            bits=self.bits,
+            where=f"a secret projection of {self.layer}'s {read}",
+        )
 
     def verification_key_dict(self) -> dict[str, Any]:
         return {

@@ -479,9 +479,14 @@ def leaderboard(
     out: Annotated[Path, typer.Option(help="folder for <protocol>.md and <protocol>.json")] = Path(
         "leaderboards"
     ),
+    html: Annotated[
+        Path | None,
+        typer.Option(help="also write a static site per protocol to <html>/<protocol>/"),
+    ] = None,
     db: DbOption = None,
 ) -> None:
-    """Rank and render every stored match of a protocol: terminal, Markdown and JSON."""
+    """Rank and render every stored match of a protocol: terminal, Markdown and JSON (and
+    with --html, a static site with plots and the keys' triggers)."""
     from arena.report import leaderboard as render
 
     store = ResultStore(db)
@@ -496,6 +501,11 @@ def leaderboard(
         for table in render.rich_tables(board):
             stdout.print(table)
         stdout.print(f"wrote {markdown} and {data}")
+        if html is not None:
+            from arena.report.site import publish
+
+            index = publish(chosen, html, db=db, markdown_dir=out)
+            stdout.print(f"wrote the site {index}")
 
 
 LedgerOption = Annotated[

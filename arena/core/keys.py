@@ -111,6 +111,19 @@ def _abstract_image(size: int, channels: int, rng: np.random.Generator) -> np.nd
     return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
+@dataclass(frozen=True)
+class KeyExhibit:
+    """What a key feeds a model or reads from it, for people to look at (the site's key
+    pictures): images with the labels the key pairs them with, and bits."""
+
+    images: np.ndarray | None = None  # uint8 (n, C, H, W)
+    labels: np.ndarray | None = None  # int64 (n,): one per image
+    label_kind: str = "committed label"  # what the labels are, in words
+    controls: tuple[np.ndarray, np.ndarray] | None = None  # control images, true labels
+    bits: np.ndarray | None = None  # uint8 0/1: a white-box key's secret bits
+    where: str = ""  # what the bits are read from, e.g. a layer's weights
+
+
 class Key(abc.ABC):
     """A marking key and its public verification key, as a scheme defines them.
 
@@ -183,6 +196,10 @@ class Key(abc.ABC):
     def has_controls(self) -> bool:
         """True when each trigger is paired with a committed control input."""
         return False
+
+    def exhibit(self) -> KeyExhibit:
+        """What the key feeds or reads from a model, to be looked at (nothing by default)."""
+        return KeyExhibit()
 
 
 @dataclass(frozen=True)
@@ -410,6 +427,14 @@ class TriggerKey(Key):
 
     def has_controls(self) -> bool:
         return self.controls is not None
+
+    def exhibit(self) -> KeyExhibit:
+        controls = self.controls
+        return KeyExhibit(
+            images=self.images,
+            labels=self.labels,
+            controls=None if controls is None else (controls.images, controls.labels),
+        )
 
     @property
     def fingerprint(self) -> str:

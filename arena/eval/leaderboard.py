@@ -38,6 +38,7 @@ from arena.storage.record import (
     EvidenceRecord,
     Interval,
     MatchRecord,
+    NullRecord,
     Versions,
 )
 from arena.storage.results import ResultStore
@@ -47,8 +48,9 @@ THREAT_SECTIONS = ("none", "removal", "forgery", "piracy", "evasion")
 
 # The shape of the leaderboard's JSON file: 2 holds numbers where 1 held display text;
 # 3 adds the intervals over seeds, the per-seed evidence, the flip flag, each defense's
-# worst case and shared ranks (``tied``).
-LEADERBOARD_FORMAT = 3
+# worst case and shared ranks (``tied``); 4 adds every seed's record in brief
+# (``per_seed``) and the cell's parameters: the data behind the site's pages and plots.
+LEADERBOARD_FORMAT = 4
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,54 @@ class FalseClaims:
     pairs: int
     ci95: Interval  # 95% Clopper-Pearson
     models: str  # "foreign", or "reference" for white-box keys that fit no foreign model
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """One seed of a cell, as its record has it: what a match page shows of it and what
+    the robustness-cost plot draws."""
+
+    seed: int
+    clean_acc: float
+    clean_acc_ci95: Interval  # over the test split (Clopper-Pearson)
+    marked_acc: float
+    marked_acc_ci95: Interval
+    attacked_acc: float
+    attacked_acc_ci95: Interval
+    clean_evidence: EvidenceRecord  # the key on the clean model
+    marked_evidence: EvidenceRecord
+    attacked_evidence: EvidenceRecord
+    owner_head: EvidenceRecord | None
+    null: NullRecord
+    attack_succeeded: bool
+    outcome: str
+    task_acc: float | None  # a task-changing attack's accuracy on its new task
+    seconds: dict[str, float]  # per phase; near zero for a phase taken from the cache
+    cached: dict[str, bool]
+    versions: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: MatchRecord) -> SeedResult:
+        return cls(
+            seed=record.seed,
+            clean_acc=record.clean.test_acc,
+            clean_acc_ci95=record.clean.test_acc_ci95,
+            marked_acc=record.marked.test_acc,
+            marked_acc_ci95=record.marked.test_acc_ci95,
+            attacked_acc=record.attacked.test_acc,
+            attacked_acc_ci95=record.attacked.test_acc_ci95,
+            clean_evidence=record.clean.evidence,
+            marked_evidence=record.marked.evidence,
+            attacked_evidence=record.attacked.evidence,
+            owner_head=record.attacked.owner_head_evidence,
+            null=record.null,
+            attack_succeeded=record.attack_succeeded,
+            outcome=record.outcome,
+            task_acc=record.attack_info.get("task_test_acc"),
+            seconds=dict(record.seconds),
+            cached=dict(record.cached),
+            versions=record.versions.to_dict(),
+        )
 
 
 @dataclass(frozen=True)
@@ -133,6 +183,13 @@ class MatchRow:
     attacked_per_seed: list[tuple[int, int, int]] = field(default_factory=list)
     succeeded_ci95: Interval | None = None
     flips: bool = False
+    # Every seed in brief, and the parameters the cell ran with (its first seed's, in
+    # full: defaults too).
+    per_seed: list[SeedResult] = field(default_factory=list)
+    defense_plugin: str = ""  # the plugin's name, without the parameters of the label
+    attack_plugin: str = ""
+    defense_params: dict[str, Any] = field(default_factory=dict)
+    attack_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -327,6 +384,11 @@ def _match_row(cell: Cell, records: list[MatchRecord]) -> MatchRow:
         ],
         succeeded_ci95=clopper_pearson(succeeded, len(records)),
         flips=0 < succeeded < len(records),
+        per_seed=[SeedResult.of(r) for r in records],
+        defense_plugin=first.defense,
+        attack_plugin=first.attack,
+        defense_params=dict(first.defense_params),
+        attack_params=dict(first.attack_params),
     )
 
 

@@ -284,6 +284,35 @@ def _key_spec(match: _Match) -> dict[str, Any]:
     }
 
 
+def stored_key(
+    protocol: Protocol,
+    seed: int,
+    defense: str,
+    params: Mapping[str, Any],
+    versions: Mapping[str, Any],
+    cache: ArtifactCache | None = None,
+) -> Key | None:
+    """The key a stored match was played with (``protocol`` with the match's model, its
+    seed, the defense plugin's name, its parameters in full and the record's flat
+    versions), when ``cache`` still holds it; None when it does not or the plugin is not
+    installed. Never made anew: a new key is another key."""
+    try:
+        key_type = defenses.get(defense).key_type
+    except ArenaError:
+        return None
+    spec = {
+        **artifact_base(protocol, seed, str(versions.get("precision", "fp32"))),
+        "arena": versions["arena"],  # the arena that made the key
+        "defense": defense,
+        "defense_version": versions["defense"],
+        "defense_params": dict(params),
+    }
+    folder = (cache or ArtifactCache()).folder("key", spec)
+    if not (folder / "vk.json").exists():
+        return None
+    return key_type.load(folder)
+
+
 def _name_artifacts(match: _Match, key_spec: dict[str, Any], key: Key) -> _Names:
     defense, attack, cache = match.defense, match.attack, match.cache
     clean_folder = cache.folder(

@@ -284,7 +284,7 @@ def _verdict(row: MatchRow, counted: str) -> str:
 PLUGIN_VERSION_KEYS = ("arena", "defense", "attack", "defense_package", "attack_package")
 
 
-def _versions_line(board: Leaderboard) -> str:
+def versions_line(board: Leaderboard) -> str:
     """The package versions and settings the shown matches ran with: what all share once,
     then each setting that differs with the matches and seeds of every value."""
     if not board.versions:
@@ -358,7 +358,7 @@ def to_markdown(board: Leaderboard) -> str:
         "(`1=`): the seeds do not separate them. The order is by that share, then attacks "
         "survived on every seed, then marked agreement.",
         "",
-        _versions_line(board),
+        versions_line(board),
         "",
         "## Defenses",
         "",
