@@ -495,6 +495,11 @@ def leaderboard(
         raise ArenaError(
             f"the results database {store.path} holds no matches yet; run arena run first"
         )
+    if html is not None:
+        from arena.report.site import check_site_folder, publish
+
+        for chosen in protocols:  # before anything is written
+            check_site_folder(html / chosen.name)
     for chosen in protocols:
         board = boards.build(store, chosen)
         markdown, data = render.write(board, out)
@@ -502,8 +507,6 @@ def leaderboard(
             stdout.print(table)
         stdout.print(f"wrote {markdown} and {data}")
         if html is not None:
-            from arena.report.site import publish
-
             index = publish(chosen, html, db=db, markdown_dir=out)
             stdout.print(f"wrote the site {index}")
 

@@ -84,11 +84,7 @@ def write_site(
             "run some matches first"
         )
     out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir / MARKER).exists():
-        if not out_dir.is_dir() or any(out_dir.iterdir()):
-            raise ArenaError(
-                f"{out_dir} exists and is not a site the arena wrote; name a new or empty folder"
-            )
+    check_site_folder(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -97,6 +93,16 @@ def write_site(
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return out_dir / "index.html"
+
+
+def check_site_folder(out_dir: Path) -> None:
+    """Refuse a folder that holds anything but a site this wrote: it is never replaced."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not (out_dir / MARKER).exists():
+        if not out_dir.is_dir() or any(out_dir.iterdir()):
+            raise ArenaError(
+                f"{out_dir} exists and is not a site the arena wrote; name a new or empty folder"
+            )
 
 
 def publish(
