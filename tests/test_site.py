@@ -247,3 +247,35 @@ def test_in_chromium_match_and_calibration_pages_load_whole_and_fit_800_px(site,
         overflow = page.evaluate("document.documentElement.scrollWidth")
         assert overflow <= 800, (target, overflow)
         assert not problems, (target, problems)
+
+
+def test_pictures_draw_fitted_nulls_colour_images_and_say_when_they_cannot(tmp_path):
+    import numpy as np
+
+    from arena.report import plots
+
+    record = {
+        "null": {
+            "kind": "beta-binomial",
+            "trials_per_key": 100,
+            "nominal": 0.1,
+            "mean": 0.03,
+            "dispersion": 0.05,
+        },
+        "models": [{"counts": [0, 1, 3, 7, 2]}, {"counts": [1, 1, 0, 12]}],
+        "claims": [{"role": "foreign", "counts": [0, 2, 5]}],
+    }
+    assert plots.null_histogram(record, 0.001, "fitted", tmp_path / "fitted.png")
+    assert (tmp_path / "fitted.png").stat().st_size > 1000
+    record["models"] = [{"successes": 3}]  # a calibration from before per-key counts
+    assert not plots.null_histogram(record, 0.001, "old", tmp_path / "old.png")
+    assert not (tmp_path / "old.png").exists()
+    images = np.random.default_rng(0).integers(0, 256, (13, 3, 8, 8), dtype=np.uint8)
+    assert plots.image_grid(images, tmp_path / "rgb.png", columns=5) == (5, 3)
+    from PIL import Image
+
+    with Image.open(tmp_path / "rgb.png") as picture:
+        assert picture.mode == "RGB" and picture.size == (5 * 17 + 1, 3 * 17 + 1)
+        assert picture.getpixel((1, 1)) == tuple(int(v) for v in images[0, :, 0, 0])
+    assert plots.share_colour(0.0) != plots.share_colour(1.0)
+    assert plots.text_colour("#ffffff") == "#000000" and plots.text_colour("#000000") == "#ffffff"

@@ -99,6 +99,9 @@ class SeedResult:
     marked_evidence: EvidenceRecord
     attacked_evidence: EvidenceRecord
     owner_head: EvidenceRecord | None
+    # Forgery and piracy: the attacker's claim on the attacked model, as judged.
+    attacker_claim: EvidenceRecord | None
+    attacker_claim_passed: bool | None
     null: NullRecord
     attack_succeeded: bool
     outcome: str
@@ -109,6 +112,7 @@ class SeedResult:
 
     @classmethod
     def of(cls, record: MatchRecord) -> SeedResult:
+        claim = record.claim.claim("attacker", "attacked") if record.claim else None
         return cls(
             seed=record.seed,
             clean_acc=record.clean.test_acc,
@@ -121,6 +125,8 @@ class SeedResult:
             marked_evidence=record.marked.evidence,
             attacked_evidence=record.attacked.evidence,
             owner_head=record.attacked.owner_head_evidence,
+            attacker_claim=None if claim is None else claim.evidence,
+            attacker_claim_passed=None if claim is None else claim.verified,
             null=record.null,
             attack_succeeded=record.attack_succeeded,
             outcome=record.outcome,

@@ -299,7 +299,8 @@ class _Builder:
             return None
         seeds = len(row.seeds)
         evidence = _evidence_left(row)
-        tooltip = f"{row.defense} x {row.attack}: {succeeded_text(row)}; {per_seed_text(row)}"
+        detail = row.outcome if row.threat in ("forgery", "piracy") else per_seed_text(row)
+        tooltip = f"{row.defense} x {row.attack}: {succeeded_text(row)}; {detail}"
         if row.unsound_null:
             background = plots.NO_VERDICT
             tooltip = f"{row.defense} x {row.attack}: no verdict (null {row.unsound_null})"
@@ -468,15 +469,23 @@ def _interval(
 
 
 def _evidence_left(row: MatchRow) -> str:
-    """The evidence after the attack, as the cell shows it: the mean count of the seeds
-    out of the trials (the owner-head evidence for a task-changing attack)."""
+    """What a heatmap cell says, as a mean over the seeds: the evidence after the attack;
+    for a task-changing attack the owner-head evidence (marked *); for forgery and piracy
+    the attacker's own claim on the attacked model (marked "claim")."""
+
+    def mean_of(records: list[Any], mark: str = "") -> str:
+        if not records:
+            return "n/a"
+        count = sum(r.successes for r in records) / len(records)
+        return f"{mark}{count:.0f}/{records[0].trials}"
+
+    if row.threat in ("forgery", "piracy"):
+        claims = [s.attacker_claim for s in row.per_seed if s.attacker_claim is not None]
+        return mean_of(claims, "claim ") if claims else "no claim"
     if not row.evidence_applicable:
         heads = [s.owner_head for s in row.per_seed if s.owner_head is not None]
-        if not heads:
-            return "n/a"
-        return f"{sum(h.successes for h in heads) / len(heads):.0f}/{heads[0].trials}*"
-    counts = [k for _, k, _ in row.attacked_per_seed]
-    return f"{sum(counts) / len(counts):.0f}/{row.attacked_per_seed[0][2]}"
+        return mean_of(heads) + "*"
+    return mean_of([s.attacked_evidence for s in row.per_seed])
 
 
 def _cost_points(row: MatchRow) -> list[plots.CostPoint]:
@@ -514,6 +523,7 @@ def _seed_view(seed: Any, row: MatchRow) -> dict[str, Any]:
         "marked_evidence": evidence(seed.marked_evidence),
         "attacked_evidence": evidence(seed.attacked_evidence),
         "owner_head": evidence(seed.owner_head),
+        "attacker_claim": _claim_text(seed.attacker_claim, seed.attacker_claim_passed),
         "null": seed.null.source
         if seed.null.source.startswith(seed.null.kind)
         else f"{seed.null.kind}: {seed.null.source}",
@@ -525,6 +535,15 @@ def _seed_view(seed: Any, row: MatchRow) -> dict[str, Any]:
         "cached": sorted(phase for phase, hit in seed.cached.items() if hit),
         "threads": seed.versions.get("threads", "?"),
     }
+
+
+def _claim_text(evidence: Any, passed: bool | None) -> str | None:
+    """The attacker's claim: its evidence and whether the ownership protocol upheld it
+    (a claim can fail on the label check or the ledger's order, not only on evidence)."""
+    if evidence is None:
+        return None
+    verdict = "claim upheld" if passed else "claim rejected"
+    return f"{evidence.successes}/{evidence.trials} (p {evidence.p_value:.1e}, {verdict})"
 
 
 PHASES = ("data", "keygen", "clean", "mark", "verify", "attack", "total")
