@@ -40,7 +40,7 @@ SIDECARS = ("-wal", "-shm", "-journal")  # SQLite's own files beside a database
 
 # How a path is used decides which paths are bad for it: a missing input is bad input,
 # a missing output is simply made. Keys are option names, or (command, option) pairs.
-OUTPUT_FOLDERS = {"cache_dir", ("keygen", "out"), ("leaderboard", "out")}
+OUTPUT_FOLDERS = {"cache_dir", ("keygen", "out"), ("leaderboard", "out"), ("leaderboard", "html")}
 OUTPUT_FILES = {("mark", "out"), ("prove", "out"), ("ledger head", "out"), ("register", "receipt")}
 DATABASES = {"db", "ledger"}
 BAD_PATHS = {

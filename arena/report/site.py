@@ -43,6 +43,7 @@ from arena.storage.artifacts import ArtifactCache
 from arena.storage.calibrations import CalibrationStore, refutation
 from arena.storage.results import ResultStore
 from arena.util.errors import ArenaError
+from arena.util.paths import make_folder
 
 # A file every site this writes holds: a folder without it is not overwritten.
 MARKER = ".arena-site"
@@ -96,8 +97,10 @@ def write_site(
 
 
 def check_site_folder(out_dir: Path) -> None:
-    """Refuse a folder that holds anything but a site this wrote: it is never replaced."""
+    """Make the folder the site goes in, or refuse in one line: a path that cannot be a
+    folder, or a folder that holds anything but a site this wrote (it is never replaced)."""
     out_dir = Path(out_dir)
+    make_folder(out_dir.parent, "the site")
     if out_dir.exists() and not (out_dir / MARKER).exists():
         if not out_dir.is_dir() or any(out_dir.iterdir()):
             raise ArenaError(
