@@ -1,12 +1,16 @@
-"""Print the README's removal-catalog table from the results database.
+"""Print the README's result tables from the results database, over every stored seed.
 
-    python scripts/catalog_table.py [--protocol mnist5k] [--db PATH]
+    python scripts/catalog_table.py [--protocol mnist5k] [--db PATH] [--threat removal]
+    python scripts/catalog_table.py --stability
 
-One row per removal or input-transformation attack, one column per defense: the evidence
-after the attack (for a task-changing attack, the owner-head evidence, which decides),
-**bold** where the attack succeeded, "no verdict" for a scheme whose null is not sound.
-Cells come from the newest stored match of each (defense, attack), seed by seed as the
-leaderboard aggregates them.
+The table: one row per attack of a threat, one column per defense. A cell is the seeds
+the attack won out of the seeds played, then the evidence left on those seeds (the
+smallest and largest count; for a task-changing attack the owner-head evidence, which
+decides there; for forgery and piracy the attacker's own claim on the attacked model);
+**bold** where the attack won every seed, a dagger where the seeds disagree, "no
+verdict" for a scheme whose null is not sound. ``--stability`` lists every cell whose
+seeds disagree and counts the cells that agree. Cells come from the newest stored match
+of each (defense, attack, seed), as the leaderboard aggregates them.
 """
 
 from __future__ import annotations
@@ -15,8 +19,7 @@ import argparse
 from pathlib import Path
 
 from arena.core.protocols import get_protocol
-from arena.eval.leaderboard import build
-from arena.report.text import k_of_n
+from arena.eval.leaderboard import Leaderboard, MatchRow, build
 from arena.storage.results import ResultStore
 
 DEFENSES = (
@@ -30,58 +33,90 @@ DEFENSES = (
     "noise",
     "none",
 )
-ATTACKS = (
-    "prune",
-    "fine-prune",
-    "quantize",
-    "weight-shift",
-    "label-smooth",
-    "overwrite",
-    "neural-cleanse",
-    "adv-train",
-    "distill",
-    "knockoff",
-    "retrain",
-    "transfer",
-    "jpeg",
-    "smooth",
-    "squeeze",
-)
+
+
+def evidence_range(match: MatchRow) -> str:
+    """``7-14/100``: the smallest and largest evidence left over the seeds."""
+    if match.threat in ("forgery", "piracy"):
+        found = [s.attacker_claim for s in match.per_seed if s.attacker_claim is not None]
+        prefix = "claim "
+    elif not match.evidence_applicable:
+        found = [s.owner_head for s in match.per_seed if s.owner_head is not None]
+        prefix = "head "
+    else:
+        found = [s.attacked_evidence for s in match.per_seed]
+        prefix = ""
+    if not found:
+        return "no claim" if match.threat in ("forgery", "piracy") else "n/a"
+    counts = sorted(e.successes for e in found)
+    span = str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
+    return f"{prefix}{span}/{found[0].trials}"
+
+
+def cell(match: MatchRow) -> str:
+    evidence = evidence_range(match)
+    if match.unsound_null:
+        return f"no verdict ({evidence})"
+    won, seeds = match.attack_succeeded, len(match.seeds)
+    verdict = f"{won}/{seeds}"
+    if won == seeds:
+        verdict = f"**{verdict}**"
+    elif match.flips:
+        verdict += " †"
+    return f"{verdict} ({evidence})"
+
+
+def table(board: Leaderboard, threat: str) -> list[str]:
+    cells = {(m.defense, m.attack): m for m in board.matches if m.threat == threat}
+    attacks = sorted({attack for _, attack in cells})
+    shown = [d for d in DEFENSES if any((d, a) in cells for a in attacks)]
+    shown += sorted({d for d, _ in cells} - set(shown))
+    lines = ["| attack | " + " | ".join(f"`{d}`" for d in shown) + " |"]
+    lines.append("|---|" + "---|" * len(shown))
+    for attack in attacks:
+        row = [f"`{attack}`"] + [
+            cell(cells[(d, attack)]) if (d, attack) in cells else "not run" for d in shown
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    seeds = sorted({len(m.seeds) for m in cells.values()})
+    lines += ["", f"Seeds per cell: {', '.join(map(str, seeds))}."]
+    return lines
+
+
+def stability(board: Leaderboard) -> list[str]:
+    # The "none" defense (no mark: a control) and the sanity column decide nothing.
+    decided = [
+        m
+        for m in board.matches
+        if not m.unsound_null and m.threat != "none" and m.defense != "none"
+    ]
+    flips = [m for m in decided if m.flips]
+    always = [m for m in decided if m.attack_succeeded == len(m.seeds)]
+    lines = [
+        f"{len(decided)} cells with a verdict: {len(decided) - len(flips)} agree on every "
+        f"seed ({len(always)} won by the attack on every seed, "
+        f"{len(decided) - len(flips) - len(always)} never), {len(flips)} disagree:",
+        "",
+    ]
+    for m in sorted(flips, key=lambda m: (m.defense, m.threat, m.attack)):
+        won = [s.seed for s in m.per_seed if s.attack_succeeded]
+        lines.append(
+            f"- `{m.defense}` x `{m.attack}` ({m.threat}): won {m.attack_succeeded} of "
+            f"{len(m.seeds)} seeds (seeds {', '.join(map(str, won))}), evidence left "
+            f"{evidence_range(m)}"
+        )
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", default="mnist5k")
     parser.add_argument("--db", type=Path, default=None)
+    parser.add_argument("--threat", default="removal", help="removal, forgery, piracy, evasion")
+    parser.add_argument("--stability", action="store_true", help="list the cells that flip")
     args = parser.parse_args()
     board = build(ResultStore(args.db), get_protocol(args.protocol))
-    cells = {(row.defense, row.attack): row for row in board.matches}
-    shown = [d for d in DEFENSES if any((d, a) in cells for a in ATTACKS)]
-    print("| attack | " + " | ".join(f"`{d}`" for d in shown) + " |")
-    print("|---|" + "---|" * len(shown))
-    seeds = set()
-    for attack in ATTACKS:
-        row = [f"`{attack}`"]
-        for defense in shown:
-            match = cells.get((defense, attack))
-            if match is None:
-                row.append("not run")
-                continue
-            seeds.add(len(match.seeds))
-            evidence = k_of_n(match.attacked_evidence.successes, match.attacked_evidence.trials)
-            if not match.evidence_applicable:
-                head = match.owner_head
-                evidence = (
-                    k_of_n(head.successes, head.trials) if head else "n/a"
-                ) + " (owner head)"
-            if match.unsound_null:
-                evidence += " (no verdict)"
-            elif match.attack_succeeded:
-                evidence = f"**{evidence}**"
-            row.append(evidence)
-        print("| " + " | ".join(row) + " |")
-    print()
-    print(f"Seeds per cell: {', '.join(map(str, sorted(seeds)))}.")
+    print("\n".join(stability(board) if args.stability else table(board, args.threat)))
 
 
 if __name__ == "__main__":
