@@ -4,7 +4,7 @@
 # claims on foreign ones (scripts/calibrate-mnist5k.sh), then plays every defense against
 # every attack on every seed of SEEDS (default 0-5: six seeds, the fewest whose 95%
 # Clopper-Pearson intervals separate 0 of n from n of n, which the ranking needs) with
-# `arena sweep`, then writes the leaderboard. Trained models are cached and finished
+# `arena sweep`, then writes the leaderboard and its site (leaderboards/mnist5k/). Trained models are cached and finished
 # matches are skipped, so an interrupted run resumes where it stopped.
 #
 #   bash scripts/leaderboard-mnist5k.sh                              # local, two threads
@@ -22,4 +22,4 @@ bash scripts/calibrate-mnist5k.sh
 # Attacked models are not kept (45 MB each, 10 GB a seed); the records are.
 arena sweep --protocol mnist5k --defense all --attack all "${seeds[@]/#/--seed=}" \
   --discard-attacked "$@"
-arena leaderboard --protocol mnist5k --out leaderboards
+arena leaderboard --protocol mnist5k --out leaderboards --html leaderboards
