@@ -4,8 +4,9 @@
 # claims on foreign ones (scripts/calibrate-mnist5k.sh), then plays every defense against
 # every attack on every seed of SEEDS (default 0-5: six seeds, the fewest whose 95%
 # Clopper-Pearson intervals separate 0 of n from n of n, which the ranking needs) with
-# `arena sweep`, then writes the leaderboard and its site (leaderboards/mnist5k/). Trained models are cached and finished
-# matches are skipped, so an interrupted run resumes where it stopped.
+# `arena sweep`, then writes the leaderboard and its site (leaderboards/mnist5k/).
+# Trained models are cached and finished matches are skipped, so an interrupted run
+# resumes where it stopped.
 #
 #   bash scripts/leaderboard-mnist5k.sh                              # local, two threads
 #   ARENA_THREADS=1 bash scripts/leaderboard-mnist5k.sh --executor ray --workers 2
