@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 from arena.core.protocols import get_protocol
-from arena.eval.leaderboard import Leaderboard, MatchRow, build
+from arena.eval.leaderboard import Leaderboard, MatchRow, build, deciding_evidence
 from arena.storage.results import ResultStore
 
 DEFENSES = (
@@ -37,17 +37,10 @@ DEFENSES = (
 
 def evidence_range(match: MatchRow) -> str:
     """``7-14/100``: the smallest and largest evidence left over the seeds."""
-    if match.threat in ("forgery", "piracy"):
-        found = [s.attacker_claim for s in match.per_seed if s.attacker_claim is not None]
-        prefix = "claim "
-    elif not match.evidence_applicable:
-        found = [s.owner_head for s in match.per_seed if s.owner_head is not None]
-        prefix = "head "
-    else:
-        found = [s.attacked_evidence for s in match.per_seed]
-        prefix = ""
+    kind, found = deciding_evidence(match)
     if not found:
-        return "no claim" if match.threat in ("forgery", "piracy") else "n/a"
+        return "no claim" if kind == "attacker claim" else "n/a"
+    prefix = {"attacker claim": "claim ", "owner head": "head "}.get(kind, "")
     counts = sorted(e.successes for e in found)
     span = str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
     return f"{prefix}{span}/{found[0].trials}"

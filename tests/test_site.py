@@ -18,6 +18,7 @@ from arena.report.site import MARKER, publish, write_site
 from arena.storage.artifacts import ArtifactCache
 from arena.storage.results import ResultStore
 from arena.util.errors import ArenaError
+from arena.util.files import file_sha256
 from tests.cli_runner import run_arena
 from tests.conftest import made_once
 
@@ -84,7 +85,7 @@ def test_a_match_page_shows_the_evidence_per_seed_and_the_key(site):
 
 def test_the_data_behind_the_pictures_is_numbers(site, swept):
     data = json.loads((site / "data.json").read_text())
-    assert data["leaderboard"].endswith("smoke.json")  # the board's JSON lies beside
+    assert data["leaderboard"] == {"path": "../../smoke.json"}  # named, not repeated
     record = data["calibrations"]["backdoor-wm"]
     assert all(len(row["counts"]) == row["keys"] for row in record["models"])
     assert set(data["pages"].values()) == {
@@ -102,22 +103,33 @@ def test_the_data_behind_the_pictures_is_numbers(site, swept):
     assert isinstance(cell["per_seed"][0]["attacked_evidence"]["successes"], int)
 
 
-def test_a_rerun_replaces_the_site_whole_and_a_foreign_folder_is_refused(site, swept, tmp_path):
+def test_a_rerun_replaces_the_site_whole_and_never_deletes_what_it_did_not_write(
+    site, swept, tmp_path
+):
+    def again(html: Path = site.parent) -> None:
+        publish(SMOKE, html, db=swept["db"], cache=ArtifactCache(swept["cache"]))
+
+    # A page an older run wrote (in its manifest) and this run does not: gone after it.
     stale = site / "match" / "stale.html"
     stale.write_text("from an older run")
-    publish(
-        SMOKE,
-        site.parent,
-        db=swept["db"],
-        cache=ArtifactCache(swept["cache"]),
-        markdown_dir=site.parent.parent,
+    manifest = json.loads((site / MARKER).read_text())
+    (site / MARKER).write_text(
+        json.dumps({**manifest, "files": manifest["files"] + ["match/stale.html"]})
     )
+    again()
     assert not stale.exists() and (site / "index.html").exists()
+    assert oct((site).stat().st_mode & 0o777) != oct(0o700)  # readable by a web server
+    # A file the arena did not write (a CNAME, a page added by hand): refused, kept.
+    (site / "CNAME").write_text("arena.example.org")
+    with pytest.raises(ArenaError, match=r"holds files the arena did not write \(CNAME\)"):
+        again()
+    assert (site / "CNAME").read_text() == "arena.example.org"
+    (site / "CNAME").unlink()
     foreign = tmp_path / "html" / "smoke"
     foreign.mkdir(parents=True)
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(ArenaError, match="not a site the arena wrote"):
-        publish(SMOKE, tmp_path / "html", db=swept["db"], cache=ArtifactCache(swept["cache"]))
+        again(tmp_path / "html")
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
@@ -138,9 +150,8 @@ def test_cli_writes_the_site_beside_the_markdown(swept, tmp_path):
     index = boards / "smoke" / "index.html"
     assert index.exists() and "wrote the site" in result.stdout
     assert 'href="../smoke.md"' in index.read_text()
-    assert json.loads((boards / "smoke" / "data.json").read_text())["leaderboard"] == (
-        "../smoke.json"
-    )
+    named = json.loads((boards / "smoke" / "data.json").read_text())["leaderboard"]
+    assert named == {"path": "../smoke.json", "sha256": file_sha256(boards / "smoke.json")}
 
 
 def test_cli_refuses_a_site_folder_it_did_not_write_before_touching_it(swept, tmp_path):
@@ -218,6 +229,11 @@ def test_in_chromium_every_page_loads_and_the_table_sorts_and_filters(site, brow
     header.click()
     descending = page.locator(names).all_inner_texts()
     assert sorted(before) == ascending == list(reversed(descending)) and ascending != descending
+    # A value that is not measured (uchida's false claims here) sorts last both ways.
+    claims = page.locator("#defense-table thead th", has_text="false claims")
+    for _ in range(2):
+        claims.click()
+        assert page.locator(names).all_inner_texts()[-1].startswith("uchida")
     page.fill("#defense-filter", "white-box")
     visible = page.locator("#defense-table tbody tr:visible td:nth-child(2)").all_inner_texts()
     assert [name.split()[0] for name in visible] == ["uchida"]

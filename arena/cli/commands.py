@@ -484,6 +484,7 @@ def leaderboard(
         typer.Option(help="also write a static site per protocol to <html>/<protocol>/"),
     ] = None,
     db: DbOption = None,
+    cache_dir: CacheOption = None,
 ) -> None:
     """Rank and render every stored match of a protocol: terminal, Markdown and JSON (and
     with --html, a static site with plots and the keys' triggers)."""
@@ -507,7 +508,8 @@ def leaderboard(
             stdout.print(table)
         stdout.print(f"wrote {markdown} and {data}")
         if html is not None:
-            index = publish(chosen, html, db=db, markdown_dir=out)
+            cache = ArtifactCache(cache_dir)  # the keys the site draws
+            index = publish(chosen, html, db=db, cache=cache, markdown_dir=out, board=board)
             stdout.print(f"wrote the site {index}")
 
 

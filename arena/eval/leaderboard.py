@@ -487,14 +487,32 @@ def _rank(matches: list[MatchRow], false_claims: dict[str, FalseClaims]) -> list
     ]
 
 
+def seeds_lost(cell: MatchRow) -> int:
+    """The seeds a cell's mark was lost on: those whose mark was not verified before the
+    attack, and those the attack won (it can only win where the mark was verified):
+    disjoint."""
+    return len(cell.seeds) - cell.marked_verified + cell.attack_succeeded
+
+
+def deciding_evidence(cell: MatchRow) -> tuple[str, list[EvidenceRecord]]:
+    """The evidence each seed's verdict rests on, and what it is: the attacked model's
+    (``attacked``), the owner-head evidence of a task-changing attack (``owner head``),
+    or, for forgery and piracy, the attacker's own claim on the attacked model
+    (``attacker claim``; a seed whose attacker could make no claim has none)."""
+    if cell.threat in ("forgery", "piracy"):
+        claims = [s.attacker_claim for s in cell.per_seed if s.attacker_claim is not None]
+        return "attacker claim", claims
+    if not cell.evidence_applicable:
+        heads = [s.owner_head for s in cell.per_seed if s.owner_head is not None]
+        return "owner head", heads
+    return "attacked", [s.attacked_evidence for s in cell.per_seed]
+
+
 def _worst_case(cells: list[MatchRow]) -> WorstCase | None:
     """The attack whose cell lost the mark on the largest share of seeds (``WorstCase``)."""
     cases = []
     for cell in cells:
-        seeds = len(cell.seeds)
-        # Seeds whose mark was not verified before the attack, and seeds the attack won
-        # (it can only win where the mark was verified): disjoint.
-        lost = seeds - cell.marked_verified + cell.attack_succeeded
+        seeds, lost = len(cell.seeds), seeds_lost(cell)
         cases.append(WorstCase(cell.attack, lost, seeds, clopper_pearson(lost, seeds)))
     if not cases:
         return None

@@ -16,19 +16,18 @@ import numpy as np
 
 from arena.core.stats import beta_parameters, min_successes
 
-# Colours of the heatmap and the plots: the share of seeds an attack won, from "the mark
-# survived every seed" to "the attack won every seed".
-COLORMAP = "RdYlGn_r"
+# Colours of the heatmap: the share of seeds the mark was lost on, from "kept on every
+# seed" (pale) to "lost on every seed" (dark red); one hue whose lightness alone carries
+# the share, so it reads without telling red from green.
+COLORMAP = "YlOrRd"
 NO_VERDICT = "#d9d9d9"
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(width: float, height: float) -> Any:
+    """A matplotlib figure of its own (no pyplot, so a caller's backend is left alone)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=(width, height), dpi=100)
 
 
 def share_colour(share: float) -> str:
@@ -36,7 +35,7 @@ def share_colour(share: float) -> str:
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
 
-    return str(to_hex(colormaps[COLORMAP](0.1 + 0.8 * min(1.0, max(0.0, share)))))
+    return str(to_hex(colormaps[COLORMAP](0.05 + 0.85 * min(1.0, max(0.0, share)))))
 
 
 def text_colour(background: str) -> str:
@@ -48,13 +47,15 @@ def text_colour(background: str) -> str:
 @dataclass(frozen=True)
 class CostPoint:
     """One seed of one attack: the accuracy it cost (points) and the evidence it left,
-    as a share of the successes the decision needs (1 = the threshold)."""
+    as a share of the successes the decision needs (1 = the threshold); ``marked``: the
+    mark was verified before the attack (a seed where it was not is drawn hollow: there
+    was nothing to remove)."""
 
     attack: str
     seed: int
     cost: float
     evidence: float
-    succeeded: bool
+    marked: bool
 
 
 def robustness_cost(
@@ -63,8 +64,8 @@ def robustness_cost(
     """Accuracy cost (x) against the evidence left (y), the threshold drawn and the region
     where an attack wins (the mark is gone and the accuracy cost stays within delta)
     shaded; each attack's mean over seeds is named."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(7.2, 4.6), dpi=100)
+    figure = _figure(7.2, 4.6)
+    axes = figure.subplots()
     costs = [p.cost for p in points]
     evidences = [p.evidence for p in points]
     left = min([-1.0, *costs]) - 0.5
@@ -85,18 +86,25 @@ def robustness_cost(
         delta_points, color="#777777", lw=0.8, ls=":", label=f"delta ({delta_points:g} pts)"
     )
     attacks = sorted({p.attack for p in points})
-    cmap = plt.get_cmap("tab20", max(1, len(attacks)))
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"].resampled(max(1, len(attacks)))
     means = []
     for index, attack in enumerate(attacks):
         mine = [p for p in points if p.attack == attack]
-        axes.scatter(
-            [p.cost for p in mine],
-            [p.evidence for p in mine],
-            s=14,
-            color=cmap(index),
-            alpha=0.75,
-            edgecolors="none",
-        )
+        for marked in (True, False):
+            drawn = [p for p in mine if p.marked == marked]
+            if not drawn:
+                continue
+            axes.scatter(
+                [p.cost for p in drawn],
+                [p.evidence for p in drawn],
+                s=14,
+                facecolors=palette(index) if marked else "none",
+                edgecolors=palette(index),
+                alpha=0.8,
+                linewidths=0 if marked else 0.9,
+            )
         means.append(
             (
                 attack,
@@ -119,11 +127,19 @@ def robustness_cost(
     axes.set_xlabel("test accuracy the attack cost (points; marked minus attacked)")
     axes.set_ylabel("evidence left (successes / successes needed)")
     axes.set_title(title, fontsize=10)
-    axes.legend(loc="upper right", fontsize=7, frameon=False)
     axes.grid(alpha=0.25, lw=0.5)
+    if not all(p.marked for p in points):
+        axes.scatter(
+            [],
+            [],
+            s=14,
+            facecolors="none",
+            edgecolors="#555555",
+            label="mark not verified before the attack",
+        )
+    axes.legend(loc="upper right", fontsize=7, frameon=False)
     figure.tight_layout()
     figure.savefig(path, format="png")
-    plt.close(figure)
 
 
 def _clusters(
@@ -165,8 +181,8 @@ def null_histogram(record: dict[str, Any], alpha: float, title: str, path: Path)
     trials = int(null["trials_per_key"])
     mean = float(null.get("mean", null["nominal"]))
     dispersion = float(null.get("dispersion", 0.0))
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(7.2, 4.2), dpi=100)
+    figure = _figure(7.2, 4.2)
+    axes = figure.subplots()
     top = max([*fit, *foreign, min_successes(trials, mean, alpha, dispersion) or trials]) + 2
     top = min(trials, top)
     edges = np.arange(-0.5, top + 1.5)
@@ -214,7 +230,6 @@ def null_histogram(record: dict[str, Any], alpha: float, title: str, path: Path)
     axes.grid(alpha=0.25, lw=0.5)
     figure.tight_layout()
     figure.savefig(path, format="png")
-    plt.close(figure)
     return True
 
 
@@ -227,6 +242,12 @@ def _null_pmf(support: np.ndarray, trials: int, mean: float, dispersion: float) 
     return stats.betabinom.pmf(support, trials, a, b)
 
 
+def grid_shape(count: int, columns: int = 10) -> tuple[int, int]:
+    """The (columns, rows) ``image_grid`` tiles ``count`` images in."""
+    columns = max(1, min(columns, count))
+    return columns, math.ceil(count / columns)
+
+
 def image_grid(
     images: np.ndarray, path: Path, columns: int = 10, scale: int = 2
 ) -> tuple[int, int]:
@@ -236,8 +257,7 @@ def image_grid(
     from PIL import Image
 
     count, channels, height, width = images.shape
-    columns = max(1, min(columns, count))
-    rows = math.ceil(count / columns)
+    columns, rows = grid_shape(count, columns)
     cell_h, cell_w = height * scale + 1, width * scale + 1
     canvas = np.full((rows * cell_h + 1, columns * cell_w + 1, channels), 255, dtype=np.uint8)
     for index, image in enumerate(images):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -25,9 +26,16 @@ from typing import Any
 
 import jinja2
 
-from arena.core.keys import Key
 from arena.core.protocols import Protocol
-from arena.eval.leaderboard import THREAT_SECTIONS, DefenseRow, Leaderboard, MatchRow, build
+from arena.eval.leaderboard import (
+    THREAT_SECTIONS,
+    DefenseRow,
+    Leaderboard,
+    MatchRow,
+    build,
+    deciding_evidence,
+    seeds_lost,
+)
 from arena.eval.match import stored_key
 from arena.report import plots
 from arena.report.leaderboard import (
@@ -40,9 +48,11 @@ from arena.report.leaderboard import (
 )
 from arena.report.text import evidence_text, plugin_label
 from arena.storage.artifacts import ArtifactCache
+from arena.storage.calibrations import RECORD_FORMAT as CALIBRATION_FORMAT
 from arena.storage.calibrations import CalibrationStore, refutation
 from arena.storage.results import ResultStore
 from arena.util.errors import ArenaError
+from arena.util.files import file_sha256
 from arena.util.paths import make_folder
 
 # A file every site this writes holds: a folder without it is not overwritten.
@@ -73,11 +83,12 @@ def write_site(
 ) -> Path:
     """Write the site of ``board`` to ``out_dir`` and return its index page.
 
-    ``calibrations`` maps a scheme to its newest calibration record; ``cache`` holds the
-    keys the matches were played with (keys no longer there are named, not drawn);
-    ``links`` maps a label to a path relative to ``out_dir`` (e.g. the Markdown). The
-    site is built beside ``out_dir`` and moved into place whole; an existing folder is
-    replaced only if it is a site this wrote.
+    ``calibrations`` maps a scheme (the plugin's name) to its newest calibration record;
+    ``cache`` holds the keys the matches were played with (a key no longer there is
+    named, not drawn); ``links`` maps a label to a path relative to ``out_dir`` (the
+    Markdown, and the JSON, which ``data.json`` then names instead of repeating). The
+    site is built beside ``out_dir`` and moved into place whole; a folder is replaced
+    only if it is a site this wrote, holding nothing it did not write.
     """
     if not board.matches:
         raise ArenaError(
@@ -86,10 +97,12 @@ def write_site(
         )
     out_dir = Path(out_dir)
     check_site_folder(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         _Builder(board, building, calibrations or {}, cache or ArtifactCache(), links or {}).build()
+        umask = os.umask(0)
+        os.umask(umask)
+        building.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the site from a server
         _replace(building, out_dir)
     finally:
         shutil.rmtree(building, ignore_errors=True)
@@ -98,14 +111,32 @@ def write_site(
 
 def check_site_folder(out_dir: Path) -> None:
     """Make the folder the site goes in, or refuse in one line: a path that cannot be a
-    folder, or a folder that holds anything but a site this wrote (it is never replaced)."""
+    folder, a folder that is not a site this wrote, or one holding files it did not
+    write (a page added by hand, a CNAME): nothing there is ever deleted unasked."""
     out_dir = Path(out_dir)
     make_folder(out_dir.parent, "the site")
-    if out_dir.exists() and not (out_dir / MARKER).exists():
-        if not out_dir.is_dir() or any(out_dir.iterdir()):
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ArenaError(f"{out_dir} is a file; name a folder for the site")
+    marker = out_dir / MARKER
+    if not marker.exists():
+        if any(out_dir.iterdir()):
             raise ArenaError(
                 f"{out_dir} exists and is not a site the arena wrote; name a new or empty folder"
             )
+        return
+    written = set(json.loads(marker.read_text(encoding="utf-8")).get("files", []))
+    present = {
+        path.relative_to(out_dir).as_posix() for path in out_dir.rglob("*") if path.is_file()
+    }
+    foreign = sorted(present - written - {MARKER})
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise ArenaError(
+            f"the site {out_dir} holds files the arena did not write ({', '.join(foreign[:3])}"
+            f"{more}); move them away or name another folder"
+        )
 
 
 def publish(
@@ -115,18 +146,20 @@ def publish(
     db: Path | None = None,
     cache: ArtifactCache | None = None,
     markdown_dir: Path | None = None,
+    board: Leaderboard | None = None,
 ) -> Path:
-    """The site of ``protocol``'s stored matches in ``html_dir/<protocol>``, with the newest
-    calibration of every scheme on the board, linked to the Markdown and JSON in
-    ``markdown_dir`` when given. Returns the index page."""
+    """The site of ``protocol``'s stored matches (``board``, when already built from the
+    same database) in ``html_dir/<protocol>``, with the newest calibration of every
+    scheme on the board, linked to the Markdown and JSON in ``markdown_dir`` when given.
+    Returns the index page."""
     store = ResultStore(db)
-    board = build(store, protocol)
+    board = board or build(store, protocol)
     calibrations = CalibrationStore(store.path)
-    found = {
-        row.defense: record
-        for row in board.defenses
-        if (record := calibrations.latest(protocol, row.defense)) is not None
-    }
+    found = {}
+    for plugin in sorted({row.defense_plugin for row in board.matches}):
+        record = calibrations.latest(protocol, plugin)
+        if record is not None and record.get("format") == CALIBRATION_FORMAT:
+            found[plugin] = record
     site = Path(html_dir) / protocol.name
     links = {}
     if markdown_dir is not None:
@@ -137,15 +170,20 @@ def publish(
 
 
 def _replace(built: Path, out_dir: Path) -> None:
-    """Move ``built`` to ``out_dir``; the old site goes only once the new one is there."""
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
+    """Move ``built`` to ``out_dir``; the old site goes only once the new one is there,
+    and comes back if the new one cannot be put in its place."""
+    if not out_dir.exists():
         built.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    out_dir.rename(old)
+    try:
         built.rename(out_dir)
+    except BaseException:
+        old.rename(out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def slug(text: str) -> str:
@@ -173,48 +211,52 @@ class _Builder:
         )
         self.env.filters["heat"] = plots.share_colour
         self.env.filters["ink"] = plots.text_colour
-        self.pages: dict[int, str] = {}  # id(row) -> match page, relative to the root
-        used: set[str] = set()
-        for row in board.matches:
-            name = slug(
-                f"{plugin_label(row.defense, row.defense_package)} "
-                f"{plugin_label(row.attack, row.attack_package)} {row.model}"
-            )
-            if row.model == board.protocol.model:
-                name = slug(
-                    f"{plugin_label(row.defense, row.defense_package)} "
-                    f"{plugin_label(row.attack, row.attack_package)}"
-                )
-            base, number = name, 2
-            while name in used:
-                name, number = f"{base}-{number}", number + 1
-            used.add(name)
-            self.pages[id(row)] = f"match/{name}.html"
+        self.used: set[str] = set()  # file names given out, so no two pictures share one
+        self.pages = {
+            id(row): self._unique("match", _cell_name(row, board)) for row in board.matches
+        }
+        self.calibration_pages = {
+            scheme: self._unique("calibration", scheme) for scheme in sorted(calibrations)
+        }
+
+    def _unique(self, folder: str, text: str, suffix: str = ".html") -> str:
+        """``folder/<slug of text><suffix>``, numbered when the slug is taken."""
+        base = f"{folder}/{slug(text)}"
+        name, number = base, 2
+        while name + suffix in self.used:
+            name, number = f"{base}-{number}", number + 1
+        self.used.add(name + suffix)
+        return name + suffix
 
     def build(self) -> None:
         for folder in ("match", "calibration", "img", "static"):
             (self.root / folder).mkdir()
-        (self.root / MARKER).write_text("a site written by arena leaderboard --html\n")
         for name in STATIC:
             source = Path(__file__).with_name("templates") / name
             shutil.copyfile(source, self.root / "static" / name)
         calibration_pages = self._calibrations()
-        key_pictures: dict[tuple[str, int], dict[str, Any]] = {}
+        key_pictures: dict[tuple[Any, ...], dict[str, Any]] = {}
         for row in self.board.matches:
             self._match_page(row, key_pictures)
-        cost_plots = self._cost_plots()
         self._render(
             "index.html",
             "index.html.j2",
             board_versions=versions_line(self.board),
-            defenses=[self._defense_row(row) for row in self.board.defenses],
+            defenses=self._defense_rows(),
             heatmaps=self._heatmaps(),
-            cost_plots=cost_plots,
+            cost_plots=self._cost_plots(),
             calibrations=calibration_pages,
             seeds=_seed_span(self.board),
         )
         data = json.dumps(self._data(), separators=(",", ":"), sort_keys=True)
         (self.root / "data.json").write_text(data + "\n", encoding="utf-8")
+        written = sorted(
+            path.relative_to(self.root).as_posix()
+            for path in self.root.rglob("*")
+            if path.is_file()
+        )
+        manifest = {"written_by": "arena leaderboard --html", "files": written}
+        (self.root / MARKER).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
 
     # --- pages ------------------------------------------------------------------------
 
@@ -228,9 +270,28 @@ class _Builder:
         )
         (self.root / path).write_text(page, encoding="utf-8")
 
-    def _defense_row(self, row: DefenseRow) -> dict[str, Any]:
-        worst = row.worst
-        claims = row.false_claims
+    def _cells_of(self, row: DefenseRow) -> list[MatchRow]:
+        return [
+            m
+            for m in self.board.matches
+            if (m.defense, m.defense_package) == (row.defense, row.defense_package)
+        ]
+
+    def _defense_rows(self) -> list[dict[str, Any]]:
+        rows = self.board.defenses
+        measured = [r.false_claims for r in rows if r.false_claims is not None]
+        # One scale for the column, so that the bars compare.
+        claims_top = max([0.05, *(c.ci95[1] for c in measured)])
+        floor = self._acc_floor()
+        return [self._defense_row(row, claims_top, floor) for row in rows]
+
+    def _defense_row(self, row: DefenseRow, claims_top: float, floor: float) -> dict[str, Any]:
+        worst, claims = row.worst, row.false_claims
+        cells = self._cells_of(row)
+        # Accuracies as the no-attack cell has them (every cell of a defense shares its
+        # clean and marked models), else the first cell's.
+        cell = next((m for m in cells if m.attack == "none"), cells[0]) if cells else None
+        plugin = cells[0].defense_plugin if cells else row.defense
         return {
             "row": row,
             "label": plugin_label(row.defense, row.defense_package),
@@ -239,11 +300,19 @@ class _Builder:
             "worst": None
             if worst is None
             else _interval(worst.rate, worst.ci95, 0, 1, f"{worst.lost}/{worst.seeds}"),
-            "worst_sort": 2.0 if worst is None else worst.rate,
-            "clean": self._accuracy(row.defense, "clean"),
-            "marked": self._accuracy(row.defense, "marked"),
+            "worst_sort": "" if worst is None else worst.rate,
+            "clean": None
+            if cell is None
+            else self._accuracy(cell.clean_acc, cell.clean_acc_ci95, floor),
+            "clean_sort": "" if cell is None else cell.clean_acc,
+            "marked": None
+            if cell is None
+            else self._accuracy(cell.marked_acc, cell.marked_acc_ci95, floor),
+            "marked_sort": "" if cell is None else cell.marked_acc,
             "evidence": evidence_text(row.marked_evidence, row.evidence_null.unsound),
+            "evidence_sort": row.marked_agreement,
             "clean_evidence": evidence_text(row.clean_evidence, row.evidence_null.unsound),
+            "clean_evidence_sort": row.clean_evidence.successes / max(1, row.clean_evidence.trials),
             "null": null_text(row.null),
             "claims": None
             if claims is None
@@ -251,45 +320,44 @@ class _Builder:
                 claims.claimed / claims.pairs,
                 claims.ci95,
                 0,
-                max(0.05, claims.ci95[1]),
+                claims_top,
                 f"{claims.claimed}/{claims.pairs:,} ({claims.models})",
             ),
-            "claims_sort": -1.0 if claims is None else claims.claimed / claims.pairs,
+            "claims_sort": "" if claims is None else claims.claimed / claims.pairs,
             "survived": "no verdict" if row.survived is None else f"{row.survived}/{row.attacks}",
-            "survived_sort": -1 if row.survived is None else row.survived / max(1, row.attacks),
-            "calibration": f"calibration/{slug(row.defense)}.html"
-            if row.defense in self.calibrations
-            else None,
+            "survived_sort": "" if row.survived is None else row.survived / max(1, row.attacks),
+            "calibration": self.calibration_pages.get(plugin),
         }
 
-    def _accuracy(self, defense: str, which: str) -> Interval | None:
-        """A defense's clean or marked accuracy over seeds (its no-attack cell's, else its
-        first cell's), on a scale from 90% (or lower, if needed) to 100%."""
-        cells = [m for m in self.board.matches if m.defense == defense]
-        if not cells:
-            return None
-        cell = next((m for m in cells if m.attack == "none"), cells[0])
-        value = cell.clean_acc if which == "clean" else cell.marked_acc
-        ci = cell.clean_acc_ci95 if which == "clean" else cell.marked_acc_ci95
-        return _interval(value, ci, self._acc_floor(), 1.0, mean_text(value, ci))
+    @staticmethod
+    def _accuracy(value: float, ci: tuple[float, float] | None, floor: float) -> Interval:
+        return _interval(value, ci, floor, 1.0, mean_text(value, ci))
 
     def _acc_floor(self) -> float:
-        lowest = min(
-            [m.clean_acc for m in self.board.matches] + [m.marked_acc for m in self.board.matches]
-        )
-        return min(0.9, 0.05 * int(lowest / 0.05))
+        """The accuracy bars' left end: 90%, or the 5-point step below the lowest mean."""
+        matches = self.board.matches
+        lowest = min([m.clean_acc for m in matches] + [m.marked_acc for m in matches])
+        return min(0.9, math.floor(round(lowest / 0.05, 9)) * 0.05)
 
     def _heatmaps(self) -> list[dict[str, Any]]:
-        ranked = [row.defense for row in self.board.defenses]
+        order = {
+            plugin_label(row.defense, row.defense_package): index
+            for index, row in enumerate(self.board.defenses)
+        }
         maps = []
         for threat in HEATMAP_THREATS:
             cells = [m for m in self.board.matches if m.threat == threat]
             if not cells:
                 continue
-            attacks = sorted({m.attack for m in cells})
-            defenses = [d for d in ranked if any(m.defense == d for m in cells)]
-            defenses += sorted({m.defense for m in cells} - set(defenses))
-            grid = {(m.defense, m.attack): m for m in cells}
+            grid = {
+                (_defense_name(m, self.board), plugin_label(m.attack, m.attack_package)): m
+                for m in cells
+            }
+            attacks = sorted({attack for _, attack in grid})
+            defenses = sorted(
+                {defense for defense, _ in grid},
+                key=lambda name: (order.get(name.split(" on ")[0], len(order)), name),
+            )
             rows = [
                 (defense, [self._heat_cell(grid.get((defense, attack))) for attack in attacks])
                 for defense in defenses
@@ -301,55 +369,62 @@ class _Builder:
         if row is None:
             return None
         seeds = len(row.seeds)
-        evidence = _evidence_left(row)
-        detail = row.outcome if row.threat in ("forgery", "piracy") else per_seed_text(row)
-        tooltip = f"{row.defense} x {row.attack}: {succeeded_text(row)}; {detail}"
+        name = f"{row.defense} x {row.attack}"
         if row.unsound_null:
-            background = plots.NO_VERDICT
-            tooltip = f"{row.defense} x {row.attack}: no verdict (null {row.unsound_null})"
-        else:
-            background = plots.share_colour(row.attack_succeeded / seeds)
+            return {
+                "href": self.pages[id(row)],
+                "text": _evidence_left(row),
+                "won": "no verdict",
+                "background": plots.NO_VERDICT,
+                "colour": "#000000",
+                "title": f"{name}: no verdict (the null is {row.unsound_null})",
+            }
+        lost, unmarked = seeds_lost(row), seeds - row.marked_verified
+        won = f"{row.attack_succeeded}/{seeds} won"
+        if unmarked:
+            won += f", {unmarked} unmarked"
+        detail = row.outcome if row.threat in ("forgery", "piracy") else per_seed_text(row)
+        background = plots.share_colour(lost / seeds)
         return {
             "href": self.pages[id(row)],
-            "text": evidence,
-            "won": None if row.unsound_null else f"{row.attack_succeeded}/{seeds}",
+            "text": _evidence_left(row),
+            "won": won,
             "background": background,
             "colour": plots.text_colour(background),
-            "title": tooltip,
+            "title": f"{name}: {succeeded_text(row)}; {detail}",
         }
 
     def _cost_plots(self) -> list[dict[str, Any]]:
         delta = 100 * self.board.protocol.delta
         drawn = []
         for defense in self.board.defenses:
-            points = [
-                point
-                for m in self.board.matches
-                if m.defense == defense.defense
-                and m.threat in ("removal", "evasion")
+            cells = [
+                m
+                for m in self._cells_of(defense)
+                if m.threat in ("removal", "evasion")
                 and m.evidence_applicable
                 and not m.unsound_null
-                for point in _cost_points(m)
             ]
+            points = [point for m in cells for point in _cost_points(m)]
             if not points:
                 continue
-            name = f"img/cost-{slug(defense.defense)}.png"
-            seeds = _seed_span(self.board)
+            label = plugin_label(defense.defense, defense.defense_package)
+            name = self._unique("img", f"cost {label}", ".png")
             plots.robustness_cost(
                 points,
                 delta,
-                f"{defense.defense}: removal and evasion attacks on {self.board.protocol.name} "
-                f"({seeds})",
+                f"{label}: removal and evasion attacks on {self.board.protocol.name} "
+                f"({_seed_span(self.board)})",
                 self.root / name,
             )
-            drawn.append({"defense": defense.defense, "src": name})
+            drawn.append({"defense": label, "src": name})
         return drawn
 
     def _calibrations(self) -> list[dict[str, Any]]:
         pages = []
         for scheme, record in sorted(self.calibrations.items()):
-            name = slug(scheme)
-            picture = f"img/calibration-{name}.png"
+            page = self.calibration_pages[scheme]
+            picture = self._unique("img", f"calibration {scheme}", ".png")
             drawn = plots.null_histogram(
                 record,
                 record["alpha"],
@@ -366,7 +441,7 @@ class _Builder:
             ]
             refuted = refutation(record) if record["null"]["kind"] != "exact" else None
             self._render(
-                f"calibration/{name}.html",
+                page,
                 "calibration.html.j2",
                 scheme=scheme,
                 record=record,
@@ -374,25 +449,29 @@ class _Builder:
                 claims=claims,
                 refuted=refuted,
             )
-            pages.append({"scheme": scheme, "href": f"calibration/{name}.html"})
+            pages.append({"scheme": scheme, "href": page})
         return pages
 
-    def _match_page(self, row: MatchRow, pictures: dict[tuple[str, int], dict[str, Any]]) -> None:
+    def _match_page(self, row: MatchRow, pictures: dict[tuple[Any, ...], dict[str, Any]]) -> None:
         first = row.per_seed[0] if row.per_seed else None
         key = None
         if first is not None:
-            where = (row.defense_plugin, first.seed, str(sorted(row.defense_params.items())))
+            # Everything the key's cache name depends on, so two cells share a picture
+            # only when they share the key.
+            made_by = tuple(first.versions.get(k) for k in ("arena", "defense", "precision"))
+            params = json.dumps(row.defense_params, sort_keys=True, default=str)
+            where = (row.model, row.defense_plugin, first.seed, params, made_by)
             if where not in pictures:
                 pictures[where] = self._key_picture(row, first.seed, first.versions)
             key = pictures[where]
         versions = sorted({_versions_text(s.versions) for s in row.per_seed})
         seeds = [_seed_view(s, row) for s in row.per_seed]
+        calibration = self.calibration_pages.get(row.defense_plugin)
         self._render(
             self.pages[id(row)],
             "match.html.j2",
             row=row,
-            label=f"{plugin_label(row.defense, row.defense_package)} x "
-            f"{plugin_label(row.attack, row.attack_package)}",
+            label=_cell_name(row, self.board, " x "),
             succeeded=succeeded_text(row),
             accuracies={
                 "clean": mean_text(row.clean_acc, row.clean_acc_ci95),
@@ -405,21 +484,25 @@ class _Builder:
             phases=sorted({phase for s in row.per_seed for phase in s.seconds}, key=_phase_order),
             versions=versions,
             key=key,
-            calibration=f"../calibration/{slug(row.defense_plugin)}.html"
-            if row.defense_plugin in self.calibrations
-            else None,
+            calibration=f"../{calibration}" if calibration else None,
         )
 
     def _key_picture(self, row: MatchRow, seed: int, versions: dict[str, Any]) -> dict[str, Any]:
+        view: dict[str, Any] = {"seed": seed, "found": False, "grid": None, "bits": None}
         protocol = self.board.protocol.with_model(row.model)
-        key: Key | None = stored_key(
-            protocol, seed, row.defense_plugin, row.defense_params, versions, self.cache
-        )
-        view: dict[str, Any] = {"seed": seed, "found": key is not None, "grid": None, "bits": None}
+        try:
+            key = stored_key(
+                protocol, seed, row.defense_plugin, row.defense_params, versions, self.cache
+            )
+        except (ArenaError, OSError, KeyError, ValueError) as error:
+            view["unreadable"] = str(error).splitlines()[0] if str(error) else type(error).__name__
+            return view
+        view["unreadable"] = None
         if key is None:
             return view
         shown = key.exhibit()
         view.update(
+            found=True,
             label_kind=shown.label_kind,
             where=shown.where,
             fingerprint=key.fingerprint,
@@ -429,7 +512,10 @@ class _Builder:
             # Named by content: schemes that draw the same triggers share one picture.
             digest = hashlib.sha256(shown.images.tobytes()).hexdigest()[:16]
             name = f"img/key-{digest}.png"
-            columns, rows = plots.image_grid(shown.images, self.root / name)
+            if name not in self.used:
+                self.used.add(name)
+                plots.image_grid(shown.images, self.root / name)
+            columns, rows = plots.grid_shape(len(shown.images))
             height, width = shown.images.shape[2:]
             view["grid"] = {
                 "src": f"../{name}",
@@ -452,13 +538,29 @@ class _Builder:
         return view
 
     def _data(self) -> dict[str, Any]:
-        """The numbers behind every picture: the leaderboard's data (or where its JSON
-        lies, when the site links it), the calibrations, and which page shows which cell."""
-        pages = {
-            f"{m.defense} x {m.attack} ({m.model})": self.pages[id(m)] for m in self.board.matches
-        }
-        board = self.links.get("JSON") or self.board.to_dict()
+        """The numbers behind every picture: the leaderboard's data (or, when the site
+        links the leaderboard's JSON, its path and SHA-256), the calibrations, and which
+        page shows which cell."""
+        pages = {_cell_name(m, self.board, " x "): self.pages[id(m)] for m in self.board.matches}
+        board: Any = self.board.to_dict()
+        linked = self.links.get("JSON")
+        if linked is not None:
+            target = self.root / linked  # the site is built beside where it goes
+            board = {"path": linked}
+            if target.exists():
+                board["sha256"] = file_sha256(target)
         return {"leaderboard": board, "calibrations": self.calibrations, "pages": pages}
+
+
+def _defense_name(row: MatchRow, board: Leaderboard) -> str:
+    """The defense as the site names a cell's row: its label, its package when not the
+    arena's, and the model when not the protocol's."""
+    name = plugin_label(row.defense, row.defense_package)
+    return name if row.model == board.protocol.model else f"{name} on {row.model}"
+
+
+def _cell_name(row: MatchRow, board: Leaderboard, between: str = " ") -> str:
+    return f"{_defense_name(row, board)}{between}{plugin_label(row.attack, row.attack_package)}"
 
 
 def _interval(
@@ -472,30 +574,22 @@ def _interval(
 
 
 def _evidence_left(row: MatchRow) -> str:
-    """What a heatmap cell says, as a mean over the seeds: the evidence after the attack;
-    for a task-changing attack the owner-head evidence (marked *); for forgery and piracy
-    the attacker's own claim on the attacked model (marked "claim")."""
-
-    def mean_of(records: list[Any], mark: str = "") -> str:
-        if not records:
-            return "n/a"
-        count = sum(r.successes for r in records) / len(records)
-        return f"{mark}{count:.0f}/{records[0].trials}"
-
-    if row.threat in ("forgery", "piracy"):
-        claims = [s.attacker_claim for s in row.per_seed if s.attacker_claim is not None]
-        return mean_of(claims, "claim ") if claims else "no claim"
-    if not row.evidence_applicable:
-        heads = [s.owner_head for s in row.per_seed if s.owner_head is not None]
-        return mean_of(heads) + "*"
-    return mean_of([s.attacked_evidence for s in row.per_seed])
+    """What a heatmap cell says: the mean over the seeds of the evidence the verdict
+    rests on (``deciding_evidence``): the attacked model's; the owner-head evidence of a
+    task-changing attack (marked *); the attacker's own claim (marked "claim")."""
+    kind, found = deciding_evidence(row)
+    if not found:
+        return "no claim" if kind == "attacker claim" else "n/a"
+    count = sum(e.successes for e in found) / len(found)
+    text = f"{count:.0f}/{found[0].trials}"
+    return {"attacker claim": f"claim {text}", "owner head": f"{text}*"}.get(kind, text)
 
 
 def _cost_points(row: MatchRow) -> list[plots.CostPoint]:
     points = []
     for seed in row.per_seed:
         needed = seed.attacked_evidence.required_successes
-        if not needed:
+        if not needed:  # a null no count can beat: nothing to draw against
             continue
         points.append(
             plots.CostPoint(
@@ -503,7 +597,7 @@ def _cost_points(row: MatchRow) -> list[plots.CostPoint]:
                 seed=seed.seed,
                 cost=100 * (seed.marked_acc - seed.attacked_acc),
                 evidence=seed.attacked_evidence.successes / needed,
-                succeeded=seed.attack_succeeded,
+                marked=seed.marked_evidence.verified,
             )
         )
     return points
