@@ -85,33 +85,7 @@ def robustness_cost(
     axes.axvline(
         delta_points, color="#777777", lw=0.8, ls=":", label=f"delta ({delta_points:g} pts)"
     )
-    attacks = sorted({p.attack for p in points})
-    from matplotlib import colormaps
-
-    palette = colormaps["tab20"].resampled(max(1, len(attacks)))
-    means = []
-    for index, attack in enumerate(attacks):
-        mine = [p for p in points if p.attack == attack]
-        for marked in (True, False):
-            drawn = [p for p in mine if p.marked == marked]
-            if not drawn:
-                continue
-            axes.scatter(
-                [p.cost for p in drawn],
-                [p.evidence for p in drawn],
-                s=14,
-                facecolors=palette(index) if marked else "none",
-                edgecolors=palette(index),
-                alpha=0.8,
-                linewidths=0 if marked else 0.9,
-            )
-        means.append(
-            (
-                attack,
-                float(np.mean([p.cost for p in mine])),
-                float(np.mean([p.evidence for p in mine])),
-            )
-        )
+    means = _draw_attacks(axes, points)
     # Attacks whose means lie within a label's size of each other share one label.
     for names, x, y in _clusters(means, (right - left) / 14, top / 22):
         axes.annotate(
@@ -140,6 +114,34 @@ def robustness_cost(
     axes.legend(loc="upper right", fontsize=7, frameon=False)
     figure.tight_layout()
     figure.savefig(path, format="png")
+
+
+def _draw_attacks(axes: Any, points: Sequence[CostPoint]) -> list[tuple[str, float, float]]:
+    """Every seed as a point in its attack's colour (hollow where the mark never
+    verified); returns each attack's mean point."""
+    from matplotlib import colormaps
+
+    attacks = sorted({p.attack for p in points})
+    palette = colormaps["tab20"].resampled(max(1, len(attacks)))
+    means = []
+    for index, attack in enumerate(attacks):
+        mine = [p for p in points if p.attack == attack]
+        for marked in (True, False):
+            drawn = [p for p in mine if p.marked == marked]
+            if not drawn:
+                continue
+            axes.scatter(
+                [p.cost for p in drawn],
+                [p.evidence for p in drawn],
+                s=14,
+                facecolors=palette(index) if marked else "none",
+                edgecolors=palette(index),
+                alpha=0.8,
+                linewidths=0 if marked else 0.9,
+            )
+        cost, evidence = np.mean([p.cost for p in mine]), np.mean([p.evidence for p in mine])
+        means.append((attack, float(cost), float(evidence)))
+    return means
 
 
 def _clusters(
