@@ -295,3 +295,16 @@ def test_pictures_draw_fitted_nulls_colour_images_and_say_when_they_cannot(tmp_p
         assert picture.getpixel((1, 1)) == tuple(int(v) for v in images[0, :, 0, 0])
     assert plots.share_colour(0.0) != plots.share_colour(1.0)
     assert plots.text_colour("#ffffff") == "#000000" and plots.text_colour("#000000") == "#ffffff"
+
+
+def test_a_calibration_without_claim_keys_still_gets_its_page(site, swept):
+    record = json.loads(json.dumps(json.loads((site / "data.json").read_text())["calibrations"]))
+    (scheme,) = record
+    record[scheme].pop("claims")
+    record[scheme].pop("false_claims")
+    board = build(ResultStore(swept["db"]), SMOKE)
+    index = write_site(
+        board, site.parent / "no-claims", calibrations=record, cache=ArtifactCache(swept["cache"])
+    )
+    page = (index.parent / "calibration" / f"{scheme}.html").read_text()
+    assert "not measured" in page

@@ -35,6 +35,7 @@ from arena.storage.record import (
 )
 from arena.storage.results import ResultStore
 from arena.util.errors import ArenaError
+from arena.util.paths import make_folder
 from arena.util.progress import RichReporter
 
 app = typer.Typer(
@@ -496,6 +497,8 @@ def leaderboard(
         raise ArenaError(
             f"the results database {store.path} holds no matches yet; run arena run first"
         )
+    if cache_dir is not None:  # only the site reads it; a bad path is still refused
+        make_folder(cache_dir, "the artifact cache")
     if html is not None:
         from arena.report.site import check_site_folder, publish
 
