@@ -16,6 +16,7 @@ from arena.eval import sweep as sweeping
 from arena.eval.leaderboard import build
 from arena.report.site import MARKER, publish, write_site
 from arena.storage.artifacts import ArtifactCache
+from arena.storage.calibrations import CalibrationStore
 from arena.storage.results import ResultStore
 from arena.util.errors import ArenaError
 from arena.util.files import file_sha256
@@ -30,11 +31,12 @@ SEEDS = [0, 1]
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, smoke_calibration) -> dict[str, Path]:
-    """A smoke sweep (2 defenses x 2 attacks x 2 seeds) in the database of the session's
-    backdoor-wm calibration, so the site has a calibration page too."""
+    """A smoke sweep (2 defenses x 2 attacks x 2 seeds) in a database of its own that
+    also holds the session's backdoor-wm calibration, so the site has a calibration page
+    (the record, not the session's database, which other tests add to)."""
 
     def make(root: Path) -> None:
-        shutil.copytree(smoke_calibration["root"], root, dirs_exist_ok=True)
+        CalibrationStore(root / "results.sqlite").save(smoke_calibration["record"])
         store = ResultStore(root / "results.sqlite")
         specs = sweeping.plan("smoke", DEFENSES, ATTACKS, SEEDS)
         report = sweeping.sweep(specs, store=store, cache=ArtifactCache(root / "cache"))
