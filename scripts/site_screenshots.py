@@ -44,8 +44,8 @@ def main() -> None:
             ):
                 page = browser.new_page(viewport={"width": width, "height": 1000})
                 problems: list[str] = []
-                page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-                page.on("requestfailed", lambda r: problems.append(f"failed {r.url}"))
+                page.on("console", lambda m, seen=problems: _console(m, seen))
+                page.on("requestfailed", lambda r, seen=problems: seen.append(f"failed {r.url}"))
                 page.goto((args.site / page_path).resolve().as_uri())
                 page.wait_for_load_state("load")
                 target = args.out / f"{name}-{width}.png"
@@ -57,6 +57,11 @@ def main() -> None:
                 print(f"{target}: page width {wide} px at {width}; problems: {problems or 'none'}")
                 page.close()
         browser.close()
+
+
+def _console(message: object, seen: list[str]) -> None:
+    if getattr(message, "type", "") == "error":
+        seen.append(str(getattr(message, "text", message)))
 
 
 if __name__ == "__main__":
