@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from arena.core.protocols import get_protocol
 from arena.core.registry import attacks
 from arena.eval import cost
 from arena.eval import sweep as sweeping
+from arena.storage import results as results_module
 from arena.storage.artifacts import ArtifactCache
+from arena.storage.calibrations import CalibrationStore
 from arena.storage.results import ResultStore
 from arena.util.errors import ArenaError, UnknownNameError
 from tests.cli_runner import run_arena
@@ -205,3 +208,32 @@ def test_a_parameter_variant_of_a_defense_is_marked_by_its_own_first_match() -> 
         spec("ftal", seed=1),
     ]
     assert sweeping.task_graph(specs) == [(), (0,), (0,), (2,), (), (4,)]
+
+
+def test_a_worker_plays_from_snapshots_and_never_opens_the_database(tmp_path, monkeypatch):
+    """What a Ray worker runs (``play_task``), in this process: the driver's snapshots of
+    the stored matches and calibrations are all it reads, so no database is opened or
+    made, not even the default one under ARENA_HOME."""
+    store, cache = ResultStore(tmp_path / "r.sqlite"), ArtifactCache(tmp_path / "cache")
+    (spec,) = sweeping.plan("smoke", ["backdoor-wm"], ["ftll"], [0])
+    protocol = get_protocol("smoke")
+    monkeypatch.setenv("ARENA_HOME", str(tmp_path / "worker-home"))
+    opened: list[str] = []
+    real_connect = results_module.connect
+
+    def watched(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_connect(path, *args, **kwargs)
+
+    monkeypatch.setattr(results_module, "connect", watched)
+    calibrations = CalibrationStore(store.path).snapshot([(protocol, "backdoor-wm")])
+    stored = store.snapshot(["smoke"])
+    opened.clear()
+    played = sweeping.play_task(spec, stored, calibrations, str(cache.root))
+    assert played.error is None and not played.replayed
+    assert opened == [] and not (tmp_path / "worker-home").exists()
+    store.save(played.match_id, played.record)  # the driver's part
+    stored = store.snapshot(["smoke"])
+    opened.clear()
+    again = sweeping.play_task(spec, stored, calibrations, str(cache.root))
+    assert again.replayed and again.match_id == played.match_id and opened == []

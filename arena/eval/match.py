@@ -32,7 +32,7 @@ from arena.core.training import accuracy
 from arena.core.verify import Null, measure
 from arena.ownership.claims import Dispute, adjudicate, unopened_claim
 from arena.storage.artifacts import ArtifactCache
-from arena.storage.calibrations import CalibrationStore
+from arena.storage.calibrations import CalibrationSnapshot, CalibrationStore
 from arena.storage.clean import artifact_base, clean_model
 from arena.storage.record import (
     AttackedMeasurement,
@@ -44,7 +44,7 @@ from arena.storage.record import (
     NullRecord,
     Versions,
 )
-from arena.storage.results import ResultStore
+from arena.storage.results import ResultSnapshot, ResultStore
 from arena.util.errors import ArenaError, KeyTamperedError
 from arena.util.files import content_hash
 from arena.util.progress import Reporter, silent
@@ -152,22 +152,25 @@ def play_match(
 def play_unsaved(
     spec: MatchSpec,
     *,
-    store: ResultStore | None = None,
+    store: ResultStore | ResultSnapshot | None = None,
     cache: ArtifactCache | None = None,
     progress: Reporter = silent,
     device: torch.device | None = None,
     discard_attacked: bool = False,
+    calibrations: CalibrationSnapshot | None = None,
 ) -> tuple[str, MatchRecord, bool]:
     """Run one match without storing it: its id, its record and whether the record is a
     finished one from ``store`` (which is only read: the stored matches and the
     calibrations). For a sweep whose one writer is elsewhere (``arena sweep --executor
-    ray``: the driver stores what its workers played).
+    ray``: the driver stores what its workers played, and hands them snapshots of the
+    stored matches and calibrations, ``store`` and ``calibrations``, so that a worker
+    never opens the database).
 
     ``discard_attacked``: the attacked model's file is deleted once measured
     (``ArtifactCache.discard_model``); its stored match still counts as finished, and
     re-measuring it (a newer calibration) plays the attack again.
     """
-    match = _resolve(spec, store, cache, progress, device)
+    match = _resolve(spec, store, cache, progress, device, calibrations)
     started = time.perf_counter()
     timer = _PhaseTimer()
     cached: dict[str, bool] = {}
@@ -176,7 +179,7 @@ def play_unsaved(
         key, cached["key"] = _key(match.defense, match.ctx, match.cache, key_spec)
     names = _name_artifacts(match, key_spec, key)
     # The verification null: the protocol's calibration for this scheme, if it has one.
-    null = CalibrationStore(match.store.path).null(get_protocol(spec.protocol), match.defense.name)
+    null = match.calibrations.null(get_protocol(spec.protocol), match.defense.name)
     finished = _finished(match, names, null)
     if finished is not None:
         replay = dataclasses.replace(
@@ -218,7 +221,8 @@ class _Match:
     architecture: str  # the attacked model's: the victim's unless the attack trains another
     attacked_protocol: Protocol
     cache: ArtifactCache
-    store: ResultStore
+    store: ResultStore | ResultSnapshot  # where finished matches are looked up
+    calibrations: CalibrationStore | CalibrationSnapshot  # the nulls
 
     @property
     def same_architecture(self) -> bool:
@@ -227,10 +231,11 @@ class _Match:
 
 def _resolve(
     spec: MatchSpec,
-    store: ResultStore | None,
+    store: ResultStore | ResultSnapshot | None,
     cache: ArtifactCache | None,
     progress: Reporter,
     device: torch.device | None,
+    calibrations: CalibrationStore | CalibrationSnapshot | None = None,
 ) -> _Match:
     """Resolve and validate everything before any training starts."""
     protocol = get_protocol(spec.protocol).with_model(spec.model)
@@ -244,6 +249,12 @@ def _resolve(
     check_seed(spec.seed)
     cache = cache or ArtifactCache()
     store = store or ResultStore()
+    if calibrations is None:
+        if isinstance(store, ResultSnapshot):
+            raise ArenaError(
+                "a match played from a snapshot of the database needs its calibrations"
+            )
+        calibrations = CalibrationStore(store.path)
     ctx = Context(
         protocol=protocol, seed=spec.seed, device=device or default_device(), progress=progress
     )
@@ -257,7 +268,16 @@ def _resolve(
         )
     attacked_protocol = protocol.with_model(architecture)
     return _Match(
-        spec, protocol, defense, attack, ctx, architecture, attacked_protocol, cache, store
+        spec,
+        protocol,
+        defense,
+        attack,
+        ctx,
+        architecture,
+        attacked_protocol,
+        cache,
+        store,
+        calibrations,
     )
 
 
@@ -549,7 +569,7 @@ def _decide(
     dispute = attacked.unopened
     if attacked.claim is not None:
         with timer("verify"):
-            calibrations = CalibrationStore(match.store.path)
+            calibrations = match.calibrations
             dispute = adjudicate(
                 defense,
                 key,

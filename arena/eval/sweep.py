@@ -31,13 +31,14 @@ import torch
 from arena.core.context import check_seed
 from arena.core.data import load_raw
 from arena.core.environment import apply_deterministic_defaults
-from arena.core.protocols import get_protocol
+from arena.core.protocols import Protocol, get_protocol
 from arena.core.registry import Registry, attacks, defenses
 from arena.eval.cost import Estimate, UnitCosts, estimate, unit_costs
 from arena.eval.match import MatchSpec, play_unsaved
 from arena.storage.artifacts import ArtifactCache
+from arena.storage.calibrations import CalibrationSnapshot, CalibrationStore
 from arena.storage.record import MatchRecord
-from arena.storage.results import ResultStore
+from arena.storage.results import ResultSnapshot, ResultStore
 from arena.util.errors import ArenaError
 from arena.util.progress import Reporter, silent
 
@@ -149,7 +150,8 @@ class Played:
 
 def play_task(
     spec: MatchSpec,
-    store_path: str,
+    stored: ResultSnapshot,
+    calibrations: CalibrationSnapshot,
     cache_root: str,
     device: str | None = None,
     threads: int | None = None,
@@ -157,16 +159,20 @@ def play_task(
 ) -> Played:
     """One match, played without storing it (the driver stores it): what a worker runs.
 
-    ``threads``: the thread count to train with (``apply_deterministic_defaults``), set
-    in a worker process of its own; None keeps the caller's. A plugin's error (an
-    ``ArenaError``) is handed back, not raised: the match failed, not the worker.
+    ``stored`` and ``calibrations``: the driver's snapshots of the stored matches and
+    calibrations, so the worker never opens the results database (the driver is its one
+    reader and writer, and no node needs file locks that work). ``threads``: the thread
+    count to train with (``apply_deterministic_defaults``), set in a worker process of
+    its own; None keeps the caller's. A plugin's error (an ``ArenaError``) is handed
+    back, not raised: the match failed, not the worker.
     """
     if threads is not None:
         apply_deterministic_defaults(threads)
     try:
         match_id, record, replayed = play_unsaved(
             spec,
-            store=ResultStore(store_path),
+            store=stored,
+            calibrations=calibrations,
             cache=ArtifactCache(cache_root),
             device=torch.device(device) if device else None,
             discard_attacked=discard_attacked,
@@ -311,8 +317,14 @@ class RaySweep:
                 num_gpus=self._gpu_share(ray, device),
                 max_retries=self.retries,
             )
-            paths = (str(Path(store.path).resolve()), str(Path(cache.root).resolve()))
-            where = (*paths, str(device) if device else None)
+            # What the workers read of the database, read once here and shared.
+            # (A match looks its null up under the protocol, its claims' reference models
+            # under the protocol with the match's model.)
+            pairs = {(protocol, spec.defense) for spec in specs for protocol in _protocols_of(spec)}
+            stored = ray.put(store.snapshot(sorted({spec.protocol for spec in specs})))
+            calibrations = ray.put(CalibrationStore(store.path).snapshot(pairs))
+            cache_root = str(Path(cache.root).resolve())
+            where = (stored, calibrations, cache_root, str(device) if device else None)
             waiting = [set(before) for before in graph]
             dependents: dict[int, list[int]] = {}
             for index, before in enumerate(graph):
@@ -357,6 +369,11 @@ class RaySweep:
             return 0
         at_once = max(1, int(sum(node.get("CPU", 0) for node in nodes) // self.threads))
         return min(1.0, gpus / at_once)
+
+
+def _protocols_of(spec: MatchSpec) -> tuple[Protocol, ...]:
+    protocol = get_protocol(spec.protocol)
+    return (protocol, protocol.with_model(spec.model)) if spec.model else (protocol,)
 
 
 def _arena_environment() -> dict[str, str]:

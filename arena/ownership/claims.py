@@ -36,7 +36,7 @@ from arena.core.verify import Null, measure
 from arena.ownership.ledger import Ledger, model_fingerprint
 from arena.ownership.public import LabelCheck, label_check
 from arena.storage.artifacts import ArtifactCache
-from arena.storage.calibrations import CalibrationStore
+from arena.storage.calibrations import CalibrationSnapshot, CalibrationStore
 from arena.storage.clean import reference_models
 
 
@@ -126,7 +126,7 @@ def adjudicate(
     threat: str,
     ctx: Context,
     null: Null,
-    calibrations: CalibrationStore,
+    calibrations: CalibrationStore | CalibrationSnapshot,
     cache: ArtifactCache,
 ) -> Dispute:
     """Replay the match's events in a fresh ledger and judge every claim."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,38 +31,12 @@ CREATE TABLE IF NOT EXISTS calibrations (
 """
 
 
-class CalibrationStore:
-    """Calibration records in the results database; the newest one per protocol and scheme wins."""
-
-    def __init__(self, path: Path | str | None = None) -> None:
-        self.path = ResultStore(path).path
-        create_tables(self.path, _SCHEMA, "results database")
-
-    def save(self, record: dict[str, Any]) -> int:
-        with connect(self.path) as connection:
-            cursor = connection.execute(
-                "INSERT INTO calibrations (protocol, protocol_fingerprint, defense, record, "
-                "created_at) VALUES (?,?,?,?,?)",
-                (
-                    record["protocol"],
-                    record["protocol_fingerprint"],
-                    record["defense"],
-                    json.dumps(record, sort_keys=True),
-                    time.time(),
-                ),
-            )
-            return int(cursor.lastrowid)
+class _Nulls:
+    """The null a scheme's evidence is tested against, from its newest calibration:
+    what the store and a snapshot of it share."""
 
     def latest(self, protocol: Protocol, defense: str) -> dict[str, Any] | None:
-        with connect(self.path) as connection:
-            row = connection.execute(
-                "SELECT position, record FROM calibrations WHERE protocol_fingerprint = ? "
-                "AND defense = ? ORDER BY position DESC LIMIT 1",
-                (protocol.fingerprint, defense),
-            ).fetchone()
-        if row is None:
-            return None
-        return {**json.loads(row[1]), "position": row[0]}
+        raise NotImplementedError
 
     def null(self, protocol: Protocol, defense: str) -> Null:
         """The null ``defense``'s evidence is tested against on ``protocol``."""
@@ -102,6 +77,61 @@ class CalibrationStore:
             calibration=record["position"],
             smallest_p_value=fitted["smallest_p_value"],
         )
+
+
+class CalibrationStore(_Nulls):
+    """Calibration records in the results database; the newest one per protocol and scheme wins."""
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = ResultStore(path).path
+        create_tables(self.path, _SCHEMA, "results database")
+
+    def save(self, record: dict[str, Any]) -> int:
+        with connect(self.path) as connection:
+            cursor = connection.execute(
+                "INSERT INTO calibrations (protocol, protocol_fingerprint, defense, record, "
+                "created_at) VALUES (?,?,?,?,?)",
+                (
+                    record["protocol"],
+                    record["protocol_fingerprint"],
+                    record["defense"],
+                    json.dumps(record, sort_keys=True),
+                    time.time(),
+                ),
+            )
+            return int(cursor.lastrowid)
+
+    def latest(self, protocol: Protocol, defense: str) -> dict[str, Any] | None:
+        with connect(self.path) as connection:
+            row = connection.execute(
+                "SELECT position, record FROM calibrations WHERE protocol_fingerprint = ? "
+                "AND defense = ? ORDER BY position DESC LIMIT 1",
+                (protocol.fingerprint, defense),
+            ).fetchone()
+        if row is None:
+            return None
+        return {**json.loads(row[1]), "position": row[0]}
+
+    def snapshot(self, pairs: Iterable[tuple[Protocol, str]]) -> CalibrationSnapshot:
+        """The newest calibration of every (protocol, scheme) in ``pairs``, read now: what
+        a sweep's workers decide with, so that they never open the database."""
+        found = {}
+        for protocol, defense in pairs:
+            record = self.latest(protocol, defense)
+            if record is not None:
+                found[(protocol.fingerprint, defense)] = record
+        return CalibrationSnapshot(found)
+
+
+class CalibrationSnapshot(_Nulls):
+    """Calibration records read from a store once (``CalibrationStore.snapshot``); the
+    (protocol fingerprint, scheme) pairs it was not given have none."""
+
+    def __init__(self, records: dict[tuple[str, str], dict[str, Any]]) -> None:
+        self.records = records
+
+    def latest(self, protocol: Protocol, defense: str) -> dict[str, Any] | None:
+        return self.records.get((protocol.fingerprint, defense))
 
 
 def refutation(record: dict[str, Any]) -> str | None:

@@ -20,7 +20,7 @@ from arena.core.models import check_model_name
 from arena.core.protocols import Protocol, Recipe, parse_reference
 from arena.core.training import Augment, TrainSettings, train
 from arena.storage.artifacts import ArtifactCache
-from arena.storage.calibrations import RECORD_FORMAT, CalibrationStore
+from arena.storage.calibrations import RECORD_FORMAT, CalibrationSnapshot, CalibrationStore
 from arena.util.errors import ArenaError
 from arena.util.progress import Reporter, silent
 from arena.util.version import __version__
@@ -212,7 +212,7 @@ def reference_set(
 def reference_models(
     protocol: Protocol,
     defense: str,
-    store: CalibrationStore,
+    store: CalibrationStore | CalibrationSnapshot,
     cache: ArtifactCache | None = None,
     device: torch.device | None = None,
 ) -> list[nn.Module]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +69,18 @@ def create_tables(path: Path, schema: str, what: str) -> None:
             connection.executescript(schema)
     except sqlite3.DatabaseError as error:
         raise ArenaError(f"{what} {path} is unreadable: {error}") from None
+
+
+class ResultSnapshot:
+    """Stored matches read from a ``ResultStore`` once (``ResultStore.snapshot``), as
+    their JSON text: looked up by id, never written."""
+
+    def __init__(self, rows: dict[str, str]) -> None:
+        self.rows = rows
+
+    def match(self, match_id: str) -> MatchRecord | None:
+        text = self.rows.get(match_id)
+        return None if text is None else _typed(match_id, text)
 
 
 class ResultStore:
@@ -134,6 +146,13 @@ class ResultStore:
     def matches(self, protocol: str | None = None, version: int | None = None) -> list[MatchRecord]:
         """``records``, typed."""
         return [_typed(match_id, text) for match_id, text in self._select(protocol, version)]
+
+    def snapshot(self, protocols: Iterable[str]) -> ResultSnapshot:
+        """Every stored match of ``protocols``, read now: what a sweep's workers look up
+        finished matches in, so that they never open the database."""
+        return ResultSnapshot(
+            {match_id: text for name in protocols for match_id, text in self._select(name, None)}
+        )
 
     def _select(self, protocol: str | None, version: int | None) -> list[tuple[str, str]]:
         query, args = "SELECT match_id, record FROM matches", []
