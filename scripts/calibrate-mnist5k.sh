@@ -8,7 +8,11 @@
 # set lacks, 2 recipes each, and 3 whose training failed): 3,000 (key, model) pairs for
 # backdoor-wm, 1,000 for every other scheme. The 21 models are trained once (cached) and
 # shared by every scheme, so an interrupted run resumes where it stopped.
-# Usage: bash scripts/calibrate-mnist5k.sh [scheme ...]   (default: every scheme)
+# A scheme already calibrated on this version of the protocol is skipped: a new
+# calibration is a new null, and every stored match of a fitted-null scheme would be
+# measured again (its attack played again where the attacked model was discarded).
+# FORCE=1 calibrates anyway.
+# Usage: [FORCE=1] bash scripts/calibrate-mnist5k.sh [scheme ...]   (default: every scheme)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p leaderboards/calibration
@@ -18,6 +22,17 @@ if [ ${#schemes[@]} -eq 0 ]; then
     uchida deepsigns)
 fi
 for defense in "${schemes[@]}"; do
+  if [ "${FORCE:-0}" != 1 ] && python - "$defense" <<'PY'
+import sys
+from arena.core.protocols import get_protocol
+from arena.storage.calibrations import RECORD_FORMAT, CalibrationStore
+record = CalibrationStore().latest(get_protocol("mnist5k"), sys.argv[1])
+sys.exit(0 if record and record.get("format") == RECORD_FORMAT else 1)
+PY
+  then
+    echo "calibrate-mnist5k: $defense is calibrated on this protocol version; skipped (FORCE=1 redoes it)"
+    continue
+  fi
   sizes=(--keys 30)
   # White-box keys read a layer of resnet18: only the 3 resnet18 reference models fit them
   # (no foreign architecture has the layer), so 340 claim keys each give the 1,020 pairs.

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Regenerates leaderboards/mnist5k.md and .json and the calibration reports beside them:
 # calibrates the null of every scheme on clean reference models and measures its false
-# claims on foreign ones (scripts/calibrate-mnist5k.sh), then plays every defense against
-# every attack on every seed of SEEDS (default 0-5: six seeds, the fewest whose 95%
-# Clopper-Pearson intervals separate 0 of n from n of n, which the ranking needs) with
-# `arena sweep`, then writes the leaderboard and its site (leaderboards/mnist5k/).
+# claims on foreign ones (scripts/calibrate-mnist5k.sh; a scheme calibrated on this
+# protocol version already is skipped, since a new null re-measures its matches), then
+# plays every defense against every attack on every seed of SEEDS (default 0-5: six
+# seeds, the fewest whose 95% Clopper-Pearson intervals separate 0 of n from n of n,
+# which the ranking needs) with `arena sweep`, then writes the leaderboard and its site
+# (leaderboards/mnist5k/).
 # Trained models are cached and finished matches are skipped, so an interrupted run
 # resumes where it stopped.
 #
