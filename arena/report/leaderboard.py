@@ -349,7 +349,7 @@ def to_markdown(board: Leaderboard) -> str:
         "there the owner-head evidence decides and the accuracy shown is the new task's, "
         "reported as information.",
         "",
-        f"Seeds: {_seed_counts(board)}. Accuracies are means over a cell's seeds with the "
+        f"Seeds: {seed_counts(board)}. Accuracies are means over a cell's seeds with the "
         "half-width of their 95% t-interval; an attack's success is the seeds it won, with "
         "their 95% Clopper-Pearson interval, and `flips` marks a cell whose seeds disagree "
         "on the verdict. The defenses are ranked by their worst case: the share of seeds "
@@ -386,7 +386,7 @@ def to_markdown(board: Leaderboard) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _seed_counts(board: Leaderboard) -> str:
+def seed_counts(board: Leaderboard) -> str:
     """``5 per cell`` or ``1-5 per cell``: how many seeds the cells rest on."""
     counts = sorted({len(row.seeds) for row in board.matches})
     if not counts:

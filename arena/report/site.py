@@ -42,6 +42,7 @@ from arena.report.leaderboard import (
     mean_text,
     null_text,
     per_seed_text,
+    seed_counts,
     succeeded_text,
     versions_line,
     worst_text,
@@ -246,7 +247,7 @@ class _Builder:
             heatmaps=self._heatmaps(),
             cost_plots=self._cost_plots(),
             calibrations=calibration_pages,
-            seeds=_seed_span(self.board),
+            seeds="seeds: " + seed_counts(self.board),
         )
         data = json.dumps(self._data(), separators=(",", ":"), sort_keys=True)
         (self.root / "data.json").write_text(data + "\n", encoding="utf-8")
@@ -414,7 +415,7 @@ class _Builder:
                 points,
                 delta,
                 f"{label}: removal and evasion attacks on {self.board.protocol.name} "
-                f"({_seed_span(self.board)})",
+                f"(seeds: {seed_counts(self.board)})",
                 self.root / name,
             )
             drawn.append({"defense": label, "src": name})
@@ -659,9 +660,3 @@ def _hex(bits: list[int]) -> str:
     return "".join(
         f"{int(''.join(map(str, padded[i : i + 4])), 2):x}" for i in range(0, len(padded), 4)
     )
-
-
-def _seed_span(board: Leaderboard) -> str:
-    counts = sorted({len(m.seeds) for m in board.matches})
-    span = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-    return f"{span} seed{'' if span == '1' else 's'} per cell"

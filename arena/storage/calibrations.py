@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import abc
 import json
 import time
 from collections.abc import Iterable
@@ -31,12 +32,13 @@ CREATE TABLE IF NOT EXISTS calibrations (
 """
 
 
-class _Nulls:
+class _Nulls(abc.ABC):
     """The null a scheme's evidence is tested against, from its newest calibration:
     what the store and a snapshot of it share."""
 
+    @abc.abstractmethod
     def latest(self, protocol: Protocol, defense: str) -> dict[str, Any] | None:
-        raise NotImplementedError
+        """The newest calibration record of ``defense`` on ``protocol``, or None."""
 
     def null(self, protocol: Protocol, defense: str) -> Null:
         """The null ``defense``'s evidence is tested against on ``protocol``."""
