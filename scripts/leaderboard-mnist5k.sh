@@ -8,7 +8,11 @@
 # which the ranking needs) with `arena sweep`, then writes the leaderboard and its site
 # (leaderboards/mnist5k/).
 # Trained models are cached and finished matches are skipped, so an interrupted run
-# resumes where it stopped.
+# resumes where it stopped. The records behind the published board
+# (leaderboards/mnist5k.results.jsonl, `arena results export`) are imported first, so a
+# fresh clone re-renders the board without playing a match again and a sweep resumes from
+# them (FRESH=1 plays everything); on exit, finished or not, every stored match and
+# calibration is exported there again.
 #
 #   bash scripts/leaderboard-mnist5k.sh                              # local, two threads
 #   ARENA_THREADS=1 bash scripts/leaderboard-mnist5k.sh --executor ray --workers 2
@@ -21,6 +25,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 read -r -a seeds <<< "${SEEDS:-0 1 2 3 4 5}"
+records=leaderboards/mnist5k.results.jsonl
+if [ "${FRESH:-0}" != 1 ] && [ -f "$records" ]; then
+  arena results import "$records"
+fi
+trap 'arena results export --protocol mnist5k --out "$records"' EXIT
 bash scripts/calibrate-mnist5k.sh
 # Attacked models are not kept (45 MB each, 10 GB a seed); the records are.
 arena sweep --protocol mnist5k --defense all --attack all "${seeds[@]/#/--seed=}" \

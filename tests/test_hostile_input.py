@@ -41,7 +41,13 @@ SIDECARS = ("-wal", "-shm", "-journal")  # SQLite's own files beside a database
 # How a path is used decides which paths are bad for it: a missing input is bad input,
 # a missing output is simply made. Keys are option names, or (command, option) pairs.
 OUTPUT_FOLDERS = {"cache_dir", ("keygen", "out"), ("leaderboard", "out"), ("leaderboard", "html")}
-OUTPUT_FILES = {("mark", "out"), ("prove", "out"), ("ledger head", "out"), ("register", "receipt")}
+OUTPUT_FILES = {
+    ("mark", "out"),
+    ("prove", "out"),
+    ("ledger head", "out"),
+    ("register", "receipt"),
+    ("results export", "out"),
+}
 DATABASES = {"db", "ledger"}
 BAD_PATHS = {
     "input": {
@@ -108,6 +114,8 @@ BASES: dict[str, dict[str, list[str]]] = {
     "calibrate": {"protocol": ["--protocol", "smoke"]},
     "ledger head": {"out": ["--out", "new-head.json"]},
     "ledger check": {"receipts": ["receipts/head.json"]},
+    "results export": {"out": ["--out", "new-results.jsonl"], "protocol": ["--protocol", "smoke"]},
+    "results import": {"source": ["results.jsonl"]},
 }
 # What an option needs beside it to be read at all.
 CONTEXTS: dict[tuple[str, str], dict[str, list[str]]] = {
@@ -364,6 +372,7 @@ def _setup(world: Path) -> dict[str, object]:
         ["mark", "--key", "keys/mk.json", "--out", "model.safetensors", "--protocol", "smoke"],
         ["run", "--protocol", "smoke", "--attack", "none"],
         ["ledger", "head", "--out", "receipts/head.json"],
+        ["results", "export", "--protocol", "smoke", "--out", "results.jsonl"],
     ):
         code, _, err = invoke(step)
         if code != 0:

@@ -947,6 +947,48 @@ def ledger_check(
     stdout.print(f"ledger {book.path} holds entries 0-{through} as the receipts record them")
 
 
+results_app = typer.Typer(
+    help="The stored results as a file: publish them beside a leaderboard, resume from them.",
+    no_args_is_help=True,
+)
+
+
+app.add_typer(results_app, name="results")
+
+
+@results_app.command("export")
+def results_export(
+    out: Annotated[Path, typer.Option(help="JSON Lines file to write (replaced if there)")],
+    protocol: Annotated[str, typer.Option(help="evaluation protocol")] = "mnist5k",
+    db: DbOption = None,
+) -> None:
+    """Write every match and calibration of the protocol's current version to a file."""
+    from arena.storage.exchange import export_results
+
+    done = export_results(protocol, out, db)
+    stdout.print(
+        f"wrote {out}: {done.matches:,} matches and {done.calibrations} calibrations of {protocol}",
+        highlight=False,
+    )
+
+
+@results_app.command("import")
+def results_import(
+    source: Annotated[Path, typer.Argument(help="a file `arena results export` wrote")],
+    db: DbOption = None,
+) -> None:
+    """Add a file's matches and calibrations to the database; stored ones are kept."""
+    from arena.storage.exchange import import_results
+
+    done = import_results(source, db)
+    line = f"imported {done.matches:,} matches and {done.calibrations} calibrations from {source}"
+    if done.present:
+        line += f"; {done.present:,} matches were stored already and stay as they are"
+        if done.differing:
+            line += f" ({done.differing:,} of them differ from the file's)"
+    stdout.print(line, highlight=False)
+
+
 def _print_json(record: dict[str, Any]) -> None:
     """One strict JSON line on stdout: a NaN or infinity is refused, never printed as ``NaN``."""
     try:
