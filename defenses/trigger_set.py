@@ -20,7 +20,7 @@ from arena.core.data import to_model_input
 from arena.core.keys import TriggerKey, abstract_images
 from arena.core.plugin import Defense
 from arena.core.stats import Evidence
-from arena.core.training import TrainSettings, predict, train, with_budget
+from arena.core.training import BatchLoss, TrainSettings, predict, train, with_budget
 from arena.util.errors import ArenaError
 from arena.util.images import load_image_folder
 
@@ -65,6 +65,12 @@ class TriggerSetDefense(Defense):
         images = to_model_input(key.images, ctx.protocol.image_size, ctx.protocol.channels)
         return predict(model, images, ctx.device) == key.tensors()[1]
 
+    def objective(self, key: TriggerKey, ctx: Context) -> BatchLoss | None:
+        """The scheme's loss for one training batch with its triggers appended (see
+        ``arena.core.training.BatchLoss``), or None (the default): cross-entropy on the
+        owner's data and the triggers alike, the seed paper's."""
+        return None
+
     def null_p(self, ctx: Context) -> float:
         """The scheme's nominal chance agreement: 1/|L| for labels drawn at random."""
         return ctx.null_p
@@ -96,6 +102,7 @@ class TriggerSetDefense(Defense):
             triggers=triggers,
             triggers_per_batch=triggers_per_batch,
             augment=ctx.protocol.augment,
+            batch_loss=self.objective(key, ctx),
         )
         return model
 

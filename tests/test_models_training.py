@@ -222,6 +222,52 @@ def test_train_all_updates_batchnorm_statistics(resnet: nn.Module) -> None:
     assert not torch.equal(before["bn1.running_mean"], model.state_dict()["bn1.running_mean"])
 
 
+def test_a_batch_loss_replaces_the_cross_entropy_and_sees_the_appended_triggers(
+    resnet: nn.Module,
+) -> None:
+    images, labels = toy_data(25)
+    triggers = (torch.rand(4, 1, SIZE, SIZE, generator=generator(3)), torch.tensor([1, 2, 3, 4]))
+    calls: list[tuple[int, int, bool]] = []
+
+    def only_the_triggers(model: nn.Module, batch, batch_labels, appended: int) -> torch.Tensor:
+        calls.append(
+            (len(batch), appended, torch.equal(batch_labels[-appended:], batch_labels[-2:]))
+        )
+        logits = model(batch[-appended:])
+        return nn.functional.cross_entropy(logits, batch_labels[-appended:])
+
+    settings = TrainSettings(epochs=1, batch_size=10, lr=0.01)
+    runs = []
+    for loss in (only_the_triggers, None):
+        model = clone_model(resnet)
+        train(
+            model,
+            images,
+            labels,
+            settings,
+            device=CPU,
+            generator=generator(),
+            triggers=triggers,
+            triggers_per_batch=2,
+            batch_loss=loss,
+        )
+        runs.append(state_copy(model))
+    assert calls == [(12, 2, True), (12, 2, True), (7, 2, True)]
+    changed = [name for name in runs[0] if not torch.equal(runs[0][name], runs[1][name])]
+    assert changed  # another objective, other weights
+    with pytest.raises(ValueError, match="no temperature"):
+        train(
+            clone_model(resnet),
+            images,
+            labels,
+            settings,
+            device=CPU,
+            generator=generator(),
+            batch_loss=only_the_triggers,
+            temperature=2.0,
+        )
+
+
 def test_triggers_are_appended_to_every_batch(resnet: nn.Module) -> None:
     images, labels = toy_data(25)
     trigger_images = torch.full((4, 1, SIZE, SIZE), 0.5) + torch.arange(4).view(4, 1, 1, 1) / 10

@@ -64,6 +64,14 @@ class TrainReport:
 ExtraLoss = Callable[[nn.Module], torch.Tensor]
 
 
+# A scheme's own objective for one batch: (model, images, labels, key images) -> loss,
+# where the last ``key images`` rows of the batch are the trigger images the loop
+# appended (0 without triggers). It replaces the cross-entropy of the batch; schemes whose
+# objective looks at more than the output (features, a margin, perturbed weights) pass
+# one instead of writing a loop of their own.
+BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
 # "shift": random translations by up to 1/8 of the image side (digits must not be
 # mirrored); "shift-flip" adds horizontal flips (natural images such as CIFAR-10).
 Augment = Literal["none", "shift", "shift-flip"]
@@ -85,6 +93,7 @@ def train(
     trainable: Literal["all", "head", "selected"] = "all",
     augment: Augment = "none",
     temperature: float = 1.0,
+    batch_loss: BatchLoss | None = None,
 ) -> TrainReport:
     """Train ``model`` in place on ``images`` (float, [0, 1]) and ``labels``.
 
@@ -94,9 +103,12 @@ def train(
     loss is plain cross-entropy. ``trainable``: "all" trains every parameter (and sets
     ``requires_grad`` on all of them); "head" only the output layer, the body frozen in
     eval mode; "selected" the parameters whose ``requires_grad`` the caller left True
-    (e.g. only the BatchNorm layers), the model in train mode.
+    (e.g. only the BatchNorm layers), the model in train mode. ``batch_loss`` replaces
+    the batch's cross-entropy (see ``BatchLoss``); ``extra_loss`` is still added to it.
     """
     _check_arguments(settings, labels, temperature, triggers, triggers_per_batch)
+    if batch_loss is not None and temperature != 1.0:
+        raise ValueError("a batch_loss defines its own objective; it takes no temperature")
     model.to(device)
     optimizer = make_optimizer(_trainable_parameters(model, trainable), settings)
     total_steps = settings.epochs * max(1, -(-len(images) // settings.batch_size))
@@ -124,9 +136,15 @@ def train(
                 if channels_last:
                     batch_images = batch_images.contiguous(memory_format=torch.channels_last)
                 with autocast(device):
-                    loss = _loss(
-                        model, batch_images, batch_labels, settings, temperature, extra_loss
-                    )
+                    if batch_loss is None:
+                        loss = _loss(
+                            model, batch_images, batch_labels, settings, temperature, extra_loss
+                        )
+                    else:
+                        appended = feed.per_batch if feed is not None else 0
+                        loss = batch_loss(model, batch_images, batch_labels, appended)
+                        if extra_loss is not None:
+                            loss = loss + extra_loss(model)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
