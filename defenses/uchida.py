@@ -7,8 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from arena.core.context import Context
@@ -17,7 +15,14 @@ from arena.core.params import param
 from arena.core.registry import register_defense
 from arena.core.training import ExtraLoss
 from arena.util.errors import ArenaError
-from defenses.white_box import WhiteBoxDefense, WhiteBoxKey, layer_or_none
+from defenses.white_box import (
+    WhiteBoxDefense,
+    WhiteBoxKey,
+    conv_weight,
+    filter_mean,
+    projected_filter_bits,
+    projected_filter_loss,
+)
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ class UchidaWatermark(WhiteBoxDefense):
         model = ctx.new_model("keygen")  # read for its structure only
         bits = self.params.bits
         layer = self.params.layer or default_conv_layer(model, min_inputs=bits)
-        inputs = _filter_mean(_conv_weight(find_layer(model, layer), layer)).numel()
+        inputs = filter_mean(conv_weight(find_layer(model, layer), layer)).numel()
         if bits > inputs:
             raise ArenaError(
                 f"layer {layer!r} has {inputs} weights per filter, fewer than the {bits} bits "
@@ -77,36 +82,7 @@ class UchidaWatermark(WhiteBoxDefense):
         return WhiteBoxKey.create(self.name, layer, projection, rng.integers(0, 2, bits))
 
     def regularizer(self, key: WhiteBoxKey, ctx: Context) -> ExtraLoss:
-        projection = torch.as_tensor(key.projection, device=ctx.device)
-        targets = torch.as_tensor(key.bits, dtype=torch.float32, device=ctx.device)
-        strength = self.params.strength
-
-        def embedding_loss(model: nn.Module) -> torch.Tensor:
-            weights = _filter_mean(_conv_weight(find_layer(model, key.layer), key.layer))
-            logits = projection @ weights
-            return strength * F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
-
-        return embedding_loss
+        return projected_filter_loss(key, self.params.strength, ctx)
 
     def extract_bits(self, model: nn.Module, key: WhiteBoxKey, ctx: Context) -> np.ndarray | None:
-        layer = layer_or_none(model, key.layer)
-        weight = getattr(layer, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.ndim != 4:
-            return None
-        weights = _filter_mean(weight.detach().float().cpu())
-        if weights.numel() != key.projection.shape[1]:
-            return None
-        return (torch.as_tensor(key.projection) @ weights > 0).numpy().astype(np.uint8)
-
-
-def _conv_weight(module: nn.Module, path: str) -> torch.Tensor:
-    """The 4-D weight (out, in, k_h, k_w) of the convolution at ``path``."""
-    weight = getattr(module, "weight", None)
-    if not isinstance(module, nn.Conv2d) or weight is None:
-        raise ArenaError(f"layer {path!r} is a {type(module).__name__}, not a Conv2d")
-    return weight
-
-
-def _filter_mean(weight: torch.Tensor) -> torch.Tensor:
-    """The paper's w: the weights averaged over the output filters, flattened (M,)."""
-    return weight.mean(dim=0).flatten()
+        return projected_filter_bits(model, key)

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from arena.core.context import Context
@@ -232,6 +234,46 @@ class WhiteBoxDefense(Defense):
         if extracted is not None and extracted.shape == key.bits.shape:
             matching = int((extracted == key.bits).sum())
         return Evidence(matching, len(key.bits), BIT_NULL_P, ctx.protocol.alpha)
+
+
+def projected_filter_loss(key: WhiteBoxKey, strength: float, ctx: Context) -> ExtraLoss:
+    """Uchida et al.'s embedding regularizer: ``strength * sum_j BCE(sigmoid(X w)_j, b_j)``,
+    ``w`` the key's convolution weights averaged over its output filters."""
+    projection = torch.as_tensor(key.projection, device=ctx.device)
+    targets = torch.as_tensor(key.bits, dtype=torch.float32, device=ctx.device)
+
+    def embedding_loss(model: nn.Module) -> torch.Tensor:
+        weights = filter_mean(conv_weight(find_layer(model, key.layer), key.layer))
+        logits = projection @ weights
+        return strength * F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
+
+    return embedding_loss
+
+
+def projected_filter_bits(model: nn.Module, key: WhiteBoxKey) -> np.ndarray | None:
+    """The bits ``X w > 0`` a model carries in the key's convolution, or None when it has
+    no convolution of that shape there."""
+    layer = layer_or_none(model, key.layer)
+    weight = getattr(layer, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 4:
+        return None
+    weights = filter_mean(weight.detach().float().cpu())
+    if weights.numel() != key.projection.shape[1]:
+        return None
+    return (torch.as_tensor(key.projection) @ weights > 0).numpy().astype(np.uint8)
+
+
+def conv_weight(module: nn.Module, path: str) -> torch.Tensor:
+    """The 4-D weight (out, in, k_h, k_w) of the convolution at ``path``."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(module, nn.Conv2d) or weight is None:
+        raise ArenaError(f"layer {path!r} is a {type(module).__name__}, not a Conv2d")
+    return weight
+
+
+def filter_mean(weight: torch.Tensor) -> torch.Tensor:
+    """Uchida et al.'s w: the weights averaged over the output filters, flattened (M,)."""
+    return weight.mean(dim=0).flatten()
 
 
 def layer_or_none(model: nn.Module, path: str) -> nn.Module | None:

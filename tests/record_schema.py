@@ -74,6 +74,24 @@ def check_record(record: dict) -> None:
     if detector is not None:  # evasion behind a query filter
         assert 0 <= detector.test_flagged <= detector.test_queries
         assert 0 <= detector.verification_flagged <= detector.verification_queries
+    change = typed.attacked.weight_change
+    if change is not None:  # the attacked model has the marked model's parameters
+        assert typed.attacked.architecture == typed.model
+        assert change.l2 >= 0 and change.relative >= 0 and change.parameters > 0
+        assert change.max_abs <= change.l2 + 1e-12
+    if typed.other_user is not None:  # the key on another user's copy
+        check_evidence(asdict(typed.other_user))
+    certificate = typed.certificate
+    if certificate is not None:  # a count of copies for each count of key inputs
+        assert len(certificate.histogram) == typed.marked.evidence.trials + 1
+        assert sum(certificate.histogram) == certificate.samples
+        assert certificate.certified(0.0) <= typed.marked.evidence.trials
+    check = typed.attacked.certificate_check
+    if check is not None:  # the certificate was read at the attack's weight change
+        assert certificate is not None and change is not None and not change.buffers_changed
+        assert check.radius == change.l2 and check.certified == certificate.certified(change.l2)
+        assert check.median <= check.upper
+        assert not check.violated, "an attack within the certified radius broke it"
 
 
 def evidence_record(successes: int, trials: int = 20, null_p: float = 0.1) -> EvidenceRecord:

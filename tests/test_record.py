@@ -59,7 +59,14 @@ def _version_1(record: MatchRecord) -> dict:
     raw["null"] = {"p": 0.1, "source": "pooled calibration 1", "calibration": 1}
     for name in ("defense_package", "attack_package"):
         del raw["versions"][name]
-    for name in ("architecture", "owner_head_evidence", "detector"):
+    del raw["certificate"], raw["other_user"]
+    for name in (
+        "architecture",
+        "owner_head_evidence",
+        "detector",
+        "weight_change",
+        "certificate_check",
+    ):
         del raw["attacked"][name]
     for part in ("clean", "marked", "attacked"):
         for name in ("null_dispersion", "required_successes", "applicable"):
@@ -98,6 +105,17 @@ def test_an_older_row_loads_through_the_one_upgrade(store):
     (row,) = build(store, SMOKE).matches
     assert (row.null.kind, row.attacked_evidence.successes) == ("pooled", 15)
     assert "0.1 (pooled, superseded)" in to_markdown(build(store, SMOKE))
+
+
+def test_a_version_2_row_reads_with_no_weight_change_and_no_certificate():
+    raw = sample_record().to_dict()
+    raw["record_version"] = 2
+    del raw["certificate"], raw["other_user"]
+    del raw["attacked"]["weight_change"], raw["attacked"]["certificate_check"]
+    typed = load(raw)
+    assert typed.certificate is None and typed.other_user is None
+    assert typed.attacked.weight_change is None and typed.attacked.certificate_check is None
+    assert typed.to_dict() == {**sample_record().to_dict()}
 
 
 def test_a_record_of_a_newer_arena_is_refused():

@@ -22,6 +22,7 @@ from torch import nn
 
 from arena.core.keys import Key
 from arena.core.params import NoParams, params_to_dict, parse_params
+from arena.core.smoothing import Certificate
 from arena.core.stats import Evidence
 from arena.core.training import TrainSettings, with_budget
 from arena.util.errors import ArenaError
@@ -118,6 +119,27 @@ class Defense(Plugin):
     def evidence(self, model: nn.Module, key: Key, ctx: Context) -> Evidence:
         """How far ``model`` agrees with ``key``: successes of trials against the
         scheme's nominal null (``ctx.null_p`` for labels, 0.5 for bits)."""
+
+    def other_copy_key(self, key: Key, ctx: Context) -> Key | None:
+        """For a scheme that marks one copy per user (fingerprints): the key of another
+        user's copy, which a match marks too and measures ``key`` on, so the record shows
+        whether one user's copy is told apart from another's. None (the default): one
+        copy for everyone."""
+        return None
+
+    def certificate(self, model: nn.Module, key: Key, ctx: Context) -> Certificate | None:
+        """What the mark on ``model`` is certified to survive (``arena.core.smoothing``):
+        per key input, the weight change within which the smoothed model keeps the key's
+        answer. None (the default): the scheme certifies nothing."""
+        return None
+
+    def smoothed_agreement(
+        self, model: nn.Module, key: Key, ctx: Context, certificate: Certificate
+    ) -> torch.Tensor:
+        """Per noisy copy of ``model`` (noise of the certificate's sigma), how many key
+        inputs it answers with the key's answers: what a match checks a certificate with
+        on the attacked model. Schemes that certify implement it."""
+        raise NotImplementedError(f"{self.name} issues certificates but cannot check them")
 
     # What attackers who re-mark a stolen model with a key of this scheme call (piracy,
     # overwrite). The defaults re-run ``mark`` with the budget; a family overrides them.

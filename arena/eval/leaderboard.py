@@ -33,6 +33,8 @@ from arena.core.stats import clopper_pearson
 from arena.core.verify import UNSOUND_NULLS
 from arena.storage.calibrations import RECORD_FORMAT, CalibrationStore
 from arena.storage.record import (
+    CertificateCheckRecord,
+    CertificateRecord,
     DetectorRecord,
     DisputeRecord,
     EvidenceRecord,
@@ -40,6 +42,7 @@ from arena.storage.record import (
     MatchRecord,
     NullRecord,
     Versions,
+    WeightChangeRecord,
 )
 from arena.storage.results import ResultStore
 from arena.util.errors import ArenaError
@@ -49,8 +52,10 @@ THREAT_SECTIONS = ("none", "removal", "forgery", "piracy", "evasion")
 # The shape of the leaderboard's JSON file: 2 holds numbers where 1 held display text;
 # 3 adds the intervals over seeds, the per-seed evidence, the flip flag, each defense's
 # worst case and shared ranks (``tied``); 4 adds every seed's record in brief
-# (``per_seed``) and the cell's parameters: the data behind the site's pages and plots.
-LEADERBOARD_FORMAT = 4
+# (``per_seed``) and the cell's parameters: the data behind the site's pages and plots;
+# 5 adds to every seed the attack's weight change, the certificate read at it and its
+# check, and the key's evidence on another user's copy (each None where not measured).
+LEADERBOARD_FORMAT = 5
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,13 @@ class SeedResult:
     seconds: dict[str, float]  # per phase; near zero for a phase taken from the cache
     cached: dict[str, bool]
     versions: dict[str, Any]
+    weight_change: WeightChangeRecord | None = None  # from the marked model's weights
+    certificate: CertificateRecord | None = None  # the marked model's
+    # Key inputs that certificate promises at the attack's weight change (None: outside
+    # it, where BatchNorm statistics moved or no weights could be compared).
+    certified: int | None = None
+    certificate_check: CertificateCheckRecord | None = None
+    other_user: EvidenceRecord | None = None  # the key on another user's copy
 
     @classmethod
     def of(cls, record: MatchRecord) -> SeedResult:
@@ -134,7 +146,21 @@ class SeedResult:
             seconds=dict(record.seconds),
             cached=dict(record.cached),
             versions=record.versions.to_dict(),
+            weight_change=record.attacked.weight_change,
+            certificate=record.certificate,
+            certified=_certified(record),
+            certificate_check=record.attacked.certificate_check,
+            other_user=record.other_user,
         )
+
+
+def _certified(record: MatchRecord) -> int | None:
+    """The key inputs the marked model's certificate promises at the attack's weight
+    change, where both were measured and only parameters moved."""
+    change, certificate = record.attacked.weight_change, record.certificate
+    if change is None or certificate is None or change.buffers_changed:
+        return None
+    return certificate.certified(change.l2)
 
 
 @dataclass(frozen=True)

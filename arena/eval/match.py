@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from arena.core.models import clone_model, head_state, load_head_state
 from arena.core.plugin import Attack, ClaimAttempt, Defense, QueryFilter
 from arena.core.protocols import Protocol, get_protocol
 from arena.core.registry import attacks, defenses
+from arena.core.smoothing import Certificate, WeightChange, median_upper_bound, weight_change
 from arena.core.stats import Evidence, clopper_pearson
 from arena.core.training import accuracy
 from arena.core.verify import Null, measure
@@ -36,6 +37,8 @@ from arena.storage.calibrations import CalibrationSnapshot, CalibrationStore
 from arena.storage.clean import artifact_base, clean_model
 from arena.storage.record import (
     AttackedMeasurement,
+    CertificateCheckRecord,
+    CertificateRecord,
     DetectorRecord,
     DisputeRecord,
     EvidenceRecord,
@@ -43,6 +46,7 @@ from arena.storage.record import (
     Measurement,
     NullRecord,
     Versions,
+    WeightChangeRecord,
 )
 from arena.storage.results import ResultSnapshot, ResultStore
 from arena.util.errors import ArenaError, KeyTamperedError
@@ -194,6 +198,7 @@ def play_unsaved(
     match = dataclasses.replace(match, ctx=ctx)  # from here on, holding the clean model
     with timer("verify"):
         owner = _measure_owner(match.defense, clean, marked, key, ctx, null, digests)
+    other_user = _other_user(match, names, key, ctx, null, timer)
     # What the attacker knows: the scheme, the public key (mk stays with the owner), its
     # own data; never the owner's clean model.
     victim = Victim(match.defense, names.vk, splits.attacker)
@@ -201,9 +206,12 @@ def play_unsaved(
     with timer("attack"):
         attacked = _attack(match, names, marked, attacker, cached)
     with timer("verify"):
-        served = _measure_served(match, key, marked, attacked, attacker, null)
+        certificate = owner["marked"].certificate
+        served = _measure_served(match, key, marked, attacked, attacker, null, certificate)
     verdict = _decide(match, key, marked, owner["marked"], attacked, served, null, timer)
     record = _record(match, null, owner, served, attacked, verdict, len(splits.test), timer, cached)
+    if other_user is not None:
+        record = dataclasses.replace(record, other_user=EvidenceRecord.of(other_user))
     if discard_attacked:
         match.cache.discard_model(names.attacked_folder)
     return names.match_id, record, False
@@ -412,6 +420,7 @@ class _Measured:
 
     acc: float
     evidence: Evidence
+    certificate: Certificate | None  # the marked model's, for schemes that certify
 
 
 # The owner's two models measured, by everything the numbers depend on (the model files'
@@ -450,8 +459,8 @@ def _measure_owner(
     clean_evidence = measure(defense, clean, key, ctx, null)
     marked_evidence = measure(defense, marked, key, ctx, null)
     measured = {
-        "clean": _Measured(clean_acc, clean_evidence),
-        "marked": _Measured(marked_acc, marked_evidence),
+        "clean": _Measured(clean_acc, clean_evidence, None),
+        "marked": _Measured(marked_acc, marked_evidence, defense.certificate(marked, key, ctx)),
     }
     _OWNER_MEASURES[memo] = measured
     while len(_OWNER_MEASURES) > _OWNER_MEASURES_KEPT:
@@ -512,10 +521,18 @@ class _Served(_Measured):
 
     owner_head: Evidence | None  # with the owner's output layer put back
     detector: DetectorRecord | None  # a query-time filter's counts
+    weight_change: WeightChange | None  # from the marked model's weights
+    certificate_check: CertificateCheckRecord | None
 
 
 def _measure_served(
-    match: _Match, key: Key, marked: nn.Module, result: _Attacked, attacker: Context, null: Null
+    match: _Match,
+    key: Key,
+    marked: nn.Module,
+    result: _Attacked,
+    attacker: Context,
+    null: Null,
+    certificate: Certificate | None,
 ) -> _Served:
     attack, defense, ctx = match.attack, match.defense, match.ctx
     attacked, splits = result.model, ctx.splits
@@ -542,7 +559,45 @@ def _measure_served(
             restored = attack.serve(restored, attacker)
         owner_head_evidence = measure(defense, restored, key, ctx, null)
     counts = None if detector is None else _detector_record(detector)
-    return _Served(attacked_acc, attacked_evidence, owner_head_evidence, counts)
+    change = weight_change(marked, attacked) if match.same_architecture else None
+    check = _check_certificate(defense, attacked, key, ctx, certificate, change)
+    return _Served(
+        acc=attacked_acc,
+        evidence=attacked_evidence,
+        certificate=None,
+        owner_head=owner_head_evidence,
+        detector=counts,
+        weight_change=change,
+        certificate_check=check,
+    )
+
+
+def _check_certificate(
+    defense: Defense,
+    attacked: nn.Module,
+    key: Key,
+    ctx: Context,
+    certificate: Certificate | None,
+    change: WeightChange | None,
+) -> CertificateCheckRecord | None:
+    """The marked model's certificate read at the attack's weight change and checked on
+    the attacked model, when the attack stayed within it: only its parameters moved, to
+    where the certificate still promises at least one key input."""
+    if certificate is None or change is None or change.buffers_changed:
+        return None
+    certified = certificate.certified(change.l2)
+    if certified == 0:
+        return None
+    counts = defense.smoothed_agreement(attacked, key, ctx, certificate)
+    upper = median_upper_bound(counts, certificate.confidence)
+    return CertificateCheckRecord(
+        radius=change.l2,
+        certified=certified,
+        median=int(counts.median()),
+        upper=upper,
+        violated=upper < certified,
+        samples=len(counts),
+    )
 
 
 def _decide(
@@ -629,6 +684,12 @@ def _record(
             architecture=match.architecture,
             owner_head_evidence=EvidenceRecord.of(owner_head) if owner_head else None,
             detector=served.detector,
+            weight_change=(
+                WeightChangeRecord.from_dict(dataclasses.asdict(served.weight_change))
+                if served.weight_change
+                else None
+            ),
+            certificate_check=served.certificate_check,
         ),
         claim=DisputeRecord.from_dict(dispute.to_dict()) if dispute else None,
         functionality_preservation=owner["marked"].acc - owner["clean"].acc,
@@ -651,6 +712,11 @@ def _record(
             attack_package=attacks.info(attack.name).source,
             environment=environment(ctx.device),
         ),
+        certificate=(
+            CertificateRecord.from_dict(owner["marked"].certificate.to_dict())
+            if owner["marked"].certificate
+            else None
+        ),
     )
 
 
@@ -662,17 +728,51 @@ def _new_model(protocol: Protocol, ctx: Context, purpose: str) -> nn.Module:
 
 
 def _key(
-    defense: Defense, ctx: Context, cache: ArtifactCache, key_spec: dict[str, Any]
-) -> tuple[Key, bool]:
+    defense: Defense,
+    ctx: Context,
+    cache: ArtifactCache,
+    key_spec: dict[str, Any],
+    make: Callable[[], Key | None] | None = None,
+) -> tuple[Key | None, bool]:
+    """The key of ``key_spec`` from the cache, or made (``make``, default KeyGen) and
+    cached; None when ``make`` makes none."""
     folder = cache.folder("key", key_spec)
     if (folder / "vk.json").exists():  # written last: a key there is whole
         return defense.key_type.load(folder), True
     with cache.lock(folder):  # two runs of one match share one key, never make two
         if (folder / "vk.json").exists():
             return defense.key_type.load(folder), True
-        key = defense.keygen(ctx)
-        key.save(folder)
+        key = make() if make is not None else defense.keygen(ctx)
+        if key is not None:
+            key.save(folder)
         return key, False
+
+
+def _other_user(
+    match: _Match, names: _Names, key: Key, ctx: Context, null: Null, timer: _PhaseTimer
+) -> Evidence | None:
+    """The evidence of ``key`` on another user's copy, for schemes that mark one copy per
+    user (``Defense.other_copy_key``): marked as the user's own copy is, with the other
+    key, and cached beside it."""
+    defense, cache = match.defense, match.cache
+    with timer("keygen"):
+        other_spec = {**names.marked_spec, "copy": "other-user"}
+        other, _ = _key(defense, ctx, cache, other_spec, lambda: defense.other_copy_key(key, ctx))
+    if other is None:
+        return None
+    with timer("mark"):
+
+        def mark(model: nn.Module) -> dict[str, Any]:
+            if defense.starts_from == "clean":
+                model.load_state_dict(ctx.clean_model().state_dict())
+            return {"model": defense.mark(model, other, ctx)}
+
+        spec = {**names.marked_spec, "key": other.fingerprint}
+        copy, _, _ = cache.model(
+            cache.folder("marked", spec), build=ctx.owner_model, train=mark, spec=spec
+        )
+    with timer("verify"):
+        return measure(defense, copy, key, ctx, null)
 
 
 def _detector_record(counts: dict[str, int]) -> DetectorRecord:

@@ -486,6 +486,8 @@ class _Builder:
             versions=versions,
             key=key,
             calibration=f"../{calibration}" if calibration else None,
+            other_user=any(s["other_user"] for s in seeds),
+            certificates=any(seed.certificate is not None for seed in row.per_seed),
         )
 
     def _key_picture(self, row: MatchRow, seed: int, versions: dict[str, Any]) -> dict[str, Any]:
@@ -632,7 +634,34 @@ def _seed_view(seed: Any, row: MatchRow) -> dict[str, Any]:
         "seconds": seed.seconds,
         "cached": sorted(phase for phase, hit in seed.cached.items() if hit),
         "threads": seed.versions.get("threads", "?"),
+        "weight_change": _weight_change_text(seed.weight_change),
+        "certificate": _certificate_text(seed),
+        "other_user": None if seed.other_user is None else evidence(seed.other_user),
     }
+
+
+def _weight_change_text(change: Any) -> str:
+    """The attack's weight change: l2 (relative), and whether BatchNorm statistics moved."""
+    if change is None:
+        return "n/a"
+    moved = ", statistics moved" if change.buffers_changed else ""
+    return f"{change.l2:.3g} ({100 * change.relative:.2g}%{moved})"
+
+
+def _certificate_text(seed: Any) -> str | None:
+    """What the certificate promised at the attack's weight change, and its check."""
+    if seed.certificate is None:
+        return None
+    if seed.certified is None:
+        return "outside it (not only parameters moved)"
+    check = seed.certificate_check
+    if check is None:
+        return f"{seed.certified} certified"
+    verdict = "VIOLATED" if check.violated else "held"
+    return (
+        f"{check.certified} certified; median of {check.samples} noisy copies "
+        f"{check.median} (upper bound {check.upper}): {verdict}"
+    )
 
 
 def _claim_text(evidence: Any, passed: bool | None) -> str | None:

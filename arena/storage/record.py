@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from arena.core.plugin import ThreatModel
+from arena.core.smoothing import Certificate
 from arena.core.stats import Evidence
 from arena.core.verify import UNSOUND_NULLS, Null
 from arena.util.errors import ArenaError
@@ -24,7 +25,11 @@ from arena.util.errors import ArenaError
 #    fields were added to it over time, and ``upgrade`` fills what each lacks.
 # 2: "record_version"; every field present; the null always has a kind; the plugin
 #    versions name the packages of the defense and the attack (None when not recorded).
-RECORD_VERSION = 2
+# 3: the attack's weight change (``attacked.weight_change``), the marked model's
+#    certificate (``certificate``) and its check on the attacked model
+#    (``attacked.certificate_check``), the key's evidence on another user's copy
+#    (``other_user``); None where not measured.
+RECORD_VERSION = 3
 
 Interval = tuple[float, float]  # a 95% Clopper-Pearson interval, low and high
 
@@ -145,6 +150,79 @@ class DetectorRecord(_Record):
 
 
 @dataclass(frozen=True)
+class WeightChangeRecord(_Record):
+    """How far the attack moved the marked model's weights (``arena.core.smoothing``)."""
+
+    l2: float  # over every parameter
+    relative: float  # l2 / the marked model's parameter norm
+    max_abs: float
+    parameters: int
+    buffers_changed: bool  # BatchNorm statistics and other buffers moved too
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WeightChangeRecord:
+        return cls(
+            l2=float(data["l2"]),
+            relative=float(data["relative"]),
+            max_abs=float(data["max_abs"]),
+            parameters=int(data["parameters"]),
+            buffers_changed=bool(data["buffers_changed"]),
+        )
+
+
+@dataclass(frozen=True)
+class CertificateRecord(_Record):
+    """The marked model's certificate (``arena.core.smoothing.Certificate``): how many key
+    inputs each of ``samples`` noisy copies answered (``histogram[k]``: copies that
+    answered exactly k), from which the count certified at any radius follows."""
+
+    sigma: float
+    samples: int
+    confidence: float
+    histogram: tuple[int, ...]
+
+    def certified(self, radius: float) -> int:
+        return Certificate.from_dict(self.to_dict()).certified(radius)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CertificateRecord:
+        return cls(
+            sigma=float(data["sigma"]),
+            samples=int(data["samples"]),
+            confidence=float(data["confidence"]),
+            histogram=tuple(int(count) for count in data["histogram"]),
+        )
+
+
+@dataclass(frozen=True)
+class CertificateCheckRecord(_Record):
+    """The certificate read at the attack's weight change (``radius``) and checked on the
+    attacked model, when the attack moved parameters only and stayed where the
+    certificate still promises something: the ``certified`` count of key inputs, the
+    median count of the attacked model's ``samples`` noisy copies, and an upper
+    confidence bound on it. ``violated``: that bound lies below the certified count, which
+    is a bug in the certificate or its scheme."""
+
+    radius: float
+    certified: int
+    median: int
+    upper: int
+    violated: bool
+    samples: int
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CertificateCheckRecord:
+        return cls(
+            radius=float(data["radius"]),
+            certified=int(data["certified"]),
+            median=int(data["median"]),
+            upper=int(data["upper"]),
+            violated=bool(data["violated"]),
+            samples=int(data["samples"]),
+        )
+
+
+@dataclass(frozen=True)
 class AttackedMeasurement(Measurement):
     """The attacked model: what the attacker serves, measured as the others are."""
 
@@ -152,15 +230,21 @@ class AttackedMeasurement(Measurement):
     # The seed paper's RTLL/RTAL verification, with the owner's output layer put back.
     owner_head_evidence: EvidenceRecord | None
     detector: DetectorRecord | None  # a query-time filter's counts, when one served
+    # None: another architecture or an ensemble (no weights to compare), or not measured.
+    weight_change: WeightChangeRecord | None = None
+    certificate_check: CertificateCheckRecord | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AttackedMeasurement:
         head, detector = data["owner_head_evidence"], data["detector"]
+        change, check = data["weight_change"], data["certificate_check"]
         return cls(
             **vars(Measurement.from_dict(data)),
             architecture=str(data["architecture"]),
             owner_head_evidence=None if head is None else EvidenceRecord.from_dict(head),
             detector=None if detector is None else DetectorRecord.from_dict(detector),
+            weight_change=None if change is None else WeightChangeRecord.from_dict(change),
+            certificate_check=None if check is None else CertificateCheckRecord.from_dict(check),
         )
 
 
@@ -379,6 +463,10 @@ class MatchRecord(_Record):
     seconds: Mapping[str, float]  # phase -> seconds of this run, and "total"
     device: str
     versions: Versions
+    # The marked model's certificate, for schemes that certify (None for the others).
+    certificate: CertificateRecord | None = None
+    # The key measured on another user's copy, for schemes that mark one per user.
+    other_user: EvidenceRecord | None = None
     # Set on a finished match returned from the store: seconds to check and return it.
     # It describes that call, not the match, and is never stored.
     replay_seconds: float | None = None
@@ -404,6 +492,7 @@ class MatchRecord(_Record):
                 f"{RECORD_VERSION}: load it through arena.storage.record.load"
             )
         claim, replay = data["claim"], data.get("replay_seconds")
+        certificate, other_user = data["certificate"], data["other_user"]
         return cls(
             **{name: str(data[name]) for name in _TEXT_FIELDS},
             protocol_version=int(data["protocol_version"]),
@@ -423,6 +512,8 @@ class MatchRecord(_Record):
             cached={phase: bool(hit) for phase, hit in data["cached"].items()},
             seconds={phase: float(value) for phase, value in data["seconds"].items()},
             versions=Versions.from_dict(data["versions"]),
+            certificate=None if certificate is None else CertificateRecord.from_dict(certificate),
+            other_user=None if other_user is None else EvidenceRecord.from_dict(other_user),
             replay_seconds=None if replay is None else float(replay),
         )
 
@@ -454,6 +545,8 @@ def upgrade(raw: Mapping[str, Any]) -> dict[str, Any]:
         )
     if version == 1:
         _from_version_1(record)
+    if version <= 2:
+        _from_version_2(record)
     record["record_version"] = RECORD_VERSION
     return record
 
@@ -480,6 +573,16 @@ def _from_version_1(record: dict[str, Any]) -> None:
         evidence.setdefault("required_successes", None)
         evidence.setdefault("applicable", True)  # before task-changing attacks
     record["null"] = _null_of_version_1(record)
+
+
+def _from_version_2(record: dict[str, Any]) -> None:
+    """Before weight changes, certificates and other users' copies were measured."""
+    record.setdefault("certificate", None)
+    record.setdefault("other_user", None)
+    attacked = record.get("attacked")
+    if isinstance(attacked, dict):
+        attacked.setdefault("weight_change", None)
+        attacked.setdefault("certificate_check", None)
 
 
 def _evidence_dicts(record: dict[str, Any]) -> list[dict[str, Any]]:
