@@ -70,8 +70,9 @@ class CertifiedWatermark(TriggerSetDefense):
     weights w + e, e ~ N(0, sigma^2 I) on every parameter, so the mark holds in a ball
     of weights around w rather than at w alone: the paper's embedding, which alternates
     a task step and a step on the key's loss averaged over noisy copies, is folded here
-    into one objective per batch (cross-entropy of the batch at w, plus ``noise_weight``
-    times the key rows' cross-entropy at w + e, averaged over ``noise_copies``). The
+    into one objective per batch (cross-entropy of the batch at w, plus the key rows'
+    cross-entropy at w + e, averaged over ``noise_copies``, each key row weighing
+    ``noise_weight`` times what it weighs in the batch at w). The
     noisy forward pass sees the whole batch, so BatchNorm's batch statistics are the
     task's, and writes its running statistics to a copy, so they move once per step.
 
@@ -120,7 +121,10 @@ class CertifiedWatermark(TriggerSetDefense):
                 }
                 logits = functional_call(model, {**noisy, **buffers}, (images,))
                 noisy_losses.append(F.cross_entropy(logits[-appended:], labels[-appended:]))
-            return total + weight * torch.stack(noisy_losses).mean()
+            # Each key row at the noisy weights weighs what it weighs in the batch's mean at
+            # w: a plain mean over the few key rows would outweigh the task 20-fold.
+            share = appended / len(images)
+            return total + weight * share * torch.stack(noisy_losses).mean()
 
         return loss
 
