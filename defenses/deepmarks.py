@@ -11,7 +11,6 @@ import numpy as np
 from torch import nn
 
 from arena.core.context import Context
-from arena.core.models import default_conv_layer, find_layer
 from arena.core.params import param
 from arena.core.registry import register_defense
 from arena.core.training import ExtraLoss
@@ -19,8 +18,7 @@ from arena.util.errors import ArenaError
 from defenses.white_box import (
     WhiteBoxDefense,
     WhiteBoxKey,
-    conv_weight,
-    filter_mean,
+    filter_projection,
     projected_filter_bits,
     projected_filter_loss,
 )
@@ -86,17 +84,8 @@ class DeepMarks(WhiteBoxDefense):
 
     def keygen(self, ctx: Context) -> WhiteBoxKey:
         codes = plane_codes(self.params.order)
-        model = ctx.new_model("keygen")  # read for its structure only
-        bits = codes.shape[1]
-        layer = self.params.layer or default_conv_layer(model, min_inputs=bits)
-        inputs = filter_mean(conv_weight(find_layer(model, layer), layer)).numel()
-        if bits > inputs:
-            raise ArenaError(
-                f"layer {layer!r} has {inputs} weights per filter, fewer than the {bits} code "
-                "bits; choose a larger layer or a smaller order"
-            )
         rng = ctx.rng("keygen")
-        projection = rng.standard_normal((bits, inputs))
+        layer, projection = filter_projection(ctx, self.params.layer, codes.shape[1], rng)
         user = int(rng.integers(0, len(codes)))
         return WhiteBoxKey.create(self.name, layer, projection, codes[user])
 

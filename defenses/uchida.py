@@ -10,16 +10,13 @@ import numpy as np
 from torch import nn
 
 from arena.core.context import Context
-from arena.core.models import default_conv_layer, find_layer
 from arena.core.params import param
 from arena.core.registry import register_defense
 from arena.core.training import ExtraLoss
-from arena.util.errors import ArenaError
 from defenses.white_box import (
     WhiteBoxDefense,
     WhiteBoxKey,
-    conv_weight,
-    filter_mean,
+    filter_projection,
     projected_filter_bits,
     projected_filter_loss,
 )
@@ -68,18 +65,10 @@ class UchidaWatermark(WhiteBoxDefense):
     Params = UchidaParams
 
     def keygen(self, ctx: Context) -> WhiteBoxKey:
-        model = ctx.new_model("keygen")  # read for its structure only
-        bits = self.params.bits
-        layer = self.params.layer or default_conv_layer(model, min_inputs=bits)
-        inputs = filter_mean(conv_weight(find_layer(model, layer), layer)).numel()
-        if bits > inputs:
-            raise ArenaError(
-                f"layer {layer!r} has {inputs} weights per filter, fewer than the {bits} bits "
-                "to embed; choose a larger layer or fewer bits"
-            )
         rng = ctx.rng("keygen")
-        projection = rng.standard_normal((bits, inputs))
-        return WhiteBoxKey.create(self.name, layer, projection, rng.integers(0, 2, bits))
+        layer, projection = filter_projection(ctx, self.params.layer, self.params.bits, rng)
+        bits = rng.integers(0, 2, self.params.bits)
+        return WhiteBoxKey.create(self.name, layer, projection, bits)
 
     def regularizer(self, key: WhiteBoxKey, ctx: Context) -> ExtraLoss:
         return projected_filter_loss(key, self.params.strength, ctx)

@@ -27,7 +27,7 @@ from torch import nn
 
 from arena.core.context import Context
 from arena.core.keys import NONCE_BYTES, Key, KeyExhibit, commit
-from arena.core.models import find_layer
+from arena.core.models import default_conv_layer, find_layer
 from arena.core.plugin import Defense
 from arena.core.stats import Evidence
 from arena.core.training import ExtraLoss, train
@@ -234,6 +234,24 @@ class WhiteBoxDefense(Defense):
         if extracted is not None and extracted.shape == key.bits.shape:
             matching = int((extracted == key.bits).sum())
         return Evidence(matching, len(key.bits), BIT_NULL_P, ctx.protocol.alpha)
+
+
+def filter_projection(
+    ctx: Context, layer: str | None, rows: int, rng: np.random.Generator
+) -> tuple[str, np.ndarray]:
+    """Uchida et al.'s key layer and secret matrix X: ``layer`` (default: the model's
+    middle convolution with at least ``rows`` weights per filter) and a standard normal
+    ``rows`` x M matrix drawn from ``rng``, M the layer's weights per filter. Refused when
+    M < rows: only then can a full-rank X reach every bit string."""
+    model = ctx.new_model("keygen")  # read for its structure only
+    layer = layer or default_conv_layer(model, min_inputs=rows)
+    inputs = filter_mean(conv_weight(find_layer(model, layer), layer)).numel()
+    if rows > inputs:
+        raise ArenaError(
+            f"layer {layer!r} has {inputs} weights per filter, fewer than the {rows} bits "
+            "to embed; choose a larger layer or fewer bits"
+        )
+    return layer, rng.standard_normal((rows, inputs))
 
 
 def projected_filter_loss(key: WhiteBoxKey, strength: float, ctx: Context) -> ExtraLoss:

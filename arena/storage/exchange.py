@@ -25,7 +25,7 @@ from typing import Any
 
 from arena.core.protocols import get_protocol
 from arena.storage.calibrations import CalibrationStore
-from arena.storage.results import ResultStore, connect
+from arena.storage.results import ResultStore, connect, match_row
 from arena.util.errors import ArenaError
 from arena.util.files import os_error_reason
 
@@ -153,25 +153,8 @@ def import_results(path: Path, db: Path | str | None = None) -> Imported:
 
 
 def _insert_match(connection: Any, line: dict[str, Any]) -> None:
-    record = line["record"]
-    connection.execute(
-        "INSERT INTO matches VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            line["match"],
-            record["protocol"],
-            record["protocol_version"],
-            record["model"],
-            record["defense"],
-            record["attack"],
-            record["seed"],
-            json.dumps(record["defense_params"], sort_keys=True),
-            json.dumps(record["attack_params"], sort_keys=True),
-            json.dumps(record["threat_model"], sort_keys=True),
-            json.dumps(record["versions"], sort_keys=True),
-            json.dumps(record, sort_keys=True),
-            line["created_at"],
-        ),
-    )
+    row = match_row(line["match"], line["record"], line["created_at"])
+    connection.execute("INSERT INTO matches VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
 
 
 def _read(path: Path) -> tuple[dict[str, Any], list[dict], list[dict]]:

@@ -102,21 +102,7 @@ class ResultStore:
             record = record.to_dict()
         # What a replay says of itself (how long it took) describes that call, not the match.
         record = {name: value for name, value in record.items() if name != "replay_seconds"}
-        row = (
-            match_id,
-            record["protocol"],
-            record["protocol_version"],
-            record["model"],
-            record["defense"],
-            record["attack"],
-            record["seed"],
-            json.dumps(record["defense_params"], sort_keys=True),
-            json.dumps(record["attack_params"], sort_keys=True),
-            json.dumps(record["threat_model"], sort_keys=True),
-            json.dumps(record["versions"], sort_keys=True),
-            json.dumps(record, sort_keys=True),
-            time.time(),
-        )
+        row = match_row(match_id, record, time.time())
         with self._connect() as connection:
             connection.execute("BEGIN IMMEDIATE")
             try:
@@ -170,6 +156,26 @@ class ResultStore:
     def _rows(self, query: str, args: list[Any]) -> list[tuple[str, str]]:
         with self._connect() as connection:
             return connection.execute(query, args).fetchall()
+
+
+def match_row(match_id: str, record: Mapping[str, Any], created_at: float) -> tuple[Any, ...]:
+    """The ``matches`` row of ``record``: the columns the leaderboard filters on, the
+    whole record as JSON and when it was made."""
+    return (
+        match_id,
+        record["protocol"],
+        record["protocol_version"],
+        record["model"],
+        record["defense"],
+        record["attack"],
+        record["seed"],
+        json.dumps(record["defense_params"], sort_keys=True),
+        json.dumps(record["attack_params"], sort_keys=True),
+        json.dumps(record["threat_model"], sort_keys=True),
+        json.dumps(record["versions"], sort_keys=True),
+        json.dumps(record, sort_keys=True),
+        created_at,
+    )
 
 
 def _upgraded(text: str) -> dict[str, Any]:
