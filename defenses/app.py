@@ -100,16 +100,16 @@ class AdversarialParametricPerturbation(TriggerSetDefense):
     c-BN) both passes normalise the key images with the statistics of the owner's images
     of the batch, and the running statistics come from those alone, as at inference.
 
-    Adapted to the arena, measured on ``smoke`` (train seeds 0-2, key agreement of 20;
-    ``backdoor-wm`` with the same key: 20, 20, 18): the paper's ``epsilon`` 0.02 is a
-    ball in which this small model cannot hold the key in its budget (9, 10, 9 of 20
-    with c-BN; 14 on seed 0 without). A 2% adversarial step takes a ``backdoor-wm``
-    mark on it from 20 to 6 of 20 agreeing, so the default is 0.005 (20, 19, 18).
-    c-BN is off by default: the paper's watermark images are near the data and 1% of
-    it; the arena's abstract images, 9% of a smoke batch, normalised with digit
-    statistics alone, are learnt worse (17 of 20 against 20 at 0.005, seed 0). The
-    budget and the key are the protocol's (the paper: 100 epochs on CIFAR-10, 64
-    watermark images per step). The paper marks from scratch only.
+    Adapted to the arena, as measured on ``smoke`` (train seeds 0-2, key agreement of
+    20): the paper's ``epsilon`` 0.02 is a ball in which this small model cannot hold
+    the key within its budget (9, 10, 9 with c-BN, 14 on seed 0 without; ``backdoor-wm``
+    with the same key: 20, 20, 18); one 2% adversarial step takes a ``backdoor-wm`` mark
+    on it from 20 to 4-11. The default is 0.005 (20, 20, 17). c-BN is off by default:
+    the paper's watermark images are near the data and 1% of it; the arena's abstract
+    images, 9% of a smoke batch, normalised with digit statistics alone, are learnt
+    worse (17 of 20 against 20 at 0.005, seed 0). The budget and the number of key
+    images are the protocol's (the paper: 100 epochs on CIFAR-10, 64 watermark images
+    per step). Marking starts from scratch, as in the authors' code.
     """
 
     family = "trigger set (abstract images, random labels), adversarial weight perturbation"
