@@ -12,9 +12,20 @@ one release (``arena._legacy``).
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
-from arena import _legacy
+# bfloat16 on a CPU with AMX: oneDNN's AMX convolutions (torch 2.14) gave non-finite weight
+# gradients on ResNet's stride-2 convolutions within 30 steps on smoke (the model then
+# answered 8.5% of the test split; AVX-512 bfloat16 kernels train it to 89%). The cap must
+# be set before torch first runs a convolution, so it is set here, when the arena is
+# imported first (the `arena` command). A process that imported torch before gets
+# a clear error from `train` instead (README, "Reproducibility").
+if os.environ.get("ARENA_PRECISION", "").strip().lower() == "bf16" and "torch" not in sys.modules:
+    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+
+from arena import _legacy  # noqa: E402
 from arena.util.version import __version__
 
 # Public name -> the module that defines it.

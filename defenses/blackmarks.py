@@ -151,6 +151,30 @@ class BlackMarksKey(TriggerKey):
             key, groups=groups, groups_nonce=nonce, vk=vk, controls=control_key
         )
 
+    @classmethod
+    def forged(
+        cls, key: TriggerKey, rng: np.random.Generator, vk_record: dict[str, Any] | None = None
+    ) -> BlackMarksKey:
+        """A forger's BlackMarks key around its chosen images and labels: a random map of
+        the classes into two non-empty groups. Any map serves a forger equally, since an
+        answer equal to the label decodes to its bit under every map. Around the victim's
+        published key (``vk_record``) the map's commitment stays the victim's, which a
+        guessed map does not open, as the guessed trigger openings do not."""
+        groups = np.zeros(key.num_classes, dtype=np.uint8)
+        groups[rng.permutation(key.num_classes)[: max(1, key.num_classes // 2)]] = 1
+        groups = _check_groups(groups if groups[0] == 0 else 1 - groups, key.num_classes)
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        if vk_record is not None:
+            committed = BlackMarksVerificationKey.from_dict(vk_record).groups_commitment
+        else:
+            committed = commit(nonce, _encode_groups(groups))
+        vk = BlackMarksVerificationKey(
+            **{f.name: getattr(key.vk, f.name) for f in dataclasses.fields(VerificationKey)},
+            groups_commitment=committed,
+        )
+        fields = {f.name: getattr(key, f.name) for f in dataclasses.fields(TriggerKey)}
+        return cls(**{**fields, "vk": vk}, groups=groups, groups_nonce=nonce)
+
     @property
     def bits(self) -> np.ndarray:
         """The signature: the group of each key image's target class."""

@@ -164,6 +164,36 @@ def test_a_plain_trigger_key_is_no_blackmarks_key(tmp_path):
         defense.evidence(ctx.new_model(), plain, ctx)
 
 
+def test_a_forgers_key_is_a_blackmarks_key_judged_on_its_evidence(tmp_path):
+    """Forgeries build a plain trigger key; ``forged`` makes it one of the victim's kind
+    (a map of the forger's), so the claim is judged on the bits it decodes, not refused
+    because the file lacks a map."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (6, 1, 16, 16), dtype=np.uint8)
+    labels = np.array([0, 3, 5, 7, 9, 2])
+    controls = (rng.integers(0, 256, (6, 1, 16, 16), dtype=np.uint8), np.arange(6))
+    plain = TriggerKey.create("blackmarks", 10, images, labels, controls=controls)
+    forged = BlackMarksKey.forged(plain, np.random.default_rng(2))
+    forged.save(tmp_path / "fresh")
+    loaded = BlackMarksKey.load(tmp_path / "fresh")  # every commitment opens, the map's too
+    assert (loaded.labels == labels).all() and loaded.groups[0] == 0
+    assert set(loaded.groups) == {0, 1} and (loaded.bits == loaded.groups[labels]).all()
+    assert type(loaded.controls) is TriggerKey and (loaded.controls.labels == np.arange(6)).all()
+    # A model answering each forged image with its label decodes every bit: a forger's map
+    # is as good as any, and the ownership protocol, not the format, must stop the claim.
+    answers = np.array(labels)
+    assert (decode(answers, loaded.groups) == loaded.bits).all()
+    # Around the victim's published key the map's commitment stays the victim's, which the
+    # forger's guessed map does not open.
+    victim = _random_key(bits=6)
+    victim.save(tmp_path / "victim")
+    record = json.loads((tmp_path / "victim" / "vk.json").read_text())
+    reused = BlackMarksKey.forged(dataclasses.replace(plain, vk=victim.vk), rng, record)
+    assert reused.vk.groups_commitment == victim.vk.groups_commitment
+    with pytest.raises(KeyTamperedError):
+        reused.open()
+
+
 def test_subsets_keep_the_cluster_map_and_their_controls():
     key = _random_key(bits=8, subsets=2)
     second = key.subset(1)

@@ -391,6 +391,18 @@ class TriggerKey(Key):
             vk = dataclasses.replace(vk, controls=control_key.vk)
         return cls(scheme, num_classes, images, labels, image_nonces, label_nonces, vk, control_key)
 
+    @classmethod
+    def forged(
+        cls, key: TriggerKey, rng: np.random.Generator, vk_record: dict[str, Any] | None = None
+    ) -> TriggerKey:
+        """The key a forger saves to claim a model marked with a key of this type, built
+        around ``key``: the plain trigger key of images and labels the forger chose.
+        ``vk_record`` is the victim's published verification key when the forger reuses
+        its commitments (forge-from-vk). A subclass whose keys commit to more (BlackMarks's
+        cluster map) adds a forger's choice of it, so a forgery is judged on its evidence
+        and not refused for its file format."""
+        return key
+
     def subset(self, index: int) -> TriggerKey:
         """Subset ``index`` of a multiple-verification key, as a key of its own."""
         return self.select(self.vk.subset_indices(index))

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arena.core.environment import autocast, layout
+from arena.core.environment import autocast, layout, precision
 from arena.core.models import head_module
+from arena.util.errors import ArenaError
 from arena.util.progress import Reporter, silent
 
 
@@ -126,7 +127,7 @@ def train(
         progress.task(description, total=total_steps) as advance,
         layout(model, device) as channels_last,
     ):
-        for _ in range(settings.epochs):
+        for epoch in range(settings.epochs):
             _set_mode(model, trainable)
             for batch_images, batch_labels in _epoch_batches(
                 images, labels, settings.batch_size, generator, augment, device
@@ -153,6 +154,13 @@ def train(
                 steps += 1
                 advance(1)
             loss_value = float(loss.detach())
+            if not math.isfinite(loss_value) and precision(device) == "bf16":
+                # fp32 training may diverge on purpose (the "diverged" reference recipe).
+                raise ArenaError(
+                    f"{description}: the bfloat16 loss is not finite after epoch {epoch + 1}; on "
+                    "a CPU with AMX start Python with ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 "
+                    "(the arena command does), or use ARENA_PRECISION=fp32"
+                )
     model.eval()
     return TrainReport(steps=steps, seconds=time.perf_counter() - start, final_loss=loss_value)
 

@@ -17,11 +17,12 @@ reported and the sweep goes on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,14 +303,17 @@ class RaySweep:
         started_here = not ray.is_initialized()
         if started_here:
             local = self.address is None  # "local": a new cluster, never one found lying around
-            ray.init(
-                address=self.address or "local",
-                num_cpus=(self.workers or os.cpu_count() or 1) * self.threads if local else None,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-                runtime_env={"env_vars": _arena_environment()},
-            )
+            with _workers_at_our_priority(local):
+                ray.init(
+                    address=self.address or "local",
+                    num_cpus=(self.workers or os.cpu_count() or 1) * self.threads
+                    if local
+                    else None,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                    runtime_env={"env_vars": _arena_environment()},
+                )
         self.start_seconds = time.perf_counter() - started
         try:
             task = ray.remote(play_task).options(
@@ -374,6 +378,24 @@ class RaySweep:
 def _protocols_of(spec: MatchSpec) -> tuple[Protocol, ...]:
     protocol = get_protocol(spec.protocol)
     return (protocol, protocol.with_model(spec.model)) if spec.model else (protocol,)
+
+
+@contextlib.contextmanager
+def _workers_at_our_priority(local: bool) -> Iterator[None]:
+    """A local cluster's workers at this process's scheduling priority. Ray starts its
+    workers at nice 15 (``RAY_worker_niceness``), so beside any other work on the machine
+    (a test run, a second sweep) the matches got a few percent of a core: a smoke matrix
+    that takes 49 s on an idle machine took 919 s beside one busy test worker. A joined
+    cluster's workers keep what ``ray start`` gave them (README, "Sweeps on Ray")."""
+    variable = "RAY_worker_niceness"
+    before = os.environ.get(variable)
+    if local and before is None:
+        os.environ[variable] = str(os.nice(0))
+    try:
+        yield
+    finally:
+        if local and before is None:
+            os.environ.pop(variable, None)
 
 
 def _arena_environment() -> dict[str, str]:

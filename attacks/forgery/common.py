@@ -19,7 +19,7 @@ TRIGGER_SET_KEYS = Requirements(
 def claim_key(
     ctx: Context, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator
 ) -> TriggerKey:
-    """A key of the victim's scheme over ``images`` and ``labels``.
+    """A key of the victim's scheme (of its key type) over ``images`` and ``labels``.
 
     When the owner's published verification key pairs every trigger with a control input
     (single-target schemes), the forger adds controls too, the easiest ones to pass: images
@@ -32,6 +32,7 @@ def claim_key(
         chosen = rng.choice(len(attacker), size, replace=len(attacker) < size)
         control_images = (attacker.images[chosen].clamp(0, 1) * 255).round().byte().numpy()
         controls = (control_images, attacker.labels[chosen].numpy())
-    return TriggerKey.create(
+    key = TriggerKey.create(
         ctx.victim.scheme.name, ctx.num_classes, images, labels, controls=controls
     )
+    return ctx.victim.scheme.key_type.forged(key, rng)

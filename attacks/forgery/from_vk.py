@@ -96,6 +96,7 @@ class ForgeFromVk(ClaimAttack):
         key = TriggerKey(
             vk.scheme, vk.num_classes, images, labels, tuple(image_nonces), tuple(label_nonces), vk
         )
+        key = ctx.victim.scheme.key_type.forged(key, rng, read_json(ctx.victim.vk))
         return AttackOutcome(
             model=model,
             info={
