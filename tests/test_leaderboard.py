@@ -163,3 +163,15 @@ def test_the_versions_line_names_what_differs_and_on_which_seeds(store):
         "Versions of the matches shown: torch 2.0; differing between matches: "
         "threads 1 (3 matches, seeds 1-3) or 2 (1 match, seed 0)."
     ) in markdown
+
+
+def test_pairs_not_played_are_listed_with_their_reason():
+    from arena.eval.leaderboard import _not_played
+
+    rows = _not_played({"dawn", "backdoor-wm", "uchida"}, {"ftal", "distill", "forge-universal"})
+    assert [(row.defense, row.attacks) for row in rows] == [
+        ("dawn", ["forge-universal", "ftal"]),
+        ("uchida", ["forge-universal"]),
+    ]
+    assert "outside its threat model" in rows[0].reason
+    assert "bit strings of a white-box scheme" in rows[1].reason

@@ -100,6 +100,9 @@ class Defense(Plugin):
     # they are not (one shared target class, true labels): clean models differ in how often
     # they agree, and the null is a beta-binomial fitted by ``arena calibrate``.
     exact_null: ClassVar[bool] = True
+    # Why an exact null holds, said with every verdict, where it is not the default reason
+    # (labels drawn uniformly and independently of every model).
+    exact_null_reason: ClassVar[str] = ""
 
     # True when the key's labels are drawn independently of its inputs (abstract images,
     # uniform labels): the public label check then applies to claims with its keys.
@@ -119,6 +122,24 @@ class Defense(Plugin):
     def evidence(self, model: nn.Module, key: Key, ctx: Context) -> Evidence:
         """How far ``model`` agrees with ``key``: successes of trials against the
         scheme's nominal null (``ctx.null_p`` for labels, 0.5 for bits)."""
+
+    # True for a scheme that lives in the owner's prediction API (DAWN): the model never
+    # leaves it, so only attacks that reach it through queries apply (``Attack.
+    # holds_weights`` False), and they query what ``serve`` returns; the owner's evidence
+    # against the attacker's model is the key ``client_key`` builds from the API's log.
+    serves: ClassVar[bool] = False
+
+    def serve(self, model: nn.Module, key: Key, ctx: Context) -> nn.Module:
+        """The owner's prediction API around ``model``, which answers clients' queries
+        (default: the model itself). A serving scheme returns one that records what the
+        scheme needs of the queries it answers."""
+        return model
+
+    def client_key(self, api: nn.Module, key: Key, ctx: Context) -> Key | None:
+        """The key the owner builds from what ``api`` (made by ``serve``) recorded while
+        one client queried it: the evidence against a model that client trained on the
+        answers. None: the client's queries gave the owner nothing to verify with."""
+        return None
 
     def other_copy_key(self, key: Key, ctx: Context) -> Key | None:
         """For a scheme that marks one copy per user (fingerprints): the key of another
@@ -281,6 +302,10 @@ class Attack(Plugin):
     # True when the attacked model solves another task (transfer learning): its answers
     # are another task's labels, so the verdict rests on the owner-head evidence.
     changes_task: ClassVar[bool] = False
+    # False for an attack that needs only the victim's answers to queries (extraction):
+    # it also applies to a scheme whose model never leaves the owner's API
+    # (``Defense.serves``); True (the default): it reads or changes the victim's weights.
+    holds_weights: ClassVar[bool] = True
 
     @abc.abstractmethod
     def threat_model(self, ctx: Context) -> ThreatModel:
@@ -300,6 +325,12 @@ class Attack(Plugin):
         ``arena run`` refuses it with this reason), or None when it applies. Declare
         ``requires`` rather than override this; override only for reasons that depend
         on the attack's parameters."""
+        if defense.serves and self.holds_weights:
+            return (
+                f"{defense.name}'s model never leaves the owner's prediction API, so an "
+                "attack on its weights is outside its threat model (only attacks that "
+                "query it, extraction, apply)"
+            )
         return self.requires.unmet(defense)
 
     def build(self, ctx: Context, new_model: Callable[[], nn.Module]) -> nn.Module:

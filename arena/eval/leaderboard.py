@@ -266,6 +266,16 @@ class DefenseRow:
 
 
 @dataclass(frozen=True)
+class NotPlayed:
+    """Attacks of the board that a defense never meets, and why (``Attack.applies_to``):
+    outside the scheme's threat model, or needing a key the scheme does not have."""
+
+    defense: str
+    attacks: list[str]
+    reason: str
+
+
+@dataclass(frozen=True)
 class Leaderboard:
     protocol: Protocol
     defenses: list[DefenseRow]
@@ -273,6 +283,7 @@ class Leaderboard:
     older_versions: int  # records of earlier protocol versions left out
     superseded: int = 0  # records replaced by a later run of the same cell and seed
     versions: list[tuple[int, Versions]] = field(default_factory=list)  # (seed, ...) per record
+    not_played: list[NotPlayed] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -283,6 +294,7 @@ class Leaderboard:
             "generated_by": f"arena leaderboard --protocol {self.protocol.name}",
             "defenses": [asdict(row) for row in self.defenses],
             "matches": [asdict(row) for row in self.matches],
+            "not_played": [asdict(row) for row in self.not_played],
         }
 
 
@@ -320,7 +332,32 @@ def build(store: ResultStore, protocol: Protocol) -> Leaderboard:
         older_versions=len(records) - len(current),
         superseded=len(current) - len(latest),
         versions=[(record.seed, record.versions) for record in latest.values()],
+        not_played=_not_played(
+            {record.defense for record in latest.values()},
+            {record.attack for record in latest.values()},
+        ),
     )
+
+
+def _not_played(defense_names: set[str], attack_names: set[str]) -> list[NotPlayed]:
+    """For each defense, the board's attacks that do not apply to it, grouped by reason
+    (plugins no longer installed are left out)."""
+    rows = []
+    for defense_name in sorted(defense_names):
+        try:
+            defense = defenses.get(defense_name)()
+        except ArenaError:
+            continue
+        reasons: dict[str, list[str]] = defaultdict(list)
+        for attack_name in sorted(attack_names):
+            try:
+                reason = attacks.get(attack_name)().applies_to(defense)
+            except ArenaError:
+                continue
+            if reason is not None:
+                reasons[reason].append(attack_name)
+        rows += [NotPlayed(defense_name, names, reason) for reason, names in reasons.items()]
+    return rows
 
 
 def labelled(registry: Registry, name: str, params: dict[str, Any]) -> str:

@@ -204,10 +204,11 @@ def play_unsaved(
     victim = Victim(match.defense, names.vk, splits.attacker)
     attacker = dataclasses.replace(ctx, victim=victim, clean=None)
     with timer("attack"):
-        attacked = _attack(match, names, marked, attacker, cached)
+        attacked = _attack(match, names, marked, key, attacker, cached)
     with timer("verify"):
         certificate = owner["marked"].certificate
-        served = _measure_served(match, key, marked, attacked, attacker, null, certificate)
+        measured_key = attacked.client_key or key
+        served = _measure_served(match, measured_key, marked, attacked, attacker, null, certificate)
     verdict = _decide(match, key, marked, owner["marked"], attacked, served, null, timer)
     record = _record(match, null, owner, served, attacked, verdict, len(splits.test), timer, cached)
     if other_user is not None:
@@ -456,6 +457,9 @@ def _measure_owner(
     splits = ctx.splits
     clean_acc = accuracy(clean, splits.test.images, splits.test.labels, ctx.device)
     marked_acc = accuracy(marked, splits.test.images, splits.test.labels, ctx.device)
+    if defense.serves:  # what clients get is the API's answers, not the model's
+        marked = defense.serve(marked, key, ctx)
+        marked_acc = accuracy(marked, splits.test.images, splits.test.labels, ctx.device)
     clean_evidence = measure(defense, clean, key, ctx, null)
     marked_evidence = measure(defense, marked, key, ctx, null)
     measured = {
@@ -477,10 +481,18 @@ class _Attacked:
     meta: dict[str, Any]
     claim: ClaimAttempt | None
     unopened: Dispute | None
+    # A serving scheme's key built from the attacker's queries to the owner's API: what
+    # the attacked model is measured on (None: the owner's key).
+    client_key: Key | None = None
 
 
 def _attack(
-    match: _Match, names: _Names, marked: nn.Module, attacker: Context, cached: dict[str, bool]
+    match: _Match,
+    names: _Names,
+    marked: nn.Module,
+    key: Key,
+    attacker: Context,
+    cached: dict[str, bool],
 ) -> _Attacked:
     attack, defense, ctx = match.attack, match.defense, match.ctx
     attacked_folder, attacked_protocol = names.attacked_folder, match.attacked_protocol
@@ -488,12 +500,20 @@ def _attack(
     def run_attack(_container: nn.Module) -> dict[str, Any]:
         # The attack starts from a copy of the marked model; the container built to
         # load a cached result is not used.
-        outcome = attack.run(clone_model(marked), attacker)
+        victim = clone_model(marked)
+        if defense.serves:  # the attacker reaches the model only through the owner's API
+            victim = defense.serve(victim, key, attacker)
+        outcome = attack.run(victim, attacker)
         meta = {
             "model": outcome.model,
             "replaced_head": outcome.replaced_head,
             "info": outcome.info,
         }
+        if defense.serves:  # written, like a claim, before the metadata that finishes it
+            client = defense.client_key(victim, key, attacker)
+            if client is not None:
+                client.save(attacked_folder / "client")
+            meta["client_key"] = client is not None
         if outcome.claim is not None:  # written before the metadata that finishes it
             outcome.claim.key.save(attacked_folder / "claim")
             meta["claim_registered"] = outcome.claim.registered
@@ -512,7 +532,10 @@ def _attack(
             claim = ClaimAttempt(claimed_key, attack_meta["claim_registered"])
         except KeyTamperedError as error:
             unopened = unopened_claim(attack.threat, attack_meta["claim_registered"], error)
-    return _Attacked(attacked, attack_meta, claim, unopened)
+    client_key = None
+    if attack_meta.get("client_key"):
+        client_key = defense.key_type.load(attacked_folder / "client")
+    return _Attacked(attacked, attack_meta, claim, unopened, client_key)
 
 
 @dataclass(frozen=True)

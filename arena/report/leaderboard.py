@@ -371,6 +371,18 @@ def to_markdown(board: Leaderboard) -> str:
         )
         header, cells = section_table(threat)
         lines += ["", f"## {title}", "", _md_table(header, [cells(m) for m in rows])]
+    if board.not_played:
+        lines += [
+            "",
+            "## Not played",
+            "",
+            "Pairs a sweep skips because the attack does not apply to the scheme.",
+            "",
+            _md_table(
+                ["defense", "attacks", "why"],
+                [[r.defense, ", ".join(r.attacks), r.reason] for r in board.not_played],
+            ),
+        ]
     if board.older_versions:
         lines += [
             "",

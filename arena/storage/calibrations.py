@@ -42,11 +42,14 @@ class _Nulls(abc.ABC):
 
     def null(self, protocol: Protocol, defense: str) -> Null:
         """The null ``defense``'s evidence is tested against on ``protocol``."""
-        if defenses.get(defense).exact_null:
+        scheme = defenses.get(defense)
+        if scheme.exact_null:
             return Null(
                 "exact",
-                f"exact: {defense}'s labels are drawn uniformly and independently of every "
-                "model, so chance agreement is exactly the scheme's nominal rate",
+                f"exact: {scheme.exact_null_reason}"
+                if scheme.exact_null_reason
+                else f"exact: {defense}'s labels are drawn uniformly and independently of "
+                "every model, so chance agreement is exactly the scheme's nominal rate",
             )
         record = self.latest(protocol, defense)
         command = f"arena calibrate --protocol {protocol.name} --defense {defense}"

@@ -45,6 +45,7 @@ class Distillation(RemovalAttack):
 
     paper = "Hinton, Vinyals and Dean, arXiv:1503.02531 (2015); Lukas et al., IEEE S&P 2022"
     Params = DistillParams
+    holds_weights = False  # it needs only the victim's answers to its queries
 
     def threat_model(self, ctx: Context) -> ThreatModel:
         return ThreatModel(

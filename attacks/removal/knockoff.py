@@ -71,6 +71,7 @@ class Knockoff(RemovalAttack):
 
     paper = "Orekondy et al., CVPR 2019; Lukas et al., IEEE S&P 2022"
     Params = KnockoffParams
+    holds_weights = False  # it needs only the victim's answers to its queries
 
     def queries(self, ctx: Context) -> int:
         pool = len(ctx.splits.attacker)

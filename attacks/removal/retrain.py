@@ -56,6 +56,7 @@ class Retrain(RemovalAttack):
 
     paper = "Tramèr et al., USENIX Security 2016; Lukas et al., IEEE S&P 2022"
     Params = RetrainParams
+    holds_weights = False  # it needs only the victim's answers to its queries
 
     def architecture(self, ctx: Context) -> str | None:
         return self.params.model
