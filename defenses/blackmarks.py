@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,7 +29,6 @@ from arena.core.params import param
 from arena.core.registry import register_defense
 from arena.core.training import BatchLoss, predict, predict_logits
 from arena.util.errors import ArenaError, KeyTamperedError
-from arena.util.jsonio import read_json
 from defenses.trigger_set import MAX_MARK_EPOCHS, TriggerSetDefense, check_trigger_images
 
 NOMINAL_BIT_P = 0.5  # the nominal chance that an unmarked model decodes a bit right
@@ -213,29 +211,18 @@ class BlackMarksKey(TriggerKey):
             "groups_nonce": self.groups_nonce.hex(),
         }
 
-    @classmethod
-    def public_fingerprint(cls, vk_path: Path) -> str:
-        record = read_json(vk_path)
-        return BlackMarksVerificationKey.from_dict(record, source=str(vk_path)).fingerprint
+    vk_type = BlackMarksVerificationKey
 
-    @classmethod
-    def from_files(cls, mk_path: Path, vk_path: Path) -> BlackMarksKey:
-        """Read both files and open every commitment, the cluster map's too."""
-        vk = BlackMarksVerificationKey.from_dict(read_json(vk_path), source=str(vk_path))
-        record = read_json(mk_path)
-        try:
-            key = cls._from_record(record, vk)
-            groups = np.array([int(group) for group in record["groups"]], dtype=np.uint8)
-            key = dataclasses.replace(
-                key,
-                groups=_check_groups(groups, key.num_classes),
-                groups_nonce=bytes.fromhex(record["groups_nonce"]),
-                controls=_plain(key.controls),
-            )
-        except (KeyError, TypeError, ValueError, OverflowError, ArenaError) as error:
-            raise KeyTamperedError(f"marking key {mk_path} is malformed: {error}") from None
-        key.open(vk)
-        return key
+    def _read_extras(self, record: dict[str, Any]) -> BlackMarksKey:
+        """The cluster map and its nonce; the controls read back as the plain trigger key
+        they were committed as."""
+        groups = np.array([int(group) for group in record["groups"]], dtype=np.uint8)
+        return dataclasses.replace(
+            self,
+            groups=_check_groups(groups, self.num_classes),
+            groups_nonce=bytes.fromhex(record["groups_nonce"]),
+            controls=_plain(self.controls),
+        )
 
 
 # --- the scheme ----------------------------------------------------------------------

@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,7 +21,6 @@ from arena.core.params import param
 from arena.core.registry import register_defense
 from arena.core.training import predict
 from arena.util.errors import ArenaError, KeyTamperedError
-from arena.util.jsonio import read_json
 from defenses.trigger_set import TriggerSetDefense
 
 SECRET_BYTES = 32
@@ -116,26 +114,14 @@ class DawnKey(TriggerKey):
             "secret_nonce": self.secret_nonce.hex(),
         }
 
-    @classmethod
-    def public_fingerprint(cls, vk_path: Path) -> str:
-        record = read_json(vk_path)
-        return DawnVerificationKey.from_dict(record, source=str(vk_path)).fingerprint
+    vk_type = DawnVerificationKey
 
-    @classmethod
-    def from_files(cls, mk_path: Path, vk_path: Path) -> DawnKey:
-        vk = DawnVerificationKey.from_dict(read_json(vk_path), source=str(vk_path))
-        record = read_json(mk_path)
-        try:
-            key = cls._from_record(record, vk)
-            key = dataclasses.replace(
-                key,
-                secret=bytes.fromhex(record["secret"]),
-                secret_nonce=bytes.fromhex(record["secret_nonce"]),
-            )
-        except (KeyError, TypeError, ValueError, OverflowError, ArenaError) as error:
-            raise KeyTamperedError(f"marking key {mk_path} is malformed: {error}") from None
-        key.open(vk)
-        return key
+    def _read_extras(self, record: dict[str, Any]) -> DawnKey:
+        return dataclasses.replace(
+            self,
+            secret=bytes.fromhex(record["secret"]),
+            secret_nonce=bytes.fromhex(record["secret_nonce"]),
+        )
 
 
 # --- the API ---------------------------------------------------------------------------

@@ -529,21 +529,30 @@ class TriggerKey(Key):
         directory = Path(directory)
         return cls.from_files(directory / "mk.json", directory / "vk.json")
 
+    # The verification key class a key of this type publishes: a subclass whose keys
+    # commit to more (a cluster map, an API secret) names its own.
+    vk_type: ClassVar[type[VerificationKey]] = VerificationKey
+
     @classmethod
     def public_fingerprint(cls, vk_path: Path) -> str:
-        return VerificationKey.from_dict(read_json(vk_path), source=str(vk_path)).fingerprint
+        return cls.vk_type.from_dict(read_json(vk_path), source=str(vk_path)).fingerprint
 
     @classmethod
     def from_files(cls, mk_path: Path, vk_path: Path) -> TriggerKey:
         """Read both files and open every commitment; tampering fails here."""
-        vk = VerificationKey.from_dict(read_json(vk_path), source=str(vk_path))
+        vk = cls.vk_type.from_dict(read_json(vk_path), source=str(vk_path))
         record = read_json(mk_path)
         try:
-            key = cls._from_record(record, vk)
-        except (KeyError, TypeError, ValueError, OverflowError) as error:
+            key = cls._from_record(record, vk)._read_extras(record)
+        except (KeyError, TypeError, ValueError, OverflowError, ArenaError) as error:
             raise KeyTamperedError(f"marking key {mk_path} is malformed: {error}") from None
         key.open(vk)
         return key
+
+    def _read_extras(self, record: dict[str, Any]) -> TriggerKey:
+        """This key with what a subclass keeps in ``mk.json`` beyond the triggers (read
+        from ``record``); raise ``ValueError`` (or ``KeyError``) when it is malformed."""
+        return self
 
     @classmethod
     def _from_record(cls, record: dict[str, Any], vk: VerificationKey) -> TriggerKey:
