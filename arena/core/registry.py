@@ -25,6 +25,9 @@ T = TypeVar("T", bound=type)
 DISTRIBUTION = "watermark-arena"
 
 
+CHAIN_SEPARATOR = "+"  # arena.core.chain.SEPARATOR
+
+
 @dataclass(frozen=True)
 class PluginInfo:
     """What ``arena list`` shows about one plugin."""
@@ -54,12 +57,16 @@ class Registry:
     # module of a package may register a defense and an attack, and both are its own.
     _loading_source: ClassVar[str | None] = None
 
-    def __init__(self, kind: str, group: str, builtin_package: str) -> None:
+    def __init__(
+        self, kind: str, group: str, builtin_package: str, *, chains: bool = False
+    ) -> None:
         self.kind = kind
         self.group = group
         self.builtin_package = builtin_package
+        self.chains = chains  # "a+b" names a chain of registered plugins (attacks)
         self._entries: dict[str, PluginInfo] = {}
         self._broken: dict[str, BrokenPlugin] = {}
+        self._chains: dict[str, type] = {}
         self._builtins_loaded = False
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -86,7 +93,11 @@ class Registry:
         return decorate
 
     def get(self, name: str) -> type:
-        """The plugin class registered as ``name``; a did-you-mean error otherwise."""
+        """The plugin class registered as ``name``; a did-you-mean error otherwise.
+        Where chains are on, ``"a+b"`` is the chain of ``a`` then ``b``
+        (``arena.core.chain``), built from the parts' classes."""
+        if self.chains and CHAIN_SEPARATOR in name:
+            return self._chain(name)
         self._load_builtins()
         providers = self.providers(name)
         if len(providers) > 1:
@@ -104,8 +115,21 @@ class Registry:
             )
         raise UnknownNameError(self.kind, name, self._all_names(), hint=f"arena list {self.kind}s")
 
+    def _chain(self, name: str) -> type:
+        if name not in self._chains:
+            # Imported here: the chain is an Attack, whose module imports the core that
+            # plugins import this registry beside.
+            from arena.core.chain import chain_class
+
+            parts = tuple(self.get(part) for part in name.split(CHAIN_SEPARATOR))
+            self._chains[name] = chain_class(name, parts)
+        return self._chains[name]
+
     def info(self, name: str) -> PluginInfo:
-        self.get(name)
+        cls = self.get(name)
+        if name in self._chains:  # its source: its parts' packages
+            parts = [self.info(part).source for part in name.split(CHAIN_SEPARATOR)]
+            return PluginInfo(name, self.kind, cls, " + ".join(dict.fromkeys(parts)))
         return self._entries[name]
 
     def entries(self) -> list[PluginInfo]:
@@ -199,7 +223,7 @@ class Registry:
 defenses = Registry("defense", "arena.defenses", "defenses")
 
 
-attacks = Registry("attack", "arena.attacks", "attacks")
+attacks = Registry("attack", "arena.attacks", "attacks", chains=True)
 
 
 register_defense = defenses.register

@@ -28,7 +28,7 @@ from typing import Any
 
 from arena.core.plugin import ThreatModel
 from arena.core.protocols import PROTOCOLS, Protocol
-from arena.core.registry import Registry, attacks, defenses
+from arena.core.registry import CHAIN_SEPARATOR, Registry, attacks, defenses
 from arena.core.stats import clopper_pearson
 from arena.core.verify import UNSOUND_NULLS
 from arena.storage.calibrations import RECORD_FORMAT, CalibrationStore
@@ -48,6 +48,14 @@ from arena.storage.results import ResultStore
 from arena.util.errors import ArenaError
 
 THREAT_SECTIONS = ("none", "removal", "forgery", "piracy", "evasion")
+# Combined attacks (``a+b``) are sections of their own, one per threat, after the rest.
+SECTIONS = (*THREAT_SECTIONS, *(f"{threat} chains" for threat in THREAT_SECTIONS[1:]))
+
+
+def section_of(threat: str, attack: str) -> str:
+    """The board's section of a cell: its threat, or that threat's chains."""
+    return f"{threat} chains" if CHAIN_SEPARATOR in attack else threat
+
 
 # The shape of the leaderboard's JSON file: 2 holds numbers where 1 held display text;
 # 3 adds the intervals over seeds, the per-seed evidence, the flip flag, each defense's
@@ -223,6 +231,10 @@ class MatchRow:
     defense_params: dict[str, Any] = field(default_factory=dict)
     attack_params: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def section(self) -> str:
+        return section_of(self.threat, self.attack_plugin or self.attack)
+
 
 @dataclass(frozen=True)
 class WorstCase:
@@ -293,7 +305,7 @@ class Leaderboard:
             "fingerprint": self.protocol.fingerprint,
             "generated_by": f"arena leaderboard --protocol {self.protocol.name}",
             "defenses": [asdict(row) for row in self.defenses],
-            "matches": [asdict(row) for row in self.matches],
+            "matches": [{**asdict(row), "section": row.section} for row in self.matches],
             "not_played": [asdict(row) for row in self.not_played],
         }
 
@@ -315,9 +327,7 @@ def build(store: ResultStore, protocol: Protocol) -> Leaderboard:
     matches = sorted(
         (_match_row(cell, rows) for cell, rows in groups.items()),
         key=lambda row: (
-            THREAT_SECTIONS.index(row.threat)
-            if row.threat in THREAT_SECTIONS
-            else len(THREAT_SECTIONS),
+            SECTIONS.index(row.section) if row.section in SECTIONS else len(SECTIONS),
             row.defense,
             row.attack,
             row.model,

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from arena.eval.leaderboard import (
-    THREAT_SECTIONS,
+    SECTIONS,
     DefenseRow,
     FalseClaims,
     Leaderboard,
@@ -364,12 +364,10 @@ def to_markdown(board: Leaderboard) -> str:
         "",
         _md_table(DEFENSE_HEADER, [defense_cells(row) for row in board.defenses]),
     ]
-    for threat in _sections(board):
-        rows = [m for m in board.matches if m.threat == threat]
-        title = (
-            "No attack (sanity column)" if threat == "none" else f"{threat.capitalize()} attacks"
-        )
-        header, cells = section_table(threat)
+    for section in _sections(board):
+        rows = [m for m in board.matches if m.section == section]
+        header, cells = section_table(rows[0].threat)
+        title = section_title(section)
         lines += ["", f"## {title}", "", _md_table(header, [cells(m) for m in rows])]
     if board.not_played:
         lines += [
@@ -422,10 +420,11 @@ def rich_tables(board: Leaderboard) -> list[Table]:
     """
     rows = [defense_cells(row) for row in board.defenses]
     tables = [_rich_table(f"{board.protocol.label}: defenses", DEFENSE_HEADER, rows)]
-    for threat in _sections(board):
-        header, cells = section_table(threat)
-        rows = [cells(row) for row in board.matches if row.threat == threat]
-        tables.append(_rich_table(f"{board.protocol.label}: {threat}", header, rows))
+    for section in _sections(board):
+        matches = [row for row in board.matches if row.section == section]
+        header, cells = section_table(matches[0].threat)
+        rows = [cells(row) for row in matches]
+        tables.append(_rich_table(f"{board.protocol.label}: {section}", header, rows))
     return tables
 
 
@@ -439,10 +438,20 @@ def _rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
 
 
 def _sections(board: Leaderboard) -> list[str]:
-    """The threats present, in the fixed order, unknown ones last."""
-    present = {m.threat for m in board.matches}
-    known = [threat for threat in THREAT_SECTIONS if threat in present]
-    return known + sorted(present - set(THREAT_SECTIONS))
+    """The sections present (threats, then their chains), in the fixed order, unknown
+    ones last."""
+    present = {m.section for m in board.matches}
+    known = [section for section in SECTIONS if section in present]
+    return known + sorted(present - set(SECTIONS))
+
+
+def section_title(section: str) -> str:
+    if section == "none":
+        return "No attack (sanity column)"
+    if section.endswith(" chains"):
+        threat = section.removesuffix(" chains")
+        return f"{threat.capitalize()} chains (combined attacks, run in order)"
+    return f"{section.capitalize()} attacks"
 
 
 def write(board: Leaderboard, out_dir: Path) -> tuple[Path, Path]:

@@ -28,7 +28,7 @@ import jinja2
 
 from arena.core.protocols import Protocol
 from arena.eval.leaderboard import (
-    THREAT_SECTIONS,
+    SECTIONS,
     DefenseRow,
     Leaderboard,
     MatchRow,
@@ -59,8 +59,9 @@ from arena.util.paths import make_folder
 # A file every site this writes holds: a folder without it is not overwritten.
 MARKER = ".arena-site"
 STATIC = ("site.css", "site.js")
-# The threats drawn as heatmaps (the sanity column "none" is in the table and the data).
-HEATMAP_THREATS = tuple(threat for threat in THREAT_SECTIONS if threat != "none")
+# The sections drawn as heatmaps, threats then their chains (the sanity column "none" is
+# in the table and the data).
+HEATMAP_SECTIONS = tuple(section for section in SECTIONS if section != "none")
 
 
 @dataclass(frozen=True)
@@ -346,8 +347,8 @@ class _Builder:
             for index, row in enumerate(self.board.defenses)
         }
         maps = []
-        for threat in HEATMAP_THREATS:
-            cells = [m for m in self.board.matches if m.threat == threat]
+        for section in HEATMAP_SECTIONS:
+            cells = [m for m in self.board.matches if m.section == section]
             if not cells:
                 continue
             grid = {
@@ -363,7 +364,14 @@ class _Builder:
                 (defense, [self._heat_cell(grid.get((defense, attack))) for attack in attacks])
                 for defense in defenses
             ]
-            maps.append({"threat": threat, "attacks": attacks, "rows": rows})
+            maps.append(
+                {
+                    "threat": section,
+                    "anchor": section.replace(" ", "-"),
+                    "attacks": attacks,
+                    "rows": rows,
+                }
+            )
         return maps
 
     def _heat_cell(self, row: MatchRow | None) -> dict[str, Any] | None:
