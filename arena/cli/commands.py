@@ -11,7 +11,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -37,6 +37,9 @@ from arena.storage.results import ResultStore
 from arena.util.errors import ArenaError
 from arena.util.paths import make_folder
 from arena.util.progress import RichReporter
+
+if TYPE_CHECKING:
+    from arena.eval.match import MatchSpec
 
 app = typer.Typer(
     help="Watermark Arena: DNN watermarks against removal, forgery, piracy and evasion attacks.",
@@ -254,6 +257,14 @@ DiscardOption = Annotated[
 ]
 
 
+def _attack_label(spec: MatchSpec) -> str:
+    """The spec's attack, with the parameters it sets (a point of a budget curve)."""
+    if not spec.attack_params:
+        return spec.attack
+    params = ", ".join(f"{name}={value}" for name, value in spec.attack_params.items())
+    return escape(f"{spec.attack} [{params}]")  # printed through console markup
+
+
 @app.command()
 def sweep(
     defense: Annotated[
@@ -277,6 +288,14 @@ def sweep(
     address: AddressOption = None,
     workers: WorkersOption = None,
     discard_attacked: DiscardOption = False,
+    budget_curve: Annotated[
+        bool,
+        typer.Option(
+            "--budget-curve",
+            help="play each attack at every budget of its declared grid (its removal-cost "
+            "curve: the leaderboard reports the cheapest that removes each mark)",
+        ),
+    ] = False,
 ) -> None:
     """Run every defense x attack x seed match; finished ones are skipped, so an
     interrupted sweep resumes where it stopped. Exit 1 if a match failed."""
@@ -285,7 +304,7 @@ def sweep(
 
     runner = _sweep_executor(executor, address, workers)
     skipped: list[tuple[str, str, str]] = []
-    specs = plan(protocol, defense, attack, seed, skipped)
+    specs = plan(protocol, defense, attack, seed, skipped, budget_curve=budget_curve)
     store, cache = ResultStore(db), ArtifactCache(cache_dir)
     costs, predicted = estimate_sweep(specs, store)
     if estimate:
@@ -314,7 +333,7 @@ def sweep(
     )
     stdout.print(report.summary(), highlight=False)
     for spec, error in report.failed:
-        stdout.print(f"failed: {spec.defense} x {spec.attack}, seed {spec.seed}: {error}")
+        stdout.print(f"failed: {spec.defense} x {_attack_label(spec)}, seed {spec.seed}: {error}")
     if report.failed:
         raise typer.Exit(1)
 
@@ -350,7 +369,8 @@ def _sweep_log(total: int) -> Callable[[int, Any, MatchRecord | None, str], None
                 f"attack {'succeeded' if record.attack_succeeded else 'failed'}; "
             )
         stderr.print(
-            f"[{ended}/{total}] {spec.defense} x {spec.attack}, seed {spec.seed}: {verdict}{note}",
+            f"[{ended}/{total}] {spec.defense} x {_attack_label(spec)}, seed {spec.seed}: "
+            f"{verdict}{note}",
             highlight=False,
         )
 

@@ -270,6 +270,20 @@ Access = Literal["black-box", "white-box"]
 
 
 @dataclass(frozen=True)
+class Budget:
+    """How much an attack spends, as one of its parameters, and the values of it that
+    ``arena sweep --budget-curve`` plays, from the cheapest (weakest) to the dearest: the
+    leaderboard reports the cheapest that removes each mark and what it cost."""
+
+    parameter: str
+    grid: tuple[Any, ...]
+
+    def __post_init__(self) -> None:
+        if not self.grid or len(set(self.grid)) != len(self.grid):
+            raise ArenaError(f"a budget grid of {self.parameter} needs distinct values")
+
+
+@dataclass(frozen=True)
 class Requirements:
     """What an attack needs of the defense it attacks, declared as data and checked once,
     by the match (and by a sweep, which skips the pair): the type of the defense's keys
@@ -306,6 +320,9 @@ class Attack(Plugin):
     # it also applies to a scheme whose model never leaves the owner's API
     # (``Defense.serves``); True (the default): it reads or changes the victim's weights.
     holds_weights: ClassVar[bool] = True
+    # The parameter that sets the attack's cost and the grid a removal-cost curve plays
+    # (``arena sweep --budget-curve``); None: the attack has no budget to vary.
+    budget_curve: ClassVar[Budget | None] = None
 
     @abc.abstractmethod
     def threat_model(self, ctx: Context) -> ThreatModel:

@@ -116,12 +116,15 @@ def estimate(
     trained: set[tuple[str, int]] = frozenset(),  # type: ignore[assignment]
 ) -> Estimate:
     """The cost model applied to ``specs``: ``finished`` (defense, attack, seed) matches
-    cost nothing, and ``trained`` ("clean" or a defense, seed) models are in the cache."""
+    at their defaults cost nothing, and ``trained`` ("clean" or a defense, seed) models
+    are in the cache. A spec with parameters of its own (a point of a removal-cost curve)
+    is costed as its attack at the defaults."""
     result = Estimate()
     unknown: set[str] = set()
     needed: set[tuple[str, int]] = set()
     for spec in specs:
-        if (spec.defense, spec.attack, spec.seed) in finished:
+        defaults = not spec.attack_params and not spec.defense_params
+        if defaults and (spec.defense, spec.attack, spec.seed) in finished:
             continue
         result.matches += 1
         for model in ("clean", spec.defense):

@@ -63,7 +63,8 @@ def section_of(threat: str, attack: str) -> str:
 # (``per_seed``) and the cell's parameters: the data behind the site's pages and plots;
 # 5 adds to every seed the attack's weight change, the certificate read at it and its
 # check, and the key's evidence on another user's copy (each None where not measured).
-LEADERBOARD_FORMAT = 5
+# 6 adds each match's section (chains have their own) and the removal-cost curves.
+LEADERBOARD_FORMAT = 6
 
 
 @dataclass(frozen=True)
@@ -288,6 +289,45 @@ class NotPlayed:
 
 
 @dataclass(frozen=True)
+class BudgetPoint:
+    """One budget of an attack against one defense, over the seeds played at it."""
+
+    value: Any
+    seeds: list[int]
+    marked_verified: int  # seeds whose mark was verified before the attack
+    removed: int  # seeds whose verified mark was not verified after it (owner head for transfer)
+    succeeded: int  # seeds the attack won: removed, with test accuracy within delta
+    acc_cost: float | None  # marked - attacked test accuracy, mean over seeds (None: another task)
+    acc_cost_ci95: Interval | None
+
+
+@dataclass(frozen=True)
+class RemovalCost:
+    """An attack's removal-cost curve against a defense (``arena sweep --budget-curve``):
+    its declared budget grid, cheapest first, and the cheapest budget that removed the
+    mark on every seed played at it, with what that cost in test accuracy. ``cheapest``
+    None: not removed within the grid, or (``unsound_null``) no verdict."""
+
+    defense: str
+    attack: str
+    model: str
+    threat: str
+    parameter: str
+    points: list[BudgetPoint]
+    cheapest: Any | None
+    cheapest_acc_cost: float | None
+    cheapest_acc_cost_ci95: Interval | None
+    unsound_null: str | None = None
+    # The cheapest budget the attack won on every seed (removed within delta of the marked
+    # model's accuracy), None: none.
+    cheapest_win: Any | None = None
+
+    @property
+    def removed(self) -> bool:
+        return self.cheapest is not None
+
+
+@dataclass(frozen=True)
 class Leaderboard:
     protocol: Protocol
     defenses: list[DefenseRow]
@@ -296,6 +336,7 @@ class Leaderboard:
     superseded: int = 0  # records replaced by a later run of the same cell and seed
     versions: list[tuple[int, Versions]] = field(default_factory=list)  # (seed, ...) per record
     not_played: list[NotPlayed] = field(default_factory=list)
+    removal_costs: list[RemovalCost] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -307,6 +348,7 @@ class Leaderboard:
             "defenses": [asdict(row) for row in self.defenses],
             "matches": [{**asdict(row), "section": row.section} for row in self.matches],
             "not_played": [asdict(row) for row in self.not_played],
+            "removal_costs": [asdict(row) for row in self.removal_costs],
         }
 
 
@@ -323,7 +365,8 @@ def build(store: ResultStore, protocol: Protocol) -> Leaderboard:
         latest[(_cell(record), record.seed)] = record
     groups: dict[Cell, list[MatchRecord]] = defaultdict(list)
     for (cell, _seed), record in latest.items():
-        groups[cell].append(record)
+        if _curve_point(record, only=True) is None:  # a curve's own points are its rows
+            groups[cell].append(record)
     matches = sorted(
         (_match_row(cell, rows) for cell, rows in groups.items()),
         key=lambda row: (
@@ -346,6 +389,105 @@ def build(store: ResultStore, protocol: Protocol) -> Leaderboard:
             {record.defense for record in latest.values()},
             {record.attack for record in latest.values()},
         ),
+        removal_costs=_removal_costs(list(latest.values())),
+    )
+
+
+def _curve_point(record: MatchRecord, only: bool = False) -> tuple[str, Any] | None:
+    """(parameter, value) when ``record`` is a point of its attack's removal-cost curve:
+    its parameters are the defaults but for the attack's budget, whose value is on the
+    grid. ``only``: a point that is not also the attack at its defaults (those stay
+    cells of the board)."""
+    try:
+        attack = attacks.get(record.attack)
+        defaults = attack().params_dict()
+    except ArenaError:  # a plugin no longer installed
+        return None
+    budget = attack.budget_curve
+    if budget is None:
+        return None
+    params = dict(record.attack_params)
+    moved = {
+        name for name in params.keys() | defaults.keys() if params.get(name) != defaults.get(name)
+    }
+    value = params.get(budget.parameter)
+    if moved - {budget.parameter} or value not in budget.grid:
+        return None
+    if only and not moved:
+        return None
+    return budget.parameter, value
+
+
+def _removal_costs(records: list[MatchRecord]) -> list[RemovalCost]:
+    """Every curve the records hold a point of, with the points played; attacks played
+    at one budget only (their defaults) are the board's cells, not a curve."""
+    curves: dict[tuple, dict[Any, list[MatchRecord]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        point = _curve_point(record)
+        if point is None:
+            continue
+        cell = (
+            labelled(defenses, record.defense, dict(record.defense_params)),
+            record.attack,
+            record.model,
+            record.threat,
+            point[0],
+        )
+        curves[cell][point[1]].append(record)
+    rows = []
+    for (defense, attack, model, threat, parameter), by_value in sorted(
+        curves.items(), key=lambda item: item[0][:3]
+    ):
+        if len(by_value) < 2:
+            continue
+        grid = attacks.get(attack).budget_curve.grid
+        points = [_budget_point(value, by_value[value]) for value in grid if value in by_value]
+        unsound = next(
+            (r.unsound_null for rs in by_value.values() for r in rs if r.unsound_null), None
+        )
+        cheapest = win = None
+        if unsound is None:
+            cheapest = next((p for p in points if p.removed == len(p.seeds)), None)
+            win = next((p for p in points if p.succeeded == len(p.seeds)), None)
+        rows.append(
+            RemovalCost(
+                defense=defense,
+                attack=attack,
+                model=model,
+                threat=threat,
+                parameter=parameter,
+                points=points,
+                cheapest=cheapest.value if cheapest else None,
+                cheapest_acc_cost=cheapest.acc_cost if cheapest else None,
+                cheapest_acc_cost_ci95=cheapest.acc_cost_ci95 if cheapest else None,
+                unsound_null=unsound,
+                cheapest_win=win.value if win else None,
+            )
+        )
+    return rows
+
+
+def _budget_point(value: Any, records: list[MatchRecord]) -> BudgetPoint:
+    records = sorted(records, key=lambda r: r.seed)
+
+    def removed(record: MatchRecord) -> bool:
+        if not record.marked.evidence.verified:
+            return False
+        if not record.attacked.evidence.applicable:  # another task: the owner head decides
+            head = record.attacked.owner_head_evidence
+            return head is not None and not head.verified
+        return not record.attacked.evidence.verified
+
+    same_task = all(r.attacked.evidence.applicable for r in records)
+    costs = [r.marked.test_acc - r.attacked.test_acc for r in records]
+    return BudgetPoint(
+        value=value,
+        seeds=[r.seed for r in records],
+        marked_verified=sum(r.marked.evidence.verified for r in records),
+        removed=sum(removed(r) for r in records),
+        succeeded=sum(r.attack_succeeded for r in records),
+        acc_cost=mean(costs) if same_task else None,
+        acc_cost_ci95=mean_interval(costs) if same_task else None,
     )
 
 

@@ -81,11 +81,15 @@ def plan(
     attack_names: Iterable[str],
     seeds: Iterable[int],
     skipped: list[tuple[str, str, str]] | None = None,
+    budget_curve: bool = False,
 ) -> list[MatchSpec]:
     """Every match of the sweep, in the order that trains each marked model once.
 
     A pair whose attack does not apply to the defense (``Attack.applies_to``) is left
     out and, when ``skipped`` is given, listed there as (defense, attack, reason).
+    ``budget_curve``: an attack that declares a budget (``Attack.budget_curve``) is
+    played at every value of its grid instead of its defaults, the points of its
+    removal-cost curve; the others at their defaults.
     """
     get_protocol(protocol)
     seeds = list(dict.fromkeys(seeds))  # a seed given twice is one set of matches
@@ -102,10 +106,22 @@ def plan(
             elif skipped is not None:
                 skipped.append((defense, attack, reason))
     return [
-        MatchSpec(defense=defense, attack=attack, protocol=protocol, seed=seed)
+        MatchSpec(
+            defense=defense, attack=attack, protocol=protocol, seed=seed, attack_params=params
+        )
         for seed in seeds
         for defense, attack in pairs
+        for params in (_budget_points(attack) if budget_curve else [{}])
     ]
+
+
+def _budget_points(attack: str) -> list[dict[str, Any]]:
+    """The attack parameters of each point of ``attack``'s removal-cost curve, cheapest
+    first; its defaults alone when it declares no budget."""
+    budget = attacks.get(attack).budget_curve
+    if budget is None:
+        return [{}]
+    return [{budget.parameter: value} for value in budget.grid]
 
 
 def task_graph(specs: list[MatchSpec]) -> list[tuple[int, ...]]:

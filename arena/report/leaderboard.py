@@ -15,6 +15,7 @@ from arena.eval.leaderboard import (
     Leaderboard,
     MatchRow,
     NullUsed,
+    RemovalCost,
 )
 from arena.report.text import evidence_text, k_of_n, pct, plugin_label
 from arena.util.errors import ArenaError
@@ -369,6 +370,19 @@ def to_markdown(board: Leaderboard) -> str:
         header, cells = section_table(rows[0].threat)
         title = section_title(section)
         lines += ["", f"## {title}", "", _md_table(header, [cells(m) for m in rows])]
+    if board.removal_costs:
+        lines += [
+            "",
+            "## Removal cost",
+            "",
+            "Attacks played over their declared budget grid (`arena sweep --budget-curve`): "
+            "the cheapest budget that removed the mark on every seed played at it, and the "
+            "test accuracy that cost (marked - attacked, points, mean ± half the 95% "
+            "interval). A mark that only falls to budgets costing the model dearly is a "
+            "strong mark.",
+            "",
+            _md_table(COST_HEADER, [cost_cells(row) for row in board.removal_costs]),
+        ]
     if board.not_played:
         lines += [
             "",
@@ -425,7 +439,41 @@ def rich_tables(board: Leaderboard) -> list[Table]:
         header, cells = section_table(matches[0].threat)
         rows = [cells(row) for row in matches]
         tables.append(_rich_table(f"{board.protocol.label}: {section}", header, rows))
+    if board.removal_costs:
+        rows = [cost_cells(row) for row in board.removal_costs]
+        tables.append(_rich_table(f"{board.protocol.label}: removal cost", COST_HEADER, rows))
     return tables
+
+
+COST_HEADER = [
+    "defense",
+    "attack",
+    "budget",
+    "cheapest that removes the mark",
+    "test accuracy it cost",
+    "cheapest that wins (within delta)",
+    "removed per budget (seeds)",
+]
+
+
+def cost_cells(row: RemovalCost) -> list[str]:
+    """A removal-cost curve's row: the cheapest removing budget and the whole curve."""
+    win = "none" if row.cheapest_win is None else f"{row.parameter}={row.cheapest_win}"
+    if row.unsound_null:
+        cheapest, cost, win = f"no verdict (null {row.unsound_null})", "", ""
+    elif row.cheapest is None:
+        cheapest, cost = "not removed within the grid", ""
+    else:
+        cheapest = f"{row.parameter}={row.cheapest}"
+        cost = (
+            "n/a (another task)"
+            if row.cheapest_acc_cost is None
+            else mean_text(row.cheapest_acc_cost, row.cheapest_acc_cost_ci95)
+        )
+    curve = ", ".join(
+        f"{point.value}: {k_of_n(point.removed, len(point.seeds))}" for point in row.points
+    )
+    return [row.defense, row.attack, row.parameter, cheapest, cost, win, curve]
 
 
 def _rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:

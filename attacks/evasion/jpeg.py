@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from arena.core.params import param
+from arena.core.plugin import Budget
 from arena.core.registry import register_attack
 from attacks.evasion.transform import InputTransformAttack
 
@@ -25,6 +26,8 @@ class JpegCompressionAttack(InputTransformAttack):
     Every query is encoded as a JPEG at ``quality`` and decoded before the model sees it
     (ART's ``JpegCompression``); the weights are not changed. Default quality 50.
     """
+
+    budget_curve = Budget("quality", (90, 70, 50, 30, 10))
 
     paper = "Guo et al., ICLR 2018"
     Params = JpegParams

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from arena.core.params import param
+from arena.core.plugin import Budget
 from arena.core.registry import register_attack
 from attacks.evasion.transform import InputTransformAttack
 
@@ -23,6 +24,8 @@ class SpatialSmoothingAttack(InputTransformAttack):
     Each channel of each query is median-filtered in a ``window_size`` square (ART's
     ``SpatialSmoothing``, reflected borders); the weights are not changed. Default 3.
     """
+
+    budget_curve = Budget("window_size", (2, 3, 5, 7))
 
     paper = "Xu et al., NDSS 2018"
     Params = SmoothParams

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from arena.core.params import param
+from arena.core.plugin import Budget
 from arena.core.registry import register_attack
 from attacks.evasion.transform import InputTransformAttack
 
@@ -26,6 +27,8 @@ class FeatureSqueezingAttack(InputTransformAttack):
     ``FeatureSqueezing``); the weights are not changed. Default 3 bits (8 levels), between
     the paper's settings for MNIST (1 bit) and CIFAR-10 (5 bits).
     """
+
+    budget_curve = Budget("bit_depth", (6, 5, 4, 3, 2, 1))
 
     paper = "Xu et al., NDSS 2018"
     Params = SqueezeParams

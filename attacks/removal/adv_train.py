@@ -23,7 +23,7 @@ from torch import nn
 from arena.core.context import Context
 from arena.core.estimators import art_classifier, input_gradients_only
 from arena.core.params import param
-from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.plugin import AttackOutcome, Budget, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
 from arena.core.training import TrainSettings, accuracy, train
 from attacks.removal.common import MAX_EPOCHS, AttackerTraining
@@ -67,6 +67,8 @@ class AdversarialTraining(RemovalAttack):
     adversarial training reshapes. Defaults (eps 0.1, 7 steps of 0.025, SGD lr 0.01, the
     protocol's attack epochs as rounds) keep a CPU run to minutes.
     """
+
+    budget_curve = Budget("eps", (0.05, 0.1, 0.2, 0.3))
 
     paper = "Madry et al., ICLR 2018; Lukas et al., IEEE S&P 2022"
     Params = AdvTrainParams

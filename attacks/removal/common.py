@@ -25,6 +25,9 @@ from arena.core.plugin import ThreatModel
 from arena.core.training import TrainReport, TrainSettings, train
 
 MAX_EPOCHS = 10_000  # far above any budget; more is a typo, refused before training
+# The epochs a removal-cost curve plays (``Attack.budget_curve``): from one pass over the
+# attacker's data to four times mnist5k's attack budget of 5.
+EPOCH_GRID = (1, 2, 5, 10, 20)
 
 
 @dataclass(frozen=True)

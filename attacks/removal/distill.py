@@ -16,10 +16,10 @@ from torch import nn
 
 from arena.core.context import Context
 from arena.core.params import param
-from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.plugin import AttackOutcome, Budget, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
 from arena.core.training import predict_logits
-from attacks.removal.common import ScratchTraining, train_fresh
+from attacks.removal.common import EPOCH_GRID, ScratchTraining, train_fresh
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class Distillation(RemovalAttack):
     Defaults: T = 4 (Hinton et al. report T from 2.5 to 4 working best on MNIST-sized
     students); the owner's from-scratch epochs; SGD at 0.1.
     """
+
+    budget_curve = Budget("epochs", EPOCH_GRID)
 
     paper = "Hinton, Vinyals and Dean, arXiv:1503.02531 (2015); Lukas et al., IEEE S&P 2022"
     Params = DistillParams

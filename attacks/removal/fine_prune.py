@@ -16,7 +16,7 @@ from torch.nn.utils import prune
 from arena.core.context import Context
 from arena.core.models import find_layer
 from arena.core.params import param
-from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.plugin import AttackOutcome, Budget, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
 from arena.util.errors import ArenaError
 from attacks.removal.common import AttackerTraining, fine_tune, removal_threat_model
@@ -53,6 +53,8 @@ class FinePruning(RemovalAttack):
     points, which removes most of the last layer; the SoK (Lukas et al., IEEE S&P 2022)
     configuration prunes a fixed ratio of 0.96. The default here is a fixed 0.9.
     """
+
+    budget_curve = Budget("fraction", (0.5, 0.7, 0.8, 0.9, 0.95))
 
     paper = "Liu, Dolan-Gavitt and Garg, RAID 2018"
     Params = FinePruneParams

@@ -15,10 +15,10 @@ from torch import nn
 
 from arena.core.context import Context
 from arena.core.models import reinitialize_head
-from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.plugin import AttackOutcome, Budget, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
 from arena.core.training import train
-from attacks.removal.common import AttackerTraining
+from attacks.removal.common import EPOCH_GRID, AttackerTraining
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class FineTuneParams(AttackerTraining):
 
 class FineTuneAttack(RemovalAttack):
     """Shared by FTLL, FTAL, RTLL and RTAL; the subclasses set the two switches."""
+
+    budget_curve = Budget("epochs", EPOCH_GRID)
 
     paper = "Adi et al., USENIX Security 2018"
     Params = FineTuneParams

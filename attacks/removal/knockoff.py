@@ -22,12 +22,12 @@ from arena.core.context import Context
 from arena.core.data import to_model_input
 from arena.core.estimators import art_classifier
 from arena.core.params import param
-from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.plugin import AttackOutcome, Budget, RemovalAttack, ThreatModel
 from arena.core.protocols import Protocol
 from arena.core.registry import register_attack
 from arena.core.training import TrainSettings, make_optimizer
 from arena.util.errors import ArenaError
-from attacks.removal.common import MAX_EPOCHS, ScratchTraining, fresh_model
+from attacks.removal.common import EPOCH_GRID, MAX_EPOCHS, ScratchTraining, fresh_model
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,8 @@ class Knockoff(RemovalAttack):
     Defaults: one query per attacker-split image, top-1 answers, the owner's from-scratch
     epochs, SGD at 0.1 (ART's own defaults, one epoch of batch 1, are far slower).
     """
+
+    budget_curve = Budget("epochs", EPOCH_GRID)
 
     paper = "Orekondy et al., CVPR 2019; Lukas et al., IEEE S&P 2022"
     Params = KnockoffParams

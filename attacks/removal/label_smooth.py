@@ -12,9 +12,9 @@ from torch import nn
 
 from arena.core.context import Context
 from arena.core.params import param
-from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.plugin import AttackOutcome, Budget, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
-from attacks.removal.common import AttackerTraining, fine_tune, removal_threat_model
+from attacks.removal.common import EPOCH_GRID, AttackerTraining, fine_tune, removal_threat_model
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class LabelSmoothing(RemovalAttack):
     0.3 is the SoK's released CIFAR-10 configuration (5 epochs there; here the protocol's
     attack budget unless ``epochs`` is given).
     """
+
+    budget_curve = Budget("epochs", EPOCH_GRID)
 
     paper = "Lukas et al., IEEE S&P 2022"
     Params = LabelSmoothParams

@@ -19,9 +19,10 @@ from torch import nn
 
 from arena.core.context import Context
 from arena.core.params import param
-from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.plugin import AttackOutcome, Budget, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
 from arena.core.training import TrainSettings, predict, train
+from attacks.removal.common import EPOCH_GRID
 
 MAD_CONSISTENCY = 1.4826  # makes the MAD estimate the standard deviation of normal data
 
@@ -84,6 +85,8 @@ class NeuralCleanse(RemovalAttack):
     partial backdoors); neither does it when the other classes' masks spread widely, as
     on the small MNIST models of ``mnist5k`` (README, "Removal catalog").
     """
+
+    budget_curve = Budget("unlearn_epochs", EPOCH_GRID)
 
     paper = "Wang et al., IEEE S&P 2019"
     Params = NeuralCleanseParams

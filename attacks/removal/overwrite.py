@@ -13,11 +13,11 @@ from torch import nn
 
 from arena.core.context import Context
 from arena.core.params import param
-from arena.core.plugin import AttackOutcome, Defense, RemovalAttack, ThreatModel
+from arena.core.plugin import AttackOutcome, Budget, Defense, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
 from arena.util.errors import ArenaError
 from attacks.common import attacker_context
-from attacks.removal.common import MAX_EPOCHS, AttackerTraining
+from attacks.removal.common import EPOCH_GRID, MAX_EPOCHS, AttackerTraining
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ class Overwrite(RemovalAttack):
     only hopes the new mark washes out the owner's. ``info`` reports the attacker's own
     key's evidence on the attacked model.
     """
+
+    budget_curve = Budget("epochs", EPOCH_GRID)
 
     paper = "Adi et al., USENIX Security 2018; Lukas et al., IEEE S&P 2022"
     Params = OverwriteParams

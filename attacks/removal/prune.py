@@ -13,7 +13,7 @@ from torch.nn.utils import prune
 
 from arena.core.context import Context
 from arena.core.params import param
-from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.plugin import AttackOutcome, Budget, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
 from attacks.removal.common import (
     MAX_EPOCHS,
@@ -48,6 +48,8 @@ class GlobalMagnitudePruning(RemovalAttack):
     ("SoK: How Robust is Image Classification Deep Neural Network Watermarking?", IEEE S&P
     2022) sweep 0.2-0.9, and their released CIFAR-10 configuration uses 0.5, the default.
     """
+
+    budget_curve = Budget("sparsity", (0.3, 0.5, 0.7, 0.8, 0.9, 0.95))
 
     paper = "Han et al., NeurIPS 2015; as a removal attack Uchida et al., ICMR 2017"
     Params = PruneParams

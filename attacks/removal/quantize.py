@@ -12,7 +12,7 @@ from torch import nn
 
 from arena.core.context import Context
 from arena.core.params import param
-from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.plugin import AttackOutcome, Budget, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
 from attacks.removal.common import (
     MAX_EPOCHS,
@@ -46,6 +46,8 @@ class WeightQuantization(RemovalAttack):
     4 (aggressive). The SoK's released CIFAR-10 configuration uses 5 bits and one epoch of
     fine-tuning. The default is 4 bits without fine-tuning.
     """
+
+    budget_curve = Budget("bits", (8, 6, 4, 3, 2))
 
     paper = "Lukas et al., IEEE S&P 2022"
     Params = QuantizeParams

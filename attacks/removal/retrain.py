@@ -16,10 +16,11 @@ from torch import nn
 
 from arena.core.context import Context
 from arena.core.params import param
-from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.plugin import AttackOutcome, Budget, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
 from arena.core.training import predict
 from attacks.removal.common import (
+    EPOCH_GRID,
     EXTRACTION_PURPOSE,
     ScratchTraining,
     reused_seconds,
@@ -53,6 +54,8 @@ class Retrain(RemovalAttack):
     victim's architecture or any other timm model) on those answers with its own optimizer
     and the protocol's augmentation. Defaults: the owner's from-scratch epochs, SGD at 0.1.
     """
+
+    budget_curve = Budget("epochs", EPOCH_GRID)
 
     paper = "Tramèr et al., USENIX Security 2016; Lukas et al., IEEE S&P 2022"
     Params = RetrainParams

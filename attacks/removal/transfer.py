@@ -21,11 +21,11 @@ from arena.core.context import Context
 from arena.core.data import to_model_input
 from arena.core.models import reinitialize_head
 from arena.core.params import param
-from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.plugin import AttackOutcome, Budget, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
 from arena.core.training import accuracy, train
 from arena.util.errors import ArenaError
-from attacks.removal.common import AttackerTraining
+from attacks.removal.common import EPOCH_GRID, AttackerTraining
 
 TASK = "sklearn digits"
 TASK_CLASSES = 10
@@ -51,6 +51,8 @@ class TransferLearning(RemovalAttack):
     The new head keeps the protocol's outputs (the digits use the first ten). The attacker
     trains with its own optimizer: defaults SGD at 0.01 for the protocol's attack epochs.
     """
+
+    budget_curve = Budget("epochs", EPOCH_GRID)
 
     paper = "Adi et al., USENIX Security 2018"
     Params = TransferParams

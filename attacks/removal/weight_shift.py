@@ -12,7 +12,7 @@ from torch import nn
 
 from arena.core.context import Context
 from arena.core.params import param
-from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.plugin import AttackOutcome, Budget, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
 from attacks.removal.common import AttackerTraining, fine_tune, removal_threat_model
 
@@ -40,6 +40,8 @@ class WeightShifting(RemovalAttack):
     element-wise mean filter and scales the noise by the layer's standard deviation,
     where this module follows the per-filter description.
     """
+
+    budget_curve = Budget("strength", (0.5, 1.0, 1.5, 2.0, 3.0))
 
     paper = "Lukas et al., IEEE S&P 2022"
     Params = WeightShiftParams
