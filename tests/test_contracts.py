@@ -76,7 +76,11 @@ def test_defense_contract(name, shared):
         assert record["marked"]["evidence"]["verified"], record["marked"]["evidence"]
 
 
-@pytest.mark.parametrize("name", attacks.names())
+# A chain is an attack too: one of removals, one ending in a query filter, one in a claim.
+CHAINS = ["fine-prune+distill", "ftll+jpeg", "rtll+piracy"]
+
+
+@pytest.mark.parametrize("name", attacks.names() + CHAINS)
 def test_attack_contract(name, shared):
     attack_cls = attacks.get(name)
     assert issubclass(attack_cls, Attack)

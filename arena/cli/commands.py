@@ -85,7 +85,9 @@ def run(
     defense: Annotated[
         str, typer.Option(help="defense plugin (arena list defenses)")
     ] = "backdoor-wm",
-    attack: Annotated[str, typer.Option(help="attack plugin (arena list attacks)")] = "none",
+    attack: Annotated[
+        str, typer.Option(help="attack plugin (arena list attacks), or a chain 'a+b' of them")
+    ] = "none",
     protocol: Annotated[
         str, typer.Option(help="evaluation protocol (arena list protocols)")
     ] = "mnist5k",
@@ -271,7 +273,11 @@ def sweep(
         list[str], typer.Option(help="defense plugin, repeatable; 'all' for every one")
     ] = ["all"],  # noqa: B006 (typer reads the default, never mutates it)
     attack: Annotated[
-        list[str], typer.Option(help="attack plugin, repeatable; 'all' for every one")
+        list[str],
+        typer.Option(
+            help="attack plugin or chain ('a+b'), repeatable; 'all' for every plugin, "
+            "'chains' for the robustness study's chains"
+        ),
     ] = ["all"],  # noqa: B006
     protocol: Annotated[str, typer.Option(help="evaluation protocol")] = "mnist5k",
     seed: Annotated[list[int], typer.Option(help="match seed, repeatable")] = [0],  # noqa: B006

@@ -47,6 +47,17 @@ from arena.util.errors import ArenaError
 # The union of two accesses is the stronger one, in these orders: data from none at all to
 # the attacker's own labelled split; labels from none, through the victim's answers, to
 # the true labels of the attacker's data.
+# The chains ``arena sweep --attack chains`` plays: combinations the robustness study's
+# finding points to, each pairing an attack that disturbs the weights where the mark
+# lives with one that then restores the task (or re-learns it from the victim's answers).
+STUDY_CHAINS = (
+    "fine-prune+distill",
+    "weight-shift+ftal",
+    "prune+rtal",
+    "quantize+ftal",
+    "neural-cleanse+fine-prune",
+)
+
 DATA_ORDER = ("none", "out-of-distribution", "unlabeled", "attacker-split")
 LABEL_ORDER = ("none", "victim-top1", "victim-soft", "true")
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from arena.core.chain import STUDY_CHAINS
 from arena.core.context import check_seed
 from arena.core.data import load_raw
 from arena.core.environment import apply_deterministic_defaults
@@ -65,10 +66,17 @@ class SweepReport:
 
 
 def expand(names: Iterable[str], registry: Registry) -> list[str]:
-    """Plugin names with ``all`` expanded, each checked against the registry."""
+    """Plugin names with ``all`` expanded (and, for attacks, ``chains``: the study's
+    chains, ``arena.core.chain.STUDY_CHAINS``), each checked against the registry."""
     expanded: list[str] = []
     for name in names:
-        for resolved in registry.names() if name == "all" else [name]:
+        if name == "all":
+            resolved_names = registry.names()
+        elif name == "chains" and registry.chains:
+            resolved_names = list(STUDY_CHAINS)
+        else:
+            resolved_names = [name]
+        for resolved in resolved_names:
             registry.get(resolved)  # unknown names fail here, before any training
             if resolved not in expanded:
                 expanded.append(resolved)
