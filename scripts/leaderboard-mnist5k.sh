@@ -3,8 +3,8 @@
 # calibrates the null of every scheme on clean reference models and measures its false
 # claims on foreign ones (scripts/calibrate-mnist5k.sh; a scheme calibrated on this
 # protocol version already is skipped, since a new null re-measures its matches), then
-# plays every defense against every attack on every seed of SEEDS (default 0-5: six
-# seeds, the fewest whose 95% Clopper-Pearson intervals separate 0 of n from n of n,
+# plays every defense against every attack and the study's chains on every seed of SEEDS
+# (default 0-5: six seeds, the fewest whose 95% Clopper-Pearson intervals separate 0 of n from n of n,
 # which the ranking needs) with `arena sweep`, then writes the leaderboard and its site
 # (leaderboards/mnist5k/).
 # Trained models are cached and finished matches are skipped, so an interrupted run
@@ -32,6 +32,11 @@ fi
 trap 'arena results export --protocol mnist5k --out "$records"' EXIT
 bash scripts/calibrate-mnist5k.sh
 # Attacked models are not kept (45 MB each, 10 GB a seed); the records are.
-arena sweep --protocol mnist5k --defense all --attack all "${seeds[@]/#/--seed=}" \
+arena sweep --protocol mnist5k --defense all --attack all --attack chains \
+  "${seeds[@]/#/--seed=}" --discard-attacked "$@"
+# The removal-cost curves (README, "Combined attacks and the cost of removal") of the
+# attacks the issue names, against every defense.
+arena sweep --protocol mnist5k --defense all --attack ftal --attack prune --attack quantize \
+  --attack distill --attack weight-shift --budget-curve "${seeds[@]/#/--seed=}" \
   --discard-attacked "$@"
 arena leaderboard --protocol mnist5k --out leaderboards --html leaderboards

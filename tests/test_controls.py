@@ -18,7 +18,7 @@ from arena.ownership.public import make_proof, open_proof
 from arena.util.errors import ArenaError, KeyTamperedError
 
 SMOKE = get_protocol("smoke")
-SINGLE_TARGET = ("content", "noise", "unrelated")
+SINGLE_TARGET = ("content", "noise", "unrelated", "ewe")
 
 
 class Constant(nn.Module):
@@ -50,6 +50,13 @@ class Oracle(nn.Module):
         return logits
 
 
+def classes(name: str) -> tuple[int | None, int]:
+    """The scheme's (source, target) classes: its triggers are source-class images
+    relabelled to the target (``unrelated``'s come from no class of the task: None)."""
+    params = defenses.get(name)().params
+    return getattr(params, "source_class", None), params.target_class
+
+
 def keygen(name: str, seed: int = 1):
     defense = defenses.get(name)()
     return defense, defense.keygen(Context(protocol=SMOKE, seed=seed))
@@ -58,25 +65,29 @@ def keygen(name: str, seed: int = 1):
 @pytest.mark.parametrize("name", SINGLE_TARGET)
 def test_every_trigger_has_a_committed_control_with_its_true_label(name):
     _, key = keygen(name)
+    source, target = classes(name)
     assert key.controls is not None and len(key.controls) == len(key)
     assert key.vk.controls is not None and "controls" in key.vk.to_dict()
-    assert set(key.labels.tolist()) == {0}  # the target class
-    assert 0 not in set(key.controls.labels.tolist())  # controls are of other classes
+    assert set(key.labels.tolist()) == {target}
+    assert target not in set(key.controls.labels.tolist())  # controls are of other classes
     key.open()
     if name != "unrelated":  # the control is the trigger's own source image, unmarked
-        assert set(key.controls.labels.tolist()) == {1}
+        assert set(key.controls.labels.tolist()) == {source}
         assert not np.array_equal(key.images, key.controls.images)
 
 
 @pytest.mark.parametrize("name", SINGLE_TARGET)
 def test_a_model_answering_the_target_to_everything_is_not_claimed(name):
     defense, key = keygen(name)
+    _, target = classes(name)
     ctx = Context(protocol=SMOKE)
-    evidence = defense.evidence(Constant(0), key, ctx)
+    evidence = defense.evidence(Constant(target), key, ctx)
     assert evidence.successes == 0
     # Without the control, every trigger would have counted.
-    assert int(defense.answered(Constant(0), key.select(range(len(key))), ctx).sum()) == 0
-    assert int((torch.zeros(len(key), dtype=torch.long) == key.tensors()[1]).sum()) == len(key)
+    answered = defense.answered(Constant(target), key.select(range(len(key))), ctx)
+    assert int(answered.sum()) == 0
+    targets = torch.full((len(key),), target, dtype=torch.long)
+    assert int((targets == key.tensors()[1]).sum()) == len(key)
 
 
 @pytest.mark.parametrize("name", SINGLE_TARGET)
