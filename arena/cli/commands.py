@@ -901,6 +901,14 @@ def calibrate(
     ] = False,
     db: DbOption = None,
     cache_dir: CacheOption = None,
+    defense_param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--defense-param",
+            "-D",
+            help="defense parameter name=value: calibrate the scheme so configured",
+        ),
+    ] = None,
 ) -> None:
     """Fit the scheme's null (if its labels are not uniform) and measure false claims on
     clean models of architectures the reference set does not contain."""
@@ -908,13 +916,18 @@ def calibrate(
     from arena.report.calibration import to_markdown
     from arena.storage.calibrations import CalibrationStore
 
+    params = _parse_assignments(defense_param, "--defense-param")
+    scheme = registry_for("defense").get(defense)
+    scheme(params)  # unknown or bad parameters: refused here, before anything is read
     if stored:
         chosen = get_protocol(protocol)
-        found = CalibrationStore(db).latest(chosen, registry_for("defense").get(defense).name)
+        found = CalibrationStore(db).latest(chosen, scheme.name, params)
         if found is None:
+            given = "".join(f" -D {assignment}" for assignment in defense_param or ())
             raise ArenaError(
-                f"no calibration of {defense!r} on {chosen.name!r} is stored; run arena "
-                f"calibrate --protocol {chosen.name} --defense {defense}"
+                f"no calibration of {defense!r}{' with' + given if given else ''} on "
+                f"{chosen.name!r} is stored; run arena calibrate --protocol {chosen.name} "
+                f"--defense {defense}{given}"
             )
         record = found
     else:
@@ -930,6 +943,7 @@ def calibrate(
             db=db,
             cache=ArtifactCache(cache_dir),
             progress=RichReporter(stderr),
+            params=params,
         )
     if as_json:
         _print_json(record)

@@ -16,7 +16,7 @@ import hashlib
 import json
 import secrets
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -197,6 +197,18 @@ class Key(abc.ABC):
         """True when each trigger is paired with a committed control input."""
         return False
 
+    def recorded_params(self) -> dict[str, Any]:
+        """The scheme's parameters the key was drawn with, away from the defaults, as its
+        verification key records them (empty: the defaults, or a kind of key that does
+        not record them)."""
+        return {}
+
+    def with_params(self, params: Mapping[str, Any]) -> Key:
+        """This key recording ``params`` (before it is published: they are part of its
+        identity). Keys that record nothing (white-box keys, whose null is exact and
+        whose evidence reads no parameter) return themselves."""
+        return self
+
     def exhibit(self) -> KeyExhibit:
         """What the key feeds or reads from a model, to be looked at (nothing by default)."""
         return KeyExhibit()
@@ -220,6 +232,10 @@ class VerificationKey:
     # also answers its control right, so a model that answers the target class to
     # everything is not a marked model.
     controls: VerificationKey | None = None
+    # The scheme's parameters set away from its defaults when the key was drawn (``arena
+    # keygen -D``): part of the key's identity, so a verifier decides with the scheme as
+    # it was configured (its null is that configuration's calibration). None: defaults.
+    params: Mapping[str, Any] | None = None
 
     @property
     def subset_size(self) -> int:
@@ -263,6 +279,8 @@ class VerificationKey:
             **({"subsets": self.subsets} if self.subsets > 1 else {}),
             # Written only when there are controls, so keys without them keep their identity.
             **({"controls": self.controls.to_dict()["commitments"]} if self.controls else {}),
+            # Written only when set, so keys of a scheme at its defaults keep their identity.
+            **({"params": dict(self.params)} if self.params else {}),
         }
 
     @classmethod
@@ -285,7 +303,7 @@ class VerificationKey:
                 raise ValueError(f"{len(image_commitments)} triggers do not split into {subsets}")
             controls = None
             if "controls" in record:
-                inner = {k: v for k, v in record.items() if k != "controls"}
+                inner = {k: v for k, v in record.items() if k not in ("controls", "params")}
                 controls = cls.from_dict({**inner, "commitments": record["controls"]}, source)
                 if len(controls.image_commitments) != len(image_commitments):
                     raise ValueError(
@@ -300,9 +318,22 @@ class VerificationKey:
                 label_commitments=label_commitments,
                 subsets=subsets,
                 controls=controls,
+                params=_check_params(record.get("params")),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as error:
             raise KeyTamperedError(f"{source} is malformed: {error}") from None
+
+
+def _check_params(value: Any) -> dict[str, Any] | None:
+    """A key's recorded scheme parameters: names to plain JSON scalars, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"params must be a non-empty object, got {value!r}")
+    for name, item in value.items():
+        if not isinstance(name, str) or not (item is None or isinstance(item, str | int | float)):
+            raise ValueError(f"params must map names to numbers, strings or null: {name!r}")
+    return dict(value)
 
 
 def check_num_classes(value: Any) -> int:
@@ -439,6 +470,13 @@ class TriggerKey(Key):
 
     def has_controls(self) -> bool:
         return self.controls is not None
+
+    def recorded_params(self) -> dict[str, Any]:
+        return dict(self.vk.params or {})
+
+    def with_params(self, params: Mapping[str, Any]) -> TriggerKey:
+        vk = dataclasses.replace(self.vk, params=dict(params) or None)
+        return dataclasses.replace(self, vk=vk)
 
     def exhibit(self) -> KeyExhibit:
         controls = self.controls

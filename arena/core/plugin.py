@@ -104,6 +104,13 @@ class Defense(Plugin):
     # (labels drawn uniformly and independently of every model).
     exact_null_reason: ClassVar[str] = ""
 
+    # Parameters that change how a key is embedded or spread over verifications, never
+    # which keys are drawn nor how a clean model answers them: a null calibrated at other
+    # values of these still holds (every other parameter keys its own calibration).
+    marking_params: ClassVar[frozenset[str]] = frozenset(
+        {"epochs", "lr", "triggers_per_batch", "subsets"}
+    )
+
     # True when the key's labels are drawn independently of its inputs (abstract images,
     # uniform labels): the public label check then applies to claims with its keys.
     labels_independent: ClassVar[bool] = False

@@ -81,15 +81,20 @@ def calibrate(
     cache: ArtifactCache | None = None,
     progress: Reporter = silent,
     device: torch.device | None = None,
+    params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fit the scheme's null (if it needs one) and measure its false claims; store the record.
+
+    ``params``: the scheme's parameters (default: its defaults); the null holds for the
+    keys of those parameters, and matches and verifications of the scheme so configured
+    look it up by them.
 
     ``keys`` fresh keys per reference model fit the null; ``claim_keys`` other fresh keys
     per foreign model (default: enough for 3,000 foreign (key, model) pairs for
     ``backdoor-wm``, 1,000 for other schemes) measure false claims, and the first ``keys``
     of them on every reference model; the public label check is measured on those too.
     """
-    defense: Defense = defenses.get(defense_name)()
+    defense: Defense = defenses.get(defense_name)(params)
     chosen = _models_to_load(protocol, defense, models, foreign, references, foreign_models)
     _check_key_counts(keys, claim_keys, in_distribution_keys)
     if claim_keys is None:

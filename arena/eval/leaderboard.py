@@ -380,7 +380,7 @@ def build(store: ResultStore, protocol: Protocol) -> Leaderboard:
     )
     return Leaderboard(
         protocol,
-        _rank(matches, _false_claims(store, protocol)),
+        _rank(matches, _false_claims(store, protocol, matches)),
         matches,
         older_versions=len(records) - len(current),
         superseded=len(current) - len(latest),
@@ -625,12 +625,20 @@ def mean_interval(values: list[float], confidence: float = 0.95) -> Interval | N
     return (center - half, center + half)
 
 
-def _false_claims(store: ResultStore, protocol: Protocol) -> dict[str, FalseClaims]:
-    """Per scheme, the false-claim rate its newest calibration measured on foreign models."""
+def _false_claims(
+    store: ResultStore, protocol: Protocol, matches: list[MatchRow]
+) -> dict[str, FalseClaims]:
+    """Per defense row (a scheme with its parameters), the false-claim rate the newest
+    calibration of those parameters measured on foreign models."""
     calibrations = CalibrationStore(store.path)
     rates = {}
-    for name in defenses.names():
-        record = calibrations.latest(protocol, name)
+    for row in matches:
+        if row.defense in rates:
+            continue
+        try:
+            record = calibrations.latest(protocol, row.defense_plugin, row.defense_params)
+        except ArenaError:  # a plugin no longer installed, or parameters it no longer takes
+            continue
         if record is None or record.get("format") != RECORD_FORMAT:
             continue
         claims = record.get("false_claims", {})
@@ -639,7 +647,7 @@ def _false_claims(store: ResultStore, protocol: Protocol) -> dict[str, FalseClai
         rate = claims.get(role)
         if rate:
             low, high = rate["ci95"]
-            rates[name] = FalseClaims(rate["claimed"], rate["pairs"], (low, high), role)
+            rates[row.defense] = FalseClaims(rate["claimed"], rate["pairs"], (low, high), role)
     return rates
 
 
@@ -672,7 +680,7 @@ def _rank(matches: list[MatchRow], false_claims: dict[str, FalseClaims]) -> list
                 null=next((c.null for c in cells if c.unsound_null), cells[0].null),
                 attacks=len(attacked),
                 survived=survived,
-                false_claims=false_claims.get(defense.split(" [")[0]),
+                false_claims=false_claims.get(defense),
                 defense_package=defense_package,
                 seeds=min(len(c.seeds) for c in cells),
                 worst=worst,

@@ -183,7 +183,9 @@ def play_unsaved(
         key, cached["key"] = _key(match.defense, match.ctx, match.cache, key_spec)
     names = _name_artifacts(match, key_spec, key)
     # The verification null: the protocol's calibration for this scheme, if it has one.
-    null = match.calibrations.null(get_protocol(spec.protocol), match.defense.name)
+    null = match.calibrations.null(
+        get_protocol(spec.protocol), match.defense.name, match.defense.params_dict()
+    )
     finished = _finished(match, names, null)
     if finished is not None:
         replay = dataclasses.replace(

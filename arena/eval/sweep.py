@@ -348,9 +348,20 @@ class RaySweep:
             # What the workers read of the database, read once here and shared.
             # (A match looks its null up under the protocol, its claims' reference models
             # under the protocol with the match's model.)
-            pairs = {(protocol, spec.defense) for spec in specs for protocol in _protocols_of(spec)}
+            # Each scheme's null is the calibration of its own parameters; the claims'
+            # reference models are those of its defaults' calibration.
+            pairs = {
+                (protocol, spec.defense, variant)
+                for spec in specs
+                for protocol in _protocols_of(spec)
+                for variant in (_frozen(spec.defense_params), _frozen({}))
+            }
             stored = ray.put(store.snapshot(sorted({spec.protocol for spec in specs})))
-            calibrations = ray.put(CalibrationStore(store.path).snapshot(pairs))
+            calibrations = ray.put(
+                CalibrationStore(store.path).snapshot(
+                    (protocol, defense, json.loads(params)) for protocol, defense, params in pairs
+                )
+            )
             cache_root = str(Path(cache.root).resolve())
             where = (stored, calibrations, cache_root, str(device) if device else None)
             waiting = [set(before) for before in graph]

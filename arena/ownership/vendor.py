@@ -67,7 +67,11 @@ def keygen(
     # Model-dependent keys (frontier stitching) are drawn from the owner's clean model,
     # trained here only if the scheme asks for it.
     ctx = dataclasses.replace(ctx, clean=functools.cache(lambda: trained_clean(ctx)))
-    key = defense.keygen(ctx)
+    defaults = type(defense)().params_dict()
+    chosen = {k: v for k, v in defense.params_dict().items() if v != defaults[k]}
+    # Recorded in the verification key, so that marking and verifying use the scheme as
+    # it was configured (and the null calibrated for that configuration).
+    key = defense.keygen(ctx).with_params(chosen)
     _publish_key(key, out_dir)
     return key
 
@@ -115,9 +119,27 @@ def _publish_key(key: Key, out_dir: Path) -> None:
 def load_key(
     mk_path: Path, vk_path: Path, params: dict[str, Any] | None = None
 ) -> tuple[Defense, Key]:
-    """The scheme named in ``vk`` (with ``params``), and the key with every commitment opened."""
-    defense: Defense = defenses.get(scheme_of(vk_path))(params)
-    return defense, defense.key_type.from_files(mk_path, vk_path)
+    """The scheme named in ``vk``, configured as the key records (``arena keygen -D``)
+    and with ``params`` besides (marking parameters), and the key with every commitment
+    opened. A parameter given against the key's recorded value is refused."""
+    scheme = defenses.get(scheme_of(vk_path))
+    key = scheme.key_type.from_files(mk_path, vk_path)
+    return scheme_for_key(scheme, key.recorded_params(), params), key
+
+
+def scheme_for_key(
+    scheme: type[Defense], recorded: dict[str, Any], params: dict[str, Any] | None = None
+) -> Defense:
+    """``scheme`` with the parameters a key recorded and ``params`` that do not contradict
+    them."""
+    given = scheme(params).params_dict() if params else {}
+    for name, value in recorded.items():
+        if name in (params or {}) and given[name] != scheme({name: value}).params_dict()[name]:
+            raise ArenaError(
+                f"the key was drawn with {scheme.name} {name}={value}; -D {name}="
+                f"{params[name]} contradicts it (leave it out: the key's value is used)"
+            )
+    return scheme({**recorded, **(params or {})})
 
 
 def register_key(vk_path: Path, ledger: Ledger) -> Entry:
@@ -283,7 +305,7 @@ def verify(
     receipted = ledger.check_receipts(receipts)
     defense, key = load_key(mk_path, vk_path)
     _check_labels_uniform(defense, key)
-    null = sound_null(calibrations or CalibrationStore(), protocol, defense.name)
+    null = sound_null(calibrations or CalibrationStore(), protocol, defense)
     # Everything that can fail is checked before a subset is chosen: the model, its
     # classes against the key's, and that the ledger will take the spent subset.
     model = load_model(model_path, protocol, architecture)
@@ -370,15 +392,16 @@ def verify_public(
     """
     receipted = ledger.check_receipts(receipts)
     check_writable(ledger.path, "ledger")  # the model's first sight is recorded at the end
-    defense: Defense = defenses.get(scheme_of(vk_path))()
-    if not defense.key_type.public_verification:
+    scheme = defenses.get(scheme_of(vk_path))
+    if not scheme.key_type.public_verification:
         raise ArenaError(
-            f"public verification opens trigger sets; {defense.name} is a "
-            f"{defense.access} scheme without one"
+            f"public verification opens trigger sets; {scheme.name} is a "
+            f"{scheme.access} scheme without one"
         )
-    calibrations = calibrations or CalibrationStore()
-    null = sound_null(calibrations, protocol, defense.name)
     vk = VerificationKey.from_dict(read_json(vk_path), source=str(vk_path))
+    defense = scheme_for_key(scheme, dict(vk.params or {}))
+    calibrations = calibrations or CalibrationStore()
+    null = sound_null(calibrations, protocol, defense)
     references = reference_models(protocol, defense.name, calibrations, cache)
     model = load_model(model_path, protocol, architecture)
     _check_key_fits(vk.num_classes, model, model_path)
@@ -455,11 +478,12 @@ def _claim(
     )
 
 
-def sound_null(calibrations: CalibrationStore, protocol: Protocol, scheme: str) -> Null:
-    """The scheme's null on ``protocol``; a verdict that may end up in a dispute is never
-    decided against an unsound one (a scheme whose labels are not uniform, uncalibrated,
-    or whose fitted null its own calibration caught claiming clean models)."""
-    null = calibrations.null(protocol, scheme)
+def sound_null(calibrations: CalibrationStore, protocol: Protocol, defense: Defense) -> Null:
+    """The scheme's null on ``protocol``, as configured (its parameters' calibration); a
+    verdict that may end up in a dispute is never decided against an unsound one (a
+    scheme whose labels are not uniform, uncalibrated, or whose fitted null its own
+    calibration caught claiming clean models)."""
+    null = calibrations.null(protocol, defense.name, defense.params_dict())
     if not null.sound:
         raise ArenaError(f"cannot verify: {null.source}")
     return null

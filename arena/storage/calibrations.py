@@ -32,16 +32,46 @@ CREATE TABLE IF NOT EXISTS calibrations (
 """
 
 
+def calibrated_params(record: dict[str, Any]) -> dict[str, Any]:
+    """The scheme's parameters a calibration was made with, in full: those it recorded
+    over the plugin's defaults (records made before parameters were recorded were made
+    at the defaults). A parameter the plugin no longer declares is dropped."""
+    defaults = defenses.get(record["defense"])().params_dict()
+    recorded = record.get("defense_params") or {}
+    return {**defaults, **{k: v for k, v in recorded.items() if k in defaults}}
+
+
+def params_key(defense: str, params: dict[str, Any]) -> str:
+    """What of a scheme's parameters (in full) a calibration holds for: all but those
+    that only change the marking (``Defense.marking_params``)."""
+    kept = defenses.get(defense).marking_params
+    return json.dumps(
+        {name: value for name, value in params.items() if name not in kept},
+        sort_keys=True,
+        default=str,
+    )
+
+
 class _Nulls(abc.ABC):
-    """The null a scheme's evidence is tested against, from its newest calibration:
-    what the store and a snapshot of it share."""
+    """The null a scheme's evidence is tested against, from its newest calibration with
+    the scheme's parameters: what the store and a snapshot of it share.
+
+    A fitted null holds for the keys of the parameters it was fitted with: another target
+    class, patch or trigger count draws other keys, whose agreement with clean models the
+    calibration never measured. So a scheme configured away from its defaults is
+    calibrated on its own (``arena calibrate -D``) or has no sound null.
+    """
 
     @abc.abstractmethod
-    def latest(self, protocol: Protocol, defense: str) -> dict[str, Any] | None:
-        """The newest calibration record of ``defense`` on ``protocol``, or None."""
+    def latest(
+        self, protocol: Protocol, defense: str, params: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """The newest calibration record of ``defense`` with ``params`` (in full; None:
+        the plugin's defaults) on ``protocol``, or None."""
 
-    def null(self, protocol: Protocol, defense: str) -> Null:
-        """The null ``defense``'s evidence is tested against on ``protocol``."""
+    def null(self, protocol: Protocol, defense: str, params: dict[str, Any] | None = None) -> Null:
+        """The null ``defense`` (with ``params``; None: its defaults) is tested against
+        on ``protocol``."""
         scheme = defenses.get(defense)
         if scheme.exact_null:
             return Null(
@@ -51,8 +81,13 @@ class _Nulls(abc.ABC):
                 else f"exact: {defense}'s labels are drawn uniformly and independently of "
                 "every model, so chance agreement is exactly the scheme's nominal rate",
             )
-        record = self.latest(protocol, defense)
-        command = f"arena calibrate --protocol {protocol.name} --defense {defense}"
+        params = scheme(params).params_dict()
+        record = self.latest(protocol, defense, params)
+        command = f"arena calibrate --protocol {protocol.name} --defense {defense}" + "".join(
+            f" -D {name}={value}"
+            for name, value in params.items()
+            if value != scheme().params_dict()[name] and name not in scheme.marking_params
+        )
         if record is None or record.get("format") != RECORD_FORMAT:
             return Null(
                 "uncalibrated",
@@ -106,37 +141,49 @@ class CalibrationStore(_Nulls):
             )
             return int(cursor.lastrowid)
 
-    def latest(self, protocol: Protocol, defense: str) -> dict[str, Any] | None:
+    def latest(
+        self, protocol: Protocol, defense: str, params: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        wanted = params_key(defense, defenses.get(defense)(params).params_dict())
         with connect(self.path) as connection:
-            row = connection.execute(
+            rows = connection.execute(
                 "SELECT position, record FROM calibrations WHERE protocol_fingerprint = ? "
-                "AND defense = ? ORDER BY position DESC LIMIT 1",
+                "AND defense = ? ORDER BY position DESC",
                 (protocol.fingerprint, defense),
-            ).fetchone()
-        if row is None:
-            return None
-        return {**json.loads(row[1]), "position": row[0]}
+            )
+            for position, text in rows:
+                record = {**json.loads(text), "position": position}
+                if params_key(defense, calibrated_params(record)) == wanted:
+                    return record
+        return None
 
-    def snapshot(self, pairs: Iterable[tuple[Protocol, str]]) -> CalibrationSnapshot:
-        """The newest calibration of every (protocol, scheme) in ``pairs``, read now: what
-        a sweep's workers decide with, so that they never open the database."""
+    def snapshot(
+        self, pairs: Iterable[tuple[Protocol, str, dict[str, Any] | None]]
+    ) -> CalibrationSnapshot:
+        """The newest calibration of every (protocol, scheme, parameters) in ``pairs``,
+        read now: what a sweep's workers decide with, so that they never open the
+        database."""
         found = {}
-        for protocol, defense in pairs:
-            record = self.latest(protocol, defense)
+        for protocol, defense, params in pairs:
+            full = defenses.get(defense)(params).params_dict()
+            record = self.latest(protocol, defense, full)
             if record is not None:
-                found[(protocol.fingerprint, defense)] = record
+                found[(protocol.fingerprint, defense, params_key(defense, full))] = record
         return CalibrationSnapshot(found)
 
 
 class CalibrationSnapshot(_Nulls):
     """Calibration records read from a store once (``CalibrationStore.snapshot``); the
-    (protocol fingerprint, scheme) pairs it was not given have none."""
+    (protocol fingerprint, scheme, parameters) it was not given have none."""
 
-    def __init__(self, records: dict[tuple[str, str], dict[str, Any]]) -> None:
+    def __init__(self, records: dict[tuple[str, str, str], dict[str, Any]]) -> None:
         self.records = records
 
-    def latest(self, protocol: Protocol, defense: str) -> dict[str, Any] | None:
-        return self.records.get((protocol.fingerprint, defense))
+    def latest(
+        self, protocol: Protocol, defense: str, params: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        full = defenses.get(defense)(params).params_dict()
+        return self.records.get((protocol.fingerprint, defense, params_key(defense, full)))
 
 
 def refutation(record: dict[str, Any]) -> str | None:
