@@ -862,6 +862,33 @@ def _receipt_note(receipted_through: int | None, order_receipted: bool) -> str:
     return f"receipts fix ledger entries 0-{receipted_through}: they {fixed}"
 
 
+CalibratedParamOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--defense-param",
+        "-D",
+        help="defense parameter name=value: calibrate the scheme so configured",
+    ),
+]
+
+
+def _stored_calibration(
+    store: Any, protocol: str, defense: str, assignments: list[str] | None
+) -> dict[str, Any]:
+    """``arena calibrate --stored``: the newest calibration of the scheme as configured."""
+    chosen = get_protocol(protocol)
+    params = _parse_assignments(assignments, "--defense-param")
+    found = store.latest(chosen, registry_for("defense").get(defense).name, params)
+    if found is None:
+        given = "".join(f" -D {assignment}" for assignment in assignments or ())
+        raise ArenaError(
+            f"no calibration of {defense!r}{' with' + given if given else ''} on "
+            f"{chosen.name!r} is stored; run arena calibrate --protocol {chosen.name} "
+            f"--defense {defense}{given}"
+        )
+    return found
+
+
 @app.command()
 def calibrate(
     protocol: Annotated[str, typer.Option(help="protocol to calibrate")] = "mnist5k",
@@ -901,14 +928,7 @@ def calibrate(
     ] = False,
     db: DbOption = None,
     cache_dir: CacheOption = None,
-    defense_param: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--defense-param",
-            "-D",
-            help="defense parameter name=value: calibrate the scheme so configured",
-        ),
-    ] = None,
+    defense_param: CalibratedParamOption = None,
 ) -> None:
     """Fit the scheme's null (if its labels are not uniform) and measure false claims on
     clean models of architectures the reference set does not contain."""
@@ -917,19 +937,9 @@ def calibrate(
     from arena.storage.calibrations import CalibrationStore
 
     params = _parse_assignments(defense_param, "--defense-param")
-    scheme = registry_for("defense").get(defense)
-    scheme(params)  # unknown or bad parameters: refused here, before anything is read
+    registry_for("defense").get(defense)(params)  # bad parameters: refused before anything
     if stored:
-        chosen = get_protocol(protocol)
-        found = CalibrationStore(db).latest(chosen, scheme.name, params)
-        if found is None:
-            given = "".join(f" -D {assignment}" for assignment in defense_param or ())
-            raise ArenaError(
-                f"no calibration of {defense!r}{' with' + given if given else ''} on "
-                f"{chosen.name!r} is stored; run arena calibrate --protocol {chosen.name} "
-                f"--defense {defense}{given}"
-            )
-        record = found
+        record = _stored_calibration(CalibrationStore(db), protocol, defense, defense_param)
     else:
         record = run_calibration(
             get_protocol(protocol),

@@ -42,6 +42,7 @@ from arena.core.plugin import (
     ThreatModel,
 )
 from arena.core.registry import CHAIN_SEPARATOR as SEPARATOR
+from arena.core.registry import attacks
 from arena.util.errors import ArenaError
 
 # The union of two accesses is the stronger one, in these orders: data from none at all to
@@ -206,3 +207,6 @@ class Chain(Attack):
 def _total(budgets: Any) -> int | None:
     counted = [budget for budget in budgets if budget is not None]
     return sum(counted) if counted else None
+
+
+attacks.composer = chain_class

@@ -64,6 +64,9 @@ class Registry:
         self.group = group
         self.builtin_package = builtin_package
         self.chains = chains  # "a+b" names a chain of registered plugins (attacks)
+        # What builds a chain's class from its name and its parts' classes: set by the
+        # module that defines chains (``arena.core.chain``), which the plugins import.
+        self.composer: Callable[[str, tuple[type, ...]], type] | None = None
         self._entries: dict[str, PluginInfo] = {}
         self._broken: dict[str, BrokenPlugin] = {}
         self._chains: dict[str, type] = {}
@@ -96,9 +99,9 @@ class Registry:
         """The plugin class registered as ``name``; a did-you-mean error otherwise.
         Where chains are on, ``"a+b"`` is the chain of ``a`` then ``b``
         (``arena.core.chain``), built from the parts' classes."""
+        self._load_builtins()
         if self.chains and CHAIN_SEPARATOR in name:
             return self._chain(name)
-        self._load_builtins()
         providers = self.providers(name)
         if len(providers) > 1:
             raise ArenaError(
@@ -117,12 +120,10 @@ class Registry:
 
     def _chain(self, name: str) -> type:
         if name not in self._chains:
-            # Imported here: the chain is an Attack, whose module imports the core that
-            # plugins import this registry beside.
-            from arena.core.chain import chain_class
-
+            if self.composer is None:
+                raise ArenaError(f"{name!r}: no module that builds chains of {self.kind}s loaded")
             parts = tuple(self.get(part) for part in name.split(CHAIN_SEPARATOR))
-            self._chains[name] = chain_class(name, parts)
+            self._chains[name] = self.composer(name, parts)
         return self._chains[name]
 
     def info(self, name: str) -> PluginInfo:

@@ -137,15 +137,11 @@ def train(
                 if channels_last:
                     batch_images = batch_images.contiguous(memory_format=torch.channels_last)
                 with autocast(device):
-                    if batch_loss is None:
-                        loss = _loss(
-                            model, batch_images, batch_labels, settings, temperature, extra_loss
-                        )
-                    else:
-                        appended = feed.per_batch if feed is not None else 0
-                        loss = batch_loss(model, batch_images, batch_labels, appended)
-                        if extra_loss is not None:
-                            loss = loss + extra_loss(model)
+                    appended = feed.per_batch if feed is not None else 0
+                    loss = _batch_objective(
+                        model, batch_images, batch_labels, settings, temperature, extra_loss,
+                        batch_loss, appended,
+                    )  # fmt: skip
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -154,15 +150,38 @@ def train(
                 steps += 1
                 advance(1)
             loss_value = float(loss.detach())
-            if not math.isfinite(loss_value) and precision(device) == "bf16":
-                # fp32 training may diverge on purpose (the "diverged" reference recipe).
-                raise ArenaError(
-                    f"{description}: the bfloat16 loss is not finite after epoch {epoch + 1}; on "
-                    "a CPU with AMX start Python with ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 "
-                    "(the arena command does), or use ARENA_PRECISION=fp32"
-                )
+            _check_finite(loss_value, device, description, epoch)
     model.eval()
     return TrainReport(steps=steps, seconds=time.perf_counter() - start, final_loss=loss_value)
+
+
+def _batch_objective(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    settings: TrainSettings,
+    temperature: float,
+    extra_loss: ExtraLoss | None,
+    batch_loss: BatchLoss | None,
+    appended: int,
+) -> torch.Tensor:
+    """The batch's loss: cross-entropy (``_loss``), or the scheme's ``batch_loss`` plus
+    ``extra_loss``."""
+    if batch_loss is None:
+        return _loss(model, images, labels, settings, temperature, extra_loss)
+    loss = batch_loss(model, images, labels, appended)
+    return loss if extra_loss is None else loss + extra_loss(model)
+
+
+def _check_finite(loss: float, device: torch.device, description: str, epoch: int) -> None:
+    """Stop a bfloat16 run whose loss is no longer finite, with what to do about it.
+    (fp32 training may diverge on purpose: the "diverged" reference recipe.)"""
+    if not math.isfinite(loss) and precision(device) == "bf16":
+        raise ArenaError(
+            f"{description}: the bfloat16 loss is not finite after epoch {epoch + 1}; on "
+            "a CPU with AMX start Python with ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 "
+            "(the arena command does), or use ARENA_PRECISION=fp32"
+        )
 
 
 def _check_arguments(

@@ -158,6 +158,25 @@ def task_graph(specs: list[MatchSpec]) -> list[tuple[int, ...]]:
     return graph
 
 
+def _snapshots(
+    specs: list[MatchSpec], store: ResultStore
+) -> tuple[ResultSnapshot, CalibrationSnapshot]:
+    """The stored matches and the calibrations ``specs`` need, read now, for workers that
+    never open the database. A match looks its null up under the protocol and its
+    scheme's own parameters, its claims' reference models under the protocol with the
+    match's model and the scheme's defaults."""
+    pairs = {
+        (protocol, spec.defense, variant)
+        for spec in specs
+        for protocol in _protocols_of(spec)
+        for variant in (_frozen(spec.defense_params), _frozen({}))
+    }
+    calibrations = CalibrationStore(store.path).snapshot(
+        (protocol, defense, json.loads(params)) for protocol, defense, params in pairs
+    )
+    return store.snapshot(sorted({spec.protocol for spec in specs})), calibrations
+
+
 def _frozen(params: Any) -> str:
     return json.dumps(dict(params), sort_keys=True, default=str)
 
@@ -346,22 +365,8 @@ class RaySweep:
                 max_retries=self.retries,
             )
             # What the workers read of the database, read once here and shared.
-            # (A match looks its null up under the protocol, its claims' reference models
-            # under the protocol with the match's model.)
-            # Each scheme's null is the calibration of its own parameters; the claims'
-            # reference models are those of its defaults' calibration.
-            pairs = {
-                (protocol, spec.defense, variant)
-                for spec in specs
-                for protocol in _protocols_of(spec)
-                for variant in (_frozen(spec.defense_params), _frozen({}))
-            }
-            stored = ray.put(store.snapshot(sorted({spec.protocol for spec in specs})))
-            calibrations = ray.put(
-                CalibrationStore(store.path).snapshot(
-                    (protocol, defense, json.loads(params)) for protocol, defense, params in pairs
-                )
-            )
+            stored, calibrations = _snapshots(specs, store)
+            stored, calibrations = ray.put(stored), ray.put(calibrations)
             cache_root = str(Path(cache.root).resolve())
             where = (stored, calibrations, cache_root, str(device) if device else None)
             waiting = [set(before) for before in graph]
