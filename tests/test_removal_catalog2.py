@@ -117,8 +117,8 @@ def test_smooth_retrain_returns_a_fresh_model_never_the_victims_weights(ctx, vic
 
 
 def test_smooth_retrain_learns_the_task_on_smoke(ctx, victim):
-    """20 epochs, since 200 images teach a fresh model little in smoke's 6: 82% on seed 0
-    (70.5-82.0% on seeds 0-2), chance is 10%."""
+    """20 epochs, since 200 images teach a fresh model little in smoke's 6: 76.0, 79.5 and
+    80.0% test accuracy on seeds 0, 1, 2 (the victims: 91.5, 90.0, 91.0%); chance is 10%."""
     outcome = attack("smooth-retrain", epochs=20).run(clone_model(victim), ctx)
     assert outcome.model is not victim and outcome.info["steps"] == 20 * 4
     test = ctx.splits.test
