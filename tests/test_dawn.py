@@ -83,7 +83,7 @@ def test_the_key_saves_loads_and_opens_its_secret(tmp_path):
 def test_only_attacks_that_query_the_api_apply():
     dawn = defenses.get("dawn")()
     applicable = {name for name in attacks.names() if attacks.get(name)().applies_to(dawn) is None}
-    assert applicable == {"distill", "knockoff", "retrain"}
+    assert applicable == {"distill", "knockoff", "retrain", "smooth-retrain"}
     reason = attacks.get("ftal")().applies_to(dawn)
     assert "outside its threat model" in reason
     skipped: list = []
