@@ -57,6 +57,8 @@ STUDY_CHAINS = (
     "prune+rtal",
     "quantize+ftal",
     "neural-cleanse+fine-prune",
+    "permute+ftal",
+    "regularize+fine-prune",
 )
 
 DATA_ORDER = ("none", "out-of-distribution", "unlabeled", "attacker-split")

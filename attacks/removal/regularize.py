@@ -18,7 +18,7 @@ from torch import nn
 
 from arena.core.context import Context
 from arena.core.params import param
-from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.plugin import AttackOutcome, Budget, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
 from arena.core.training import TrainSettings
 from attacks.removal.common import MAX_EPOCHS, AttackerTraining, fine_tune, removal_threat_model
@@ -72,6 +72,8 @@ class Regularization(RemovalAttack):
     mark with them (19 of 20): much of what the decay does is shrink the logits, which
     fine-tuning scales back up, so recovery is an option, off by default.
     """
+
+    budget_curve = Budget("weight_decay", (0.01, 0.03, 0.1, 0.3, 1.0))
 
     paper = "Lukas et al., IEEE S&P 2022"
     Params = RegularizeParams

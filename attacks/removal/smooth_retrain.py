@@ -19,10 +19,10 @@ from torch import nn
 
 from arena.core.context import Context
 from arena.core.params import param
-from arena.core.plugin import AttackOutcome, RemovalAttack, ThreatModel
+from arena.core.plugin import AttackOutcome, Budget, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
 from arena.core.training import predict_logits
-from attacks.removal.common import ScratchTraining, reused_seconds, train_fresh
+from attacks.removal.common import EPOCH_GRID, ScratchTraining, reused_seconds, train_fresh
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,8 @@ class SmoothRetrain(RemovalAttack):
     deviations. Epochs: the owner's from-scratch budget; SGD at 0.1, as ``retrain`` and
     ``distill`` (at smoke's 6 epochs the three reach only 20-54% from 200 images).
     """
+
+    budget_curve = Budget("epochs", EPOCH_GRID)
 
     paper = "Lukas et al., IEEE S&P 2022; Cohen, Rosenfeld and Kolter, ICML 2019"
     Params = SmoothRetrainParams
