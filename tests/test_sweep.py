@@ -226,7 +226,7 @@ def test_a_worker_plays_from_snapshots_and_never_opens_the_database(tmp_path, mo
         return real_connect(path, *args, **kwargs)
 
     monkeypatch.setattr(results_module, "connect", watched)
-    calibrations = CalibrationStore(store.path).snapshot([(protocol, "backdoor-wm")])
+    calibrations = CalibrationStore(store.path).snapshot([(protocol, "backdoor-wm", None)])
     stored = store.snapshot(["smoke"])
     opened.clear()
     played = sweeping.play_task(spec, stored, calibrations, str(cache.root))
