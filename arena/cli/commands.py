@@ -699,8 +699,15 @@ def prove(
 
 @app.command()
 def verify(
-    model: Annotated[Path, typer.Option(help="suspect model (.safetensors or a state dict)")],
     vk: Annotated[Path, typer.Option(help="verification key")],
+    model: Annotated[
+        Path | None,
+        typer.Option(help="suspect model file (.safetensors, a state dict, or .onnx)"),
+    ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(help="suspect behind a prediction API: its base URL (instead of --model)"),
+    ] = None,
     mk: Annotated[
         Path | None,
         typer.Option(help="marking key: opened and revealed to the verifier (private mode)"),
@@ -743,25 +750,91 @@ def verify(
         ),
     ] = None,
     cache_dir: CacheOption = None,
+    adapter: Annotated[
+        str | None,
+        typer.Option(
+            help="endpoint: a Python file or module describing another API than "
+            "arena-predict/1 (see README)"
+        ),
+    ] = None,
+    max_queries: Annotated[
+        int | None,
+        typer.Option(help="endpoint: images this run may send, triggers and decoys together"),
+    ] = None,
+    decoys: Annotated[
+        int, typer.Option(help="endpoint: ordinary test images mixed in with the triggers")
+    ] = 20,
+    rate: Annotated[float, typer.Option(help="endpoint: images sent per second, at most")] = 100.0,
+    timeout: Annotated[
+        float, typer.Option(help="endpoint: seconds for one request, connect to last byte")
+    ] = 10.0,
+    retries: Annotated[
+        int, typer.Option(help="endpoint: further tries of a failed request (back-off doubles)")
+    ] = 3,
+    batch: Annotated[int, typer.Option(help="endpoint: images per request, at most")] = 64,
+    accept_partial: Annotated[
+        bool,
+        typer.Option(
+            "--accept-partial",
+            help="endpoint: if the service stops answering, decide on the triggers it "
+            "answered (exact nulls only) instead of keeping them to resume",
+        ),
+    ] = False,
 ) -> None:
-    """Verify ownership of a model: exit 0 verified, 1 not verified, 2 bad input."""
+    """Verify ownership of a model: exit 0 verified, 1 not verified, 2 bad input.
+
+    The suspect is a model file (--model) or a prediction API (--endpoint): see README,
+    "Verifying a suspect's prediction API".
+    """
     from arena.ownership import modelfile
     from arena.ownership import vendor as ownership
     from arena.ownership.ledger import Ledger, load_receipt
     from arena.storage.calibrations import CalibrationStore
 
     _warn_if_exposed(mk)
+    if (model is None) == (endpoint is None):
+        raise ArenaError("name the suspect: --model FILE or --endpoint URL (one of them)")
     book = Ledger(ledger)
     receipts = [load_receipt(path) for path in receipt or ()]
     calibrations = CalibrationStore(db)
-    chosen = modelfile.suspect_protocol(model, protocol)
+    suspect, name = None, model
+    if endpoint is not None:
+        from arena.ownership.remote import EndpointLimits, RemoteModel, load_adapter
+
+        limits = EndpointLimits(
+            timeout=timeout,
+            retries=retries,
+            rate=rate,
+            max_queries=max_queries,
+            max_batch=batch,
+            decoys=decoys,
+            accept_partial=accept_partial,
+        )
+        chosen = get_protocol(protocol or "mnist5k")
+        suspect = RemoteModel(endpoint, chosen, limits, load_adapter(adapter))
+        name = suspect.url
+    else:
+        chosen = modelfile.suspect_protocol(model, protocol)
     if not public:
         if mk is None:
             raise ArenaError("private verification opens the marking key: pass --mk (or --public)")
-        claim = ownership.verify(model, mk, vk, chosen, book, arch, subset, calibrations, receipts)
+        claim = ownership.verify(
+            name, mk, vk, chosen, book, arch, subset, calibrations, receipts, suspect
+        )
     else:
         claim = _verify_public(
-            model, vk, mk, proof, chosen, book, calibrations, cache_dir, arch, receipts, subset
+            name,
+            vk,
+            mk,
+            proof,
+            chosen,
+            book,
+            calibrations,
+            cache_dir,
+            arch,
+            receipts,
+            subset,
+            suspect,
         )
     record = claim.to_dict()
     if as_json:
@@ -783,6 +856,7 @@ def _verify_public(
     arch: str | None,
     receipts: list[Any],
     subset: int | None,
+    suspect: Any = None,
 ) -> Any:
     """``arena verify --public``: check the published proof, or make one from mk.
 
@@ -819,6 +893,7 @@ def _verify_public(
         receipts,
         mk_path=mk if published is None else None,
         subset=subset,
+        suspect=suspect,
     )
     if published is None:
         stderr.print(f"proof made from {mk}: {claim.triggers_opened.split(':')[0]} revealed")
@@ -830,6 +905,8 @@ def _print_claim(claim: Any, record: dict[str, Any]) -> None:
     verdict = "[green]VERIFIED[/]" if claim.verified else "[red]NOT VERIFIED[/]"
     if claim.label_check is not None:
         stdout.print(f"label check: {claim.label_check.summary()}", highlight=False)
+    if claim.service is not None:
+        stdout.print(service_line(claim.service), highlight=False)
     stdout.print(
         f"{verdict}: {evidence['successes']} of {evidence['trials']} triggers "
         f"answered with their committed labels (needs {evidence['required_successes']})"
@@ -852,6 +929,29 @@ def _print_claim(claim: Any, record: dict[str, Any]) -> None:
     stdout.print(_receipt_note(claim.receipted_through, claim.order_receipted), highlight=False)
 
 
+def service_line(service: Any) -> str:
+    """What a prediction API was asked and answered, in one line."""
+    if service.decoys:
+        decoys = (
+            f"decoys answered right {service.decoys_correct} of {service.decoys} "
+            f"(chance {service.decoy_null_p:.2g}, p = {service.decoy_p_value:.2g})"
+        )
+        if not service.answers_are_evidence:
+            decoys += ": no better than chance, so its answers are NOT evidence"
+    else:
+        decoys = "no decoys sent: whether its answers mean anything is unchecked"
+    partial = (
+        f"; decided on the {service.triggers_answered} of {service.triggers} triggers "
+        "it answered (--accept-partial)"
+        if service.partial
+        else ""
+    )
+    return (
+        f"service {service.endpoint}: {decoys}; {service.sent_this_run} images sent this "
+        f"run, {service.from_journal} answered before (journal){partial}"
+    )
+
+
 def _receipt_note(receipted_through: int | None, order_receipted: bool) -> str:
     if receipted_through is None:
         return (
@@ -860,6 +960,64 @@ def _receipt_note(receipted_through: int | None, order_receipted: bool) -> str:
         )
     fixed = "fix this order" if order_receipted else "do not reach this order's entries"
     return f"receipts fix ledger entries 0-{receipted_through}: they {fixed}"
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="model file (.safetensors, state dict, .onnx)")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port (0: any free one, printed)")] = 8000,
+    protocol: Annotated[
+        str | None,
+        typer.Option(help="protocol [default: the one the model card names, else mnist5k]"),
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="timm model when no model card is beside it")
+    ] = None,
+    query_filter: Annotated[
+        str | None,
+        typer.Option(
+            "--filter", help="an evasion attack's query filter in front (e.g. evade-detector)"
+        ),
+    ] = None,
+    filter_param: Annotated[
+        list[str] | None,
+        typer.Option("--filter-param", "-F", help="query filter parameter name=value"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed the filter is fitted with")] = 0,
+    max_batch: Annotated[int, typer.Option(help="images a request may hold")] = 64,
+) -> None:
+    """Serve a model as a prediction API (arena-predict/1: GET /info, POST /predict)."""
+    from arena.core.context import check_seed
+    from arena.ownership import modelfile
+    from arena.ownership.serve import PredictionServer, served_model
+
+    if not 0 <= port <= 65535:
+        raise ArenaError(f"--port must be 0-65535, got {port}")
+    check_seed(seed)
+    chosen = modelfile.suspect_protocol(model, protocol)
+    params = _parse_assignments(filter_param, "--filter-param")
+    if params and query_filter is None:
+        raise ArenaError("--filter-param given without --filter")
+    served = served_model(model, chosen, arch, query_filter, params, seed)
+    server = PredictionServer((host, port), served, chosen, max_batch)
+    behind = f" behind {query_filter}" if query_filter else ""
+    stdout.print(
+        f"serving {escape(str(model))}{behind} (protocol {chosen.name}, "
+        f"{chosen.num_classes} classes) on {server.url} ; Ctrl-C stops",
+        highlight=False,
+        soft_wrap=True,
+    )
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    flagged = getattr(served, "flagged", None)
+    tail = f"; the filter flagged {flagged} of {served.queries}" if flagged is not None else ""
+    stderr.print(f"stopped after answering {server.answered} images{tail}", highlight=False)
 
 
 @app.command()
