@@ -762,16 +762,27 @@ def verify(
         typer.Option(help="endpoint: images this run may send, triggers and decoys together"),
     ] = None,
     decoys: Annotated[
-        int, typer.Option(help="endpoint: ordinary test images mixed in with the triggers")
-    ] = 20,
-    rate: Annotated[float, typer.Option(help="endpoint: images sent per second, at most")] = 100.0,
+        int | None,
+        typer.Option(
+            help="endpoint: ordinary test images mixed in with the triggers [default: 20]"
+        ),
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="endpoint: images sent per second, at most [default: 100]")
+    ] = None,
     timeout: Annotated[
-        float, typer.Option(help="endpoint: seconds for one request, connect to last byte")
-    ] = 10.0,
+        float | None,
+        typer.Option(help="endpoint: seconds for one request, connect to last byte [default: 10]"),
+    ] = None,
     retries: Annotated[
-        int, typer.Option(help="endpoint: further tries of a failed request (back-off doubles)")
-    ] = 3,
-    batch: Annotated[int, typer.Option(help="endpoint: images per request, at most")] = 64,
+        int | None,
+        typer.Option(
+            help="endpoint: further tries of a failed request, back-off doubling [default: 3]"
+        ),
+    ] = None,
+    batch: Annotated[
+        int | None, typer.Option(help="endpoint: images per request, at most [default: 64]")
+    ] = None,
     accept_partial: Annotated[
         bool,
         typer.Option(
@@ -798,18 +809,25 @@ def verify(
     receipts = [load_receipt(path) for path in receipt or ()]
     calibrations = CalibrationStore(db)
     suspect, name = None, model
+    settings = {
+        "timeout": timeout,
+        "retries": retries,
+        "rate": rate,
+        "max_queries": max_queries,
+        "max_batch": batch,
+        "decoys": decoys,
+    }
+    given = {key: value for key, value in settings.items() if value is not None}
+    if endpoint is None and (given or adapter is not None or accept_partial):
+        option = "adapter" if adapter is not None else next(iter(given), "accept_partial")
+        option = {"max_batch": "batch"}.get(option, option).replace("_", "-")
+        raise ArenaError(f"--{option} is an option of --endpoint, not of --model")
+    if endpoint is not None and arch is not None:
+        raise ArenaError("--arch names the architecture of a model file, not of an --endpoint")
     if endpoint is not None:
         from arena.ownership.remote import EndpointLimits, RemoteModel, load_adapter
 
-        limits = EndpointLimits(
-            timeout=timeout,
-            retries=retries,
-            rate=rate,
-            max_queries=max_queries,
-            max_batch=batch,
-            decoys=decoys,
-            accept_partial=accept_partial,
-        )
+        limits = EndpointLimits(**given, accept_partial=accept_partial)
         chosen = get_protocol(protocol or "mnist5k")
         suspect = RemoteModel(endpoint, chosen, limits, load_adapter(adapter))
         name = suspect.url

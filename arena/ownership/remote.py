@@ -113,7 +113,8 @@ class EndpointLimits:
             checks.append(("max_queries", self.max_queries, self.max_queries >= 1, ">= 1"))
         for name, value, fits, allowed in checks:
             if not fits:
-                raise ArenaError(f"{name.replace('_', '-')} must be {allowed}, got {value}")
+                option = {"max_batch": "batch"}.get(name, name).replace("_", "-")
+                raise ArenaError(f"--{option} must be {allowed}, got {value}")
 
 
 def normalize_url(url: str) -> str:
@@ -207,22 +208,28 @@ class Transport:
         # One deadline for the whole request: the socket timeout bounds each wait, the
         # watchdog the sum of them (a service that sends one byte a second).
         expired = threading.Event()
+        opened: list[socket.socket] = []  # the response keeps it after the connection lets go
 
         def cut() -> None:
             expired.set()
-            if connection.sock is not None:
+            for sock in opened:
                 try:
-                    connection.sock.shutdown(socket.SHUT_RDWR)
+                    sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
 
         watchdog = threading.Timer(timeout, cut)
         watchdog.daemon = True
         watchdog.start()
+        response = None
         try:
             headers = {"Accept": "application/json", "Connection": "close"}
             if body is not None:
                 headers["Content-Type"] = content_type
+            connection.connect()
+            opened.append(connection.sock)
+            if expired.is_set():
+                cut()
             connection.request(method, target, body=body, headers=headers)
             response = connection.getresponse()
             data = _read_bounded(response, self.limits.max_response_bytes, name)
@@ -239,6 +246,8 @@ class Transport:
             raise ServiceError(f"{name} failed: {reason}", transient=True) from None
         finally:
             watchdog.cancel()
+            if response is not None:
+                response.close()
             connection.close()
         if not 200 <= response.status < 300:
             detail = data[:200].decode("utf-8", "replace").strip().replace("\n", " ")
@@ -565,8 +574,9 @@ class RemoteModel(nn.Module):
             write_json_atomic(self.journal, journal, mode=0o600)
         have = [answer is not None for answer in answers]
         if failure is not None and not (self.limits.accept_partial and failure.transient):
+            where = f" in {self.journal}" if any(have) else ""
             raise ServiceBrokeOff(
-                f"{failure}; {sum(have)} of {len(order)} answers kept in {self.journal}; "
+                f"{failure}; {sum(have)} of {len(order)} answers kept{where}; "
                 "nothing was spent: run the same command again to resume"
             )
         logits = [self._logits(answer) for answer in answers]

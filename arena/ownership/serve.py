@@ -10,6 +10,7 @@ serves the stolen model behind ``evade-detector``. Standard library only
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -60,6 +61,11 @@ class PredictionServer(ThreadingHTTPServer):
         except OSError as error:
             host, port = address
             raise ArenaError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line on stderr, not a traceback: a client that hung up, a bad request."""
+        error = sys.exc_info()[1]
+        print(f"request from {client_address[0]} failed: {error!r}", file=sys.stderr)
 
     @property
     def url(self) -> str:
