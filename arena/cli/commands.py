@@ -6,6 +6,7 @@ import dataclasses
 import gc
 import json
 import os
+import signal
 import stat
 import sys
 import textwrap
@@ -1027,15 +1028,38 @@ def serve(
         soft_wrap=True,
     )
     sys.stdout.flush()
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM (kill, a container stopping) ends it like Ctrl-C
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         server.server_close()
     flagged = getattr(served, "flagged", None)
     tail = f"; the filter flagged {flagged} of {served.queries}" if flagged is not None else ""
     stderr.print(f"stopped after answering {server.answered} images{tail}", highlight=False)
+
+
+@app.command("export")
+def export_model(
+    model: Annotated[Path, typer.Argument(help="model file (.safetensors or a state dict)")],
+    out: Annotated[Path, typer.Option(help="ONNX file to write (.onnx; never replaced)")],
+    protocol: Annotated[
+        str | None,
+        typer.Option(help="protocol [default: the one the model card names, else mnist5k]"),
+    ] = None,
+) -> None:
+    """Write a model as an ONNX file (with its model card), as a suspect may be found."""
+    from arena.ownership import modelfile
+
+    chosen = modelfile.suspect_protocol(model, protocol)
+    modelfile.export_onnx(model, out, chosen)
+    stdout.print(f"wrote {escape(str(out))} and its model card", highlight=False)
 
 
 @app.command()

@@ -237,6 +237,8 @@ def export_onnx(model_path: Path, out: Path, protocol: Protocol) -> Path:
         if path.exists() or path.is_symlink():
             raise ArenaError(f"{path} exists; refusing to overwrite it")
     model = load_model(model_path, protocol).eval()
+    if isinstance(model, OnnxModel):
+        raise ArenaError(f"{model_path} is an ONNX file already")
     example = torch.zeros(1, protocol.channels, protocol.image_size, protocol.image_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
