@@ -698,92 +698,54 @@ def prove(
     )
 
 
+def Opt(kind: Any, help: str, *names: str) -> Any:  # noqa: N802 (read as a type)
+    """``Annotated[kind, typer.Option(*names, help=help)]``: an option in one line."""
+    return Annotated[kind, typer.Option(*names, help=help)]
+
+
+def EndpointOption(help: str, kind: type = float) -> Any:  # noqa: N802 (read as a type)
+    """An option of ``arena verify --endpoint`` only; None when not given."""
+    return Opt(kind | None, f"endpoint: {help}")
+
+
 @app.command()
 def verify(
-    vk: Annotated[Path, typer.Option(help="verification key")],
-    model: Annotated[
-        Path | None,
-        typer.Option(help="suspect model file (.safetensors, a state dict, or .onnx)"),
-    ] = None,
-    endpoint: Annotated[
-        str | None,
-        typer.Option(help="suspect behind a prediction API: its base URL (instead of --model)"),
-    ] = None,
-    mk: Annotated[
-        Path | None,
-        typer.Option(help="marking key: opened and revealed to the verifier (private mode)"),
-    ] = None,
-    public: Annotated[
+    vk: Opt(Path, "verification key"),
+    model: Opt(Path | None, "suspect model file (.safetensors, a state dict, or .onnx)") = None,
+    endpoint: Opt(str | None, "suspect behind a prediction API: its URL (not --model)") = None,
+    mk: Opt(Path | None, "marking key: opened and revealed to the verifier (private mode)") = None,
+    public: Opt(
         bool,
-        typer.Option(
-            "--public",
-            help="cut-and-choose public verification: reveals one subset, checks its labels "
-            "against clean reference models",
-        ),
-    ] = False,
-    proof: Annotated[
-        Path | None,
-        typer.Option(help="public mode: the owner's proof (arena prove); made from mk if absent"),
-    ] = None,
-    protocol: Annotated[
+        "cut-and-choose public verification: reveals one subset, checks its labels against "
+        "clean reference models",
+        "--public",
+    ) = False,
+    proof: Opt(
+        Path | None, "public mode: the owner's proof (arena prove); made from mk if absent"
+    ) = None,
+    protocol: Opt(
         str | None,
-        typer.Option(
-            help="protocol: input shape, classes, alpha, calibration [default: the one the "
-            "model card names, else mnist5k]"
-        ),
-    ] = None,
-    arch: Annotated[
-        str | None, typer.Option(help="timm model when no model card is beside it")
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="print one JSON record on stdout")
-    ] = False,
-    subset: Annotated[
-        int | None, typer.Option(help="trigger subset to reveal [default: first unrevealed]")
-    ] = None,
+        "protocol: input shape, classes, alpha, calibration [default: the one the model card "
+        "names, else mnist5k]",
+    ) = None,
+    arch: Opt(str | None, "timm model when no model card is beside it") = None,
+    as_json: Opt(bool, "print one JSON record on stdout", "--json") = False,
+    subset: Opt(int | None, "trigger subset to reveal [default: first unrevealed]") = None,
     ledger: LedgerOption = None,
     receipt: ReceiptsOption = None,
-    db: Annotated[
+    db: Opt(
         Path | None,
-        typer.Option(
-            "--db",
-            help="results database with the calibrations [default: $ARENA_HOME/results.sqlite]",
-        ),
-    ] = None,
+        "results database with the calibrations [default: $ARENA_HOME/results.sqlite]",
+        "--db",
+    ) = None,
     cache_dir: CacheOption = None,
-    adapter: Annotated[
-        str | None,
-        typer.Option(
-            help="endpoint: a Python file or module describing another API than "
-            "arena-predict/1 (see README)"
-        ),
-    ] = None,
-    max_queries: Annotated[
-        int | None,
-        typer.Option(help="endpoint: images this run may send, triggers and decoys together"),
-    ] = None,
-    decoys: Annotated[
-        int | None,
-        typer.Option(
-            help="endpoint: ordinary test images mixed in with the triggers [default: 20]"
-        ),
-    ] = None,
-    rate: Annotated[
-        float | None, typer.Option(help="endpoint: images sent per second, at most [default: 100]")
-    ] = None,
-    timeout: Annotated[
-        float | None,
-        typer.Option(help="endpoint: seconds for one request, connect to last byte [default: 10]"),
-    ] = None,
-    retries: Annotated[
-        int | None,
-        typer.Option(
-            help="endpoint: further tries of a failed request, back-off doubling [default: 3]"
-        ),
-    ] = None,
-    batch: Annotated[
-        int | None, typer.Option(help="endpoint: images per request, at most [default: 64]")
-    ] = None,
+    adapter: EndpointOption("a Python file or module describing another API (README)", str) = None,
+    max_queries: EndpointOption("images this run may send, triggers and decoys", int) = None,
+    decoys: EndpointOption("test images mixed in with the triggers [default: 20]", int) = None,
+    rate: EndpointOption("images sent per second, at most [default: 100]", float) = None,
+    timeout: EndpointOption("seconds for one request, to its last byte [default: 10]") = None,
+    retries: EndpointOption("further tries of a failed request [default: 3]", int) = None,
+    batch: EndpointOption("images per request, at most [default: 64]", int) = None,
     accept_partial: Annotated[
         bool,
         typer.Option(
@@ -795,45 +757,20 @@ def verify(
 ) -> None:
     """Verify ownership of a model: exit 0 verified, 1 not verified, 2 bad input.
 
-    The suspect is a model file (--model) or a prediction API (--endpoint): see README,
-    "Verifying a suspect's prediction API".
-    """
-    from arena.ownership import modelfile
+    The suspect is a model file (--model) or a prediction API (--endpoint)."""
     from arena.ownership import vendor as ownership
     from arena.ownership.ledger import Ledger, load_receipt
     from arena.storage.calibrations import CalibrationStore
 
     _warn_if_exposed(mk)
-    if (model is None) == (endpoint is None):
-        raise ArenaError("name the suspect: --model FILE or --endpoint URL (one of them)")
+    settings = dict(timeout=timeout, retries=retries, rate=rate, max_queries=max_queries)
+    settings.update(max_batch=batch, decoys=decoys)
+    suspect, name, chosen = _suspect(
+        model, endpoint, protocol, arch, adapter, accept_partial, settings
+    )
     book = Ledger(ledger)
     receipts = [load_receipt(path) for path in receipt or ()]
     calibrations = CalibrationStore(db)
-    suspect, name = None, model
-    settings = {
-        "timeout": timeout,
-        "retries": retries,
-        "rate": rate,
-        "max_queries": max_queries,
-        "max_batch": batch,
-        "decoys": decoys,
-    }
-    given = {key: value for key, value in settings.items() if value is not None}
-    if endpoint is None and (given or adapter is not None or accept_partial):
-        option = "adapter" if adapter is not None else next(iter(given), "accept_partial")
-        option = {"max_batch": "batch"}.get(option, option).replace("_", "-")
-        raise ArenaError(f"--{option} is an option of --endpoint, not of --model")
-    if endpoint is not None and arch is not None:
-        raise ArenaError("--arch names the architecture of a model file, not of an --endpoint")
-    if endpoint is not None:
-        from arena.ownership.remote import EndpointLimits, RemoteModel, load_adapter
-
-        limits = EndpointLimits(**given, accept_partial=accept_partial)
-        chosen = get_protocol(protocol or "mnist5k")
-        suspect = RemoteModel(endpoint, chosen, limits, load_adapter(adapter))
-        name = suspect.url
-    else:
-        chosen = modelfile.suspect_protocol(model, protocol)
     if not public:
         if mk is None:
             raise ArenaError("private verification opens the marking key: pass --mk (or --public)")
@@ -841,26 +778,46 @@ def verify(
             name, mk, vk, chosen, book, arch, subset, calibrations, receipts, suspect
         )
     else:
-        claim = _verify_public(
-            name,
-            vk,
-            mk,
-            proof,
-            chosen,
-            book,
-            calibrations,
-            cache_dir,
-            arch,
-            receipts,
-            subset,
-            suspect,
-        )
+        where = (book, calibrations, cache_dir, arch, receipts, subset, suspect)
+        claim = _verify_public(name, vk, mk, proof, chosen, *where)
     record = claim.to_dict()
     if as_json:
         _print_json(record)
     else:
         _print_claim(claim, record)
     raise typer.Exit(0 if claim.verified else 1)
+
+
+def _suspect(
+    model: Path | None,
+    endpoint: str | None,
+    protocol: str | None,
+    arch: str | None,
+    adapter: str | None,
+    accept_partial: bool,
+    settings: dict[str, Any],
+) -> tuple[Any, Any, Any]:
+    """The suspect of ``arena verify``: (the loaded model or None, its name, protocol).
+    A file is loaded by the verification itself; an endpoint is asked what it takes."""
+    from arena.ownership import modelfile
+
+    if (model is None) == (endpoint is None):
+        raise ArenaError("name the suspect: --model FILE or --endpoint URL (one of them)")
+    given = {key: value for key, value in settings.items() if value is not None}
+    if endpoint is None:
+        if given or adapter is not None or accept_partial:
+            option = "adapter" if adapter is not None else next(iter(given), "accept_partial")
+            option = {"max_batch": "batch"}.get(option, option).replace("_", "-")
+            raise ArenaError(f"--{option} is an option of --endpoint, not of --model")
+        return None, model, modelfile.suspect_protocol(model, protocol)
+    if arch is not None:
+        raise ArenaError("--arch names the architecture of a model file, not of an --endpoint")
+    from arena.ownership.remote import EndpointLimits, RemoteModel, load_adapter
+
+    limits = EndpointLimits(**given, accept_partial=accept_partial)
+    chosen = get_protocol(protocol or "mnist5k")
+    suspect = RemoteModel(endpoint, chosen, limits, load_adapter(adapter))
+    return suspect, suspect.url, chosen
 
 
 def _verify_public(
