@@ -320,7 +320,7 @@ class _Stub(BaseHTTPRequestHandler):
         self._send(json.dumps({**info, "max_batch": 64}).encode())
 
     def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
+        self._body = self.rfile.read(int(self.headers["Content-Length"]))
         if self.mode == "slow":
             time.sleep(30)
         elif self.mode == "drip":  # headers at once, then a byte every 0.3 s
@@ -331,6 +331,11 @@ class _Stub(BaseHTTPRequestHandler):
                 self.wfile.write(b" ")
                 self.wfile.flush()
                 time.sleep(0.3)
+        elif self.mode == "probabilities":  # class 4 most likely for every image
+            count = len(json.loads(self._body)["images"])
+            row = [0.05] * 10
+            row[4] = 0.55
+            self._send(json.dumps({"probabilities": [row] * count}).encode())
         elif self.mode == "malformed":
             self._send(b'{"labels": [1, 2,')
         elif self.mode == "huge":
@@ -584,3 +589,15 @@ def test_remote_model_is_a_module_measure_can_query(vendor):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_probabilities_are_answers_too(tmp_path):
+    server, url = _stub("probabilities")
+    try:
+        remote = RemoteModel(url, SMOKE, EndpointLimits(decoys=0), journal_dir=tmp_path)
+        logits = remote(torch.rand(5, 1, 16, 16))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert logits.shape == (5, 10) and logits.argmax(dim=1).tolist() == [4] * 5
+    assert remote.service_report.triggers_answered == 5 and remote.service_report.decoys == 0
