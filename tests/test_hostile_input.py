@@ -47,6 +47,7 @@ OUTPUT_FILES = {
     ("ledger head", "out"),
     ("register", "receipt"),
     ("results export", "out"),
+    ("export", "out"),
 }
 DATABASES = {"db", "ledger"}
 BAD_PATHS = {
@@ -112,6 +113,8 @@ BASES: dict[str, dict[str, list[str]]] = {
         "protocol": ["--protocol", "smoke"],
     },
     "calibrate": {"protocol": ["--protocol", "smoke"]},
+    "serve": {"model": ["model.safetensors"], "port": ["--port", "0"]},
+    "export": {"model": ["model.safetensors"], "out": ["--out", "new-model.onnx"]},
     "ledger head": {"out": ["--out", "new-head.json"]},
     "ledger check": {"receipts": ["receipts/head.json"]},
     "results export": {"out": ["--out", "new-results.jsonl"], "protocol": ["--protocol", "smoke"]},

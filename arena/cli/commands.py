@@ -6,6 +6,7 @@ import dataclasses
 import gc
 import json
 import os
+import signal
 import stat
 import sys
 import textwrap
@@ -697,78 +698,126 @@ def prove(
     )
 
 
+def Opt(kind: Any, help: str, *names: str) -> Any:  # noqa: N802 (read as a type)
+    """``Annotated[kind, typer.Option(*names, help=help)]``: an option in one line."""
+    return Annotated[kind, typer.Option(*names, help=help)]
+
+
+def EndpointOption(help: str, kind: type = float) -> Any:  # noqa: N802 (read as a type)
+    """An option of ``arena verify --endpoint`` only; None when not given."""
+    return Opt(kind | None, f"endpoint: {help}")
+
+
 @app.command()
 def verify(
-    model: Annotated[Path, typer.Option(help="suspect model (.safetensors or a state dict)")],
-    vk: Annotated[Path, typer.Option(help="verification key")],
-    mk: Annotated[
-        Path | None,
-        typer.Option(help="marking key: opened and revealed to the verifier (private mode)"),
-    ] = None,
-    public: Annotated[
+    vk: Opt(Path, "verification key"),
+    model: Opt(Path | None, "suspect model file (.safetensors, a state dict, or .onnx)") = None,
+    endpoint: Opt(str | None, "suspect behind a prediction API: its URL (not --model)") = None,
+    mk: Opt(Path | None, "marking key: opened and revealed to the verifier (private mode)") = None,
+    public: Opt(
         bool,
-        typer.Option(
-            "--public",
-            help="cut-and-choose public verification: reveals one subset, checks its labels "
-            "against clean reference models",
-        ),
-    ] = False,
-    proof: Annotated[
-        Path | None,
-        typer.Option(help="public mode: the owner's proof (arena prove); made from mk if absent"),
-    ] = None,
-    protocol: Annotated[
+        "cut-and-choose public verification: reveals one subset, checks its labels against "
+        "clean reference models",
+        "--public",
+    ) = False,
+    proof: Opt(
+        Path | None, "public mode: the owner's proof (arena prove); made from mk if absent"
+    ) = None,
+    protocol: Opt(
         str | None,
-        typer.Option(
-            help="protocol: input shape, classes, alpha, calibration [default: the one the "
-            "model card names, else mnist5k]"
-        ),
-    ] = None,
-    arch: Annotated[
-        str | None, typer.Option(help="timm model when no model card is beside it")
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="print one JSON record on stdout")
-    ] = False,
-    subset: Annotated[
-        int | None, typer.Option(help="trigger subset to reveal [default: first unrevealed]")
-    ] = None,
+        "protocol: input shape, classes, alpha, calibration [default: the one the model card "
+        "names, else mnist5k]",
+    ) = None,
+    arch: Opt(str | None, "timm model when no model card is beside it") = None,
+    as_json: Opt(bool, "print one JSON record on stdout", "--json") = False,
+    subset: Opt(int | None, "trigger subset to reveal [default: first unrevealed]") = None,
     ledger: LedgerOption = None,
     receipt: ReceiptsOption = None,
-    db: Annotated[
+    db: Opt(
         Path | None,
-        typer.Option(
-            "--db",
-            help="results database with the calibrations [default: $ARENA_HOME/results.sqlite]",
-        ),
-    ] = None,
+        "results database with the calibrations [default: $ARENA_HOME/results.sqlite]",
+        "--db",
+    ) = None,
     cache_dir: CacheOption = None,
+    adapter: EndpointOption("a Python file or module describing another API (README)", str) = None,
+    max_queries: EndpointOption("images this run may send, triggers and decoys", int) = None,
+    decoys: EndpointOption("test images mixed in with the triggers [default: 20]", int) = None,
+    rate: EndpointOption("images sent per second, at most [default: 100]", float) = None,
+    timeout: EndpointOption("seconds for one request, to its last byte [default: 10]") = None,
+    retries: EndpointOption("further tries of a failed request [default: 3]", int) = None,
+    batch: EndpointOption("images per request, at most [default: 64]", int) = None,
+    accept_partial: Annotated[
+        bool,
+        typer.Option(
+            "--accept-partial",
+            help="endpoint: if the service stops answering, decide on the triggers it "
+            "answered (exact nulls only) instead of keeping them to resume",
+        ),
+    ] = False,
 ) -> None:
-    """Verify ownership of a model: exit 0 verified, 1 not verified, 2 bad input."""
-    from arena.ownership import modelfile
+    """Verify ownership of a model: exit 0 verified, 1 not verified, 2 bad input.
+
+    The suspect is a model file (--model) or a prediction API (--endpoint)."""
     from arena.ownership import vendor as ownership
     from arena.ownership.ledger import Ledger, load_receipt
     from arena.storage.calibrations import CalibrationStore
 
     _warn_if_exposed(mk)
+    settings = dict(timeout=timeout, retries=retries, rate=rate, max_queries=max_queries)
+    settings.update(max_batch=batch, decoys=decoys)
+    suspect, name, chosen = _suspect(
+        model, endpoint, protocol, arch, adapter, accept_partial, settings
+    )
     book = Ledger(ledger)
     receipts = [load_receipt(path) for path in receipt or ()]
     calibrations = CalibrationStore(db)
-    chosen = modelfile.suspect_protocol(model, protocol)
     if not public:
         if mk is None:
             raise ArenaError("private verification opens the marking key: pass --mk (or --public)")
-        claim = ownership.verify(model, mk, vk, chosen, book, arch, subset, calibrations, receipts)
-    else:
-        claim = _verify_public(
-            model, vk, mk, proof, chosen, book, calibrations, cache_dir, arch, receipts, subset
+        claim = ownership.verify(
+            name, mk, vk, chosen, book, arch, subset, calibrations, receipts, suspect
         )
+    else:
+        where = (book, calibrations, cache_dir, arch, receipts, subset, suspect)
+        claim = _verify_public(name, vk, mk, proof, chosen, *where)
     record = claim.to_dict()
     if as_json:
         _print_json(record)
     else:
         _print_claim(claim, record)
     raise typer.Exit(0 if claim.verified else 1)
+
+
+def _suspect(
+    model: Path | None,
+    endpoint: str | None,
+    protocol: str | None,
+    arch: str | None,
+    adapter: str | None,
+    accept_partial: bool,
+    settings: dict[str, Any],
+) -> tuple[Any, Any, Any]:
+    """The suspect of ``arena verify``: (the loaded model or None, its name, protocol).
+    A file is loaded by the verification itself; an endpoint is asked what it takes."""
+    from arena.ownership import modelfile
+
+    if (model is None) == (endpoint is None):
+        raise ArenaError("name the suspect: --model FILE or --endpoint URL (one of them)")
+    given = {key: value for key, value in settings.items() if value is not None}
+    if endpoint is None:
+        if given or adapter is not None or accept_partial:
+            option = "adapter" if adapter is not None else next(iter(given), "accept_partial")
+            option = {"max_batch": "batch"}.get(option, option).replace("_", "-")
+            raise ArenaError(f"--{option} is an option of --endpoint, not of --model")
+        return None, model, modelfile.suspect_protocol(model, protocol)
+    if arch is not None:
+        raise ArenaError("--arch names the architecture of a model file, not of an --endpoint")
+    from arena.ownership.remote import EndpointLimits, RemoteModel, load_adapter
+
+    limits = EndpointLimits(**given, accept_partial=accept_partial)
+    chosen = get_protocol(protocol or "mnist5k")
+    suspect = RemoteModel(endpoint, chosen, limits, load_adapter(adapter))
+    return suspect, suspect.url, chosen
 
 
 def _verify_public(
@@ -783,6 +832,7 @@ def _verify_public(
     arch: str | None,
     receipts: list[Any],
     subset: int | None,
+    suspect: Any = None,
 ) -> Any:
     """``arena verify --public``: check the published proof, or make one from mk.
 
@@ -819,6 +869,7 @@ def _verify_public(
         receipts,
         mk_path=mk if published is None else None,
         subset=subset,
+        suspect=suspect,
     )
     if published is None:
         stderr.print(f"proof made from {mk}: {claim.triggers_opened.split(':')[0]} revealed")
@@ -830,6 +881,8 @@ def _print_claim(claim: Any, record: dict[str, Any]) -> None:
     verdict = "[green]VERIFIED[/]" if claim.verified else "[red]NOT VERIFIED[/]"
     if claim.label_check is not None:
         stdout.print(f"label check: {claim.label_check.summary()}", highlight=False)
+    if claim.service is not None:
+        stdout.print(service_line(claim.service), highlight=False)
     stdout.print(
         f"{verdict}: {evidence['successes']} of {evidence['trials']} triggers "
         f"answered with their committed labels (needs {evidence['required_successes']})"
@@ -850,6 +903,29 @@ def _print_claim(claim: Any, record: dict[str, Any]) -> None:
         f"first seen: {'yes' if claim.registered_before_seen else 'NO'}"
     )
     stdout.print(_receipt_note(claim.receipted_through, claim.order_receipted), highlight=False)
+
+
+def service_line(service: Any) -> str:
+    """What a prediction API was asked and answered, in one line."""
+    if service.decoys:
+        decoys = (
+            f"decoys answered right {service.decoys_correct} of {service.decoys} "
+            f"(chance {service.decoy_null_p:.2g}, p = {service.decoy_p_value:.2g})"
+        )
+        if not service.answers_are_evidence:
+            decoys += ": no better than chance, so its answers are NOT evidence"
+    else:
+        decoys = "no decoys sent: whether its answers mean anything is unchecked"
+    partial = (
+        f"; decided on the {service.triggers_answered} of {service.triggers} triggers "
+        "it answered (--accept-partial)"
+        if service.partial
+        else ""
+    )
+    return (
+        f"service {service.endpoint}: {decoys}; {service.sent_this_run} images sent this "
+        f"run, {service.from_journal} answered before (journal){partial}"
+    )
 
 
 def _receipt_note(receipted_through: int | None, order_receipted: bool) -> str:
@@ -887,6 +963,87 @@ def _stored_calibration(
             f"--defense {defense}{given}"
         )
     return found
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="model file (.safetensors, state dict, .onnx)")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port (0: any free one, printed)")] = 8000,
+    protocol: Annotated[
+        str | None,
+        typer.Option(help="protocol [default: the one the model card names, else mnist5k]"),
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="timm model when no model card is beside it")
+    ] = None,
+    query_filter: Annotated[
+        str | None,
+        typer.Option(
+            "--filter", help="an evasion attack's query filter in front (e.g. evade-detector)"
+        ),
+    ] = None,
+    filter_param: Annotated[
+        list[str] | None,
+        typer.Option("--filter-param", "-F", help="query filter parameter name=value"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed the filter is fitted with")] = 0,
+    max_batch: Annotated[int, typer.Option(help="images a request may hold")] = 64,
+) -> None:
+    """Serve a model as a prediction API (arena-predict/1: GET /info, POST /predict)."""
+    from arena.core.context import check_seed
+    from arena.ownership import modelfile
+    from arena.ownership.serve import PredictionServer, served_model
+
+    if not 0 <= port <= 65535:
+        raise ArenaError(f"--port must be 0-65535, got {port}")
+    check_seed(seed)
+    chosen = modelfile.suspect_protocol(model, protocol)
+    params = _parse_assignments(filter_param, "--filter-param")
+    if params and query_filter is None:
+        raise ArenaError("--filter-param given without --filter")
+    served = served_model(model, chosen, arch, query_filter, params, seed)
+    server = PredictionServer((host, port), served, chosen, max_batch)
+    behind = f" behind {query_filter}" if query_filter else ""
+    stdout.print(
+        f"serving {escape(str(model))}{behind} (protocol {chosen.name}, "
+        f"{chosen.num_classes} classes) on {server.url} ; Ctrl-C stops",
+        highlight=False,
+        soft_wrap=True,
+    )
+    sys.stdout.flush()
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM (kill, a container stopping) ends it like Ctrl-C
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.server_close()
+    flagged = getattr(served, "flagged", None)
+    tail = f"; the filter flagged {flagged} of {served.queries}" if flagged is not None else ""
+    stderr.print(f"stopped after answering {server.answered} images{tail}", highlight=False)
+
+
+@app.command("export")
+def export_model(
+    model: Annotated[Path, typer.Argument(help="model file (.safetensors or a state dict)")],
+    out: Annotated[Path, typer.Option(help="ONNX file to write (.onnx; never replaced)")],
+    protocol: Annotated[
+        str | None,
+        typer.Option(help="protocol [default: the one the model card names, else mnist5k]"),
+    ] = None,
+) -> None:
+    """Write a model as an ONNX file (with its model card), as a suspect may be found."""
+    from arena.ownership import modelfile
+
+    chosen = modelfile.suspect_protocol(model, protocol)
+    modelfile.export_onnx(model, out, chosen)
+    stdout.print(f"wrote {escape(str(out))} and its model card", highlight=False)
 
 
 @app.command()

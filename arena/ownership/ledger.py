@@ -167,7 +167,15 @@ def entry_hash(
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over the canonical weights: names sorted, each tensor's dtype, shape, bytes."""
+    """SHA-256 over the canonical weights: names sorted, each tensor's dtype, shape, bytes.
+
+    A model whose weights this process does not hold (a prediction API, an ONNX session)
+    names its own fingerprint with ``ledger_fingerprint()``: the normalized URL's hash
+    for an endpoint, the file's for an ONNX model.
+    """
+    own = getattr(model, "ledger_fingerprint", None)
+    if callable(own):
+        return str(own())
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()

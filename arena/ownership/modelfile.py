@@ -118,7 +118,8 @@ def suspect_protocol(model_path: Path, requested: str | None) -> Protocol:
 
 def load_model(path: Path, protocol: Protocol, architecture: str | None = None) -> nn.Module:
     """Rebuild the architecture (model card, else ``architecture`` on ``protocol``) and
-    load the weights from safetensors or a plain state dict.
+    load the weights from safetensors or a plain state dict; or run an ONNX file
+    (``.onnx``) with onnxruntime.
 
     The card must fit the protocol (its input size, channels and classes: a model is
     never silently resized), and the file must hold exactly the tensors of that
@@ -129,6 +130,8 @@ def load_model(path: Path, protocol: Protocol, architecture: str | None = None) 
         raise ArenaError(f"model file {path} does not exist")
     if not path.is_file():
         raise ArenaError(f"model file {path} is not a regular file")
+    if path.suffix == ".onnx":
+        return OnnxModel(path, protocol)
     card = read_card(path)
     name = architecture or card.get("model") or protocol.model
     shape = {
@@ -218,3 +221,139 @@ def _check_shapes(
             else f"{len(extra)} unexpected tensors (e.g. {extra[0]})"
         )
         raise ArtifactError(f"{path} does not fit {name}: {first}")
+
+
+ONNX_OPSET = 17  # what torch's exporter and onnxruntime 1.18 and later both support
+
+
+def export_onnx(model_path: Path, out: Path, protocol: Protocol) -> Path:
+    """Write the model of ``model_path`` as an ONNX file (batch size free) with its model
+    card; an existing file is never replaced."""
+    import warnings
+
+    if out.suffix != ".onnx":
+        raise ArenaError(f"--out must name a .onnx file, got {out}")
+    for path in (out, card_path(out)):
+        if path.exists() or path.is_symlink():
+            raise ArenaError(f"{path} exists; refusing to overwrite it")
+    model = load_model(model_path, protocol).eval()
+    if isinstance(model, OnnxModel):
+        raise ArenaError(f"{model_path} is an ONNX file already")
+    example = torch.zeros(1, protocol.channels, protocol.image_size, protocol.image_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        with warnings.catch_warnings():
+            # The TorchScript exporter, which needs no package beyond onnx; torch warns
+            # that the torch.export-based one is now its default.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model,
+                (example,),
+                temporary,
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            )
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _publish(Path(temporary), out, "ONNX model")
+    card = read_card(model_path) or {
+        "format": MODEL_CARD_FORMAT,
+        "model": protocol.model,
+        "num_classes": protocol.num_classes,
+        "channels": protocol.channels,
+        "image_size": protocol.image_size,
+        "protocol": protocol.name,
+    }
+    write_json_atomic(card_path(out), card)
+    return out
+
+
+MAX_ONNX_BYTES = 4 << 30
+
+
+class OnnxModel(nn.Module):
+    """An ONNX file run by onnxruntime (CUDA when it has the provider, else the CPU), as a
+    model: forward(images) -> logits. Its input must be (N, C, H, W) float of the
+    protocol's shape; its ledger fingerprint is the SHA-256 of the file."""
+
+    def __init__(self, path: Path, protocol: Protocol) -> None:
+        super().__init__()
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ArenaError(
+                "ONNX models need onnxruntime: pip install 'watermark-arena[onnx]'"
+            ) from None
+        size = path.stat().st_size
+        if size > MAX_ONNX_BYTES:
+            raise ArtifactError(f"{path} is {size:,} bytes, more than an ONNX model read here")
+        self.path = path
+        self._fingerprint = _file_sha256(path)
+        available = onnxruntime.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider",) if p in available]
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only: no provider chatter on stderr
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(path), options, providers=[*providers, "CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime's own exception types
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise ArtifactError(f"{path} is not a model onnxruntime can run: {detail}") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise ArtifactError(f"{path} must take one input (images), takes {len(inputs)}")
+        self.input_name = inputs[0].name
+        shape = list(inputs[0].shape)
+        wanted = [protocol.channels, protocol.image_size, protocol.image_size]
+        if len(shape) != 4 or shape[1:] != wanted or "float" not in inputs[0].type:
+            raise ArtifactError(
+                f"{path} takes {inputs[0].type} of shape {shape}, protocol {protocol.name!r} "
+                f"has float images of shape [N, {', '.join(map(str, wanted))}]"
+            )
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        classes = outputs[0].shape[-1] if outputs[0].shape else None
+        if not isinstance(classes, int):  # a free class dimension: ask the model
+            probe = torch.zeros(self.fixed_batch or 1, *wanted)
+            classes = int(self._run(probe).shape[-1])
+        self.num_classes = classes
+
+    def ledger_fingerprint(self) -> str:
+        return self._fingerprint
+
+    def _run(self, images: torch.Tensor) -> torch.Tensor:
+        batch = images.detach().float().cpu().numpy()
+        try:
+            (logits, *_) = self.session.run(None, {self.input_name: batch})
+        except Exception as error:
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise ArtifactError(f"onnxruntime failed on {self.path}: {detail}") from None
+        return torch.as_tensor(logits).float()
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        step = self.fixed_batch or max(len(images), 1)
+        parts = []
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            short = step - len(chunk) if self.fixed_batch else 0
+            if short:  # a fixed batch size: pad the last chunk, keep its own rows
+                chunk = torch.cat([chunk, chunk.new_zeros(short, *chunk.shape[1:])])
+            parts.append(self._run(chunk)[: step - short])
+        return torch.cat(parts).to(images.device) if parts else torch.empty(0)
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(b"arena-onnx/1\0")
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -37,6 +37,7 @@ from arena.core.verify import Null, measure
 from arena.ownership.ledger import Entry, Ledger, Receipt, model_fingerprint
 from arena.ownership.modelfile import card_path, load_model, save_model
 from arena.ownership.public import LabelCheck, label_check, make_proof, open_proof, split_opened
+from arena.ownership.remote import PartialAnswers, RemoteModel, ServiceReport
 from arena.storage.artifacts import ArtifactCache
 from arena.storage.calibrations import CalibrationStore
 from arena.storage.clean import reference_models, train_clean, trained_clean
@@ -242,6 +243,7 @@ class Claim:
     model_position: int
     label_check: LabelCheck | None = None  # public verification only
     receipted_through: int | None = None  # the last ledger entry checked receipts fix
+    service: ServiceReport | None = None  # a suspect behind a prediction API only
 
     @property
     def registered_before_seen(self) -> bool:
@@ -262,7 +264,8 @@ class Claim:
     @property
     def verified(self) -> bool:
         well_formed = self.label_check is None or self.label_check.passed
-        return well_formed and self.evidence.verified
+        evidence = self.service is None or self.service.answers_are_evidence
+        return well_formed and evidence and self.evidence.verified
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -280,12 +283,13 @@ class Claim:
             "model_ledger_position": self.model_position,
             "ledger_receipted_through": self.receipted_through,
             "ledger_order_receipted": self.order_receipted,
+            "service": self.service.to_dict() if self.service else None,
             "verified": self.verified,
         }
 
 
 def verify(
-    model_path: Path,
+    model_path: Path | str,
     mk_path: Path,
     vk_path: Path,
     protocol: Protocol,
@@ -294,8 +298,12 @@ def verify(
     subset: int | None = None,
     calibrations: CalibrationStore | None = None,
     receipts: Sequence[Receipt] = (),
+    suspect: nn.Module | None = None,
 ) -> Claim:
     """Open the key, query the model on it, test the agreement; consult the ledger.
+
+    ``suspect`` is the model already loaded (a ``RemoteModel`` for a prediction API),
+    with ``model_path`` naming it; otherwise the model is read from ``model_path``.
 
     A key with several trigger subsets reveals one per verification: ``subset``, or the
     first one not yet revealed. The ledger records it as spent, and revealing it again
@@ -308,7 +316,7 @@ def verify(
     null = sound_null(calibrations or CalibrationStore(), protocol, defense)
     # Everything that can fail is checked before a subset is chosen: the model, its
     # classes against the key's, and that the ledger will take the spent subset.
-    model = load_model(model_path, protocol, architecture)
+    model = suspect if suspect is not None else load_model(model_path, protocol, architecture)
     _check_key_fits(key.class_count(), model, model_path)
     check_writable(ledger.path, "ledger")
     subsets = key.subset_count()
@@ -323,11 +331,23 @@ def verify(
         claim = _claim(defense, key.fingerprint, opened, model, model_path, protocol, ledger, null)
         if subsets > 1:
             ledger.append("spent", f"{key.fingerprint}:{index}", label=str(model_path))
-    return dataclasses.replace(
-        claim,
-        triggers_opened=revealed.format(n=claim.evidence.trials),
-        receipted_through=receipted,
+    return _finished(
+        model,
+        dataclasses.replace(
+            claim,
+            triggers_opened=revealed.format(n=claim.evidence.trials),
+            receipted_through=receipted,
+        ),
     )
+
+
+def _finished(model: nn.Module, claim: Claim) -> Claim:
+    """The claim with what a prediction API was asked and answered; its journal of
+    answers is removed now that the verdict (and any spent subset) is recorded."""
+    if not isinstance(model, RemoteModel):
+        return claim
+    model.forget()
+    return dataclasses.replace(claim, service=model.service_report)
 
 
 def prove(
@@ -367,7 +387,7 @@ def prove(
 
 
 def verify_public(
-    model_path: Path,
+    model_path: Path | str,
     vk_path: Path,
     proof: dict[str, Any] | None,
     protocol: Protocol,
@@ -378,6 +398,7 @@ def verify_public(
     receipts: Sequence[Receipt] = (),
     mk_path: Path | None = None,
     subset: int | None = None,
+    suspect: nn.Module | None = None,
 ) -> Claim:
     """Check a public proof against ``vk`` alone: cut-and-choose with a Fiat-Shamir challenge.
 
@@ -403,7 +424,7 @@ def verify_public(
     calibrations = calibrations or CalibrationStore()
     null = sound_null(calibrations, protocol, defense)
     references = reference_models(protocol, defense.name, calibrations, cache)
-    model = load_model(model_path, protocol, architecture)
+    model = suspect if suspect is not None else load_model(model_path, protocol, architecture)
     _check_key_fits(vk.num_classes, model, model_path)
 
     def decide(proof: dict[str, Any]) -> Claim:
@@ -417,7 +438,7 @@ def verify_public(
         return _public_claim(claim, check, receipted, vk, subset, len(checked), len(deciding))
 
     if proof is not None:
-        return decide(proof)
+        return _finished(model, decide(proof))
     if mk_path is None:
         raise ArenaError("public verification needs the owner's proof or the marking key")
     _, key = load_key(mk_path, vk_path)
@@ -425,7 +446,7 @@ def verify_public(
         index = _unspent_subset(ledger, key.fingerprint, key.vk.subsets, subset)
         claim = decide(make_proof(key, index))
         ledger.append("spent", f"{key.fingerprint}:{index}", label=f"public {model_path}")
-    return claim
+    return _finished(model, claim)
 
 
 def _public_claim(
@@ -453,7 +474,7 @@ def _claim(
     key_fingerprint: str,
     opened: Key,
     model: nn.Module,
-    model_path: Path,
+    model_path: Path | str,
     protocol: Protocol,
     ledger: Ledger,
     null: Null,
@@ -464,7 +485,13 @@ def _claim(
     fingerprint = model_fingerprint(model)
     seen = ledger.append("model", fingerprint, label=str(model_path))  # first sight if new
     registered = ledger.first_seen("key", key_fingerprint)
-    evidence = measure(defense, model, opened, Context(protocol=protocol), null)
+    ctx = Context(protocol=protocol)
+    try:
+        evidence = measure(defense, model, opened, ctx, null)
+    except PartialAnswers as partial:
+        # The service broke off and partial decisions were accepted: the triggers it
+        # answered decide, where the null makes that sound (arena.ownership.remote).
+        evidence = measure(defense, model, partial.restrict(opened, null.kind), ctx, null)
     return Claim(
         scheme=defense.name,
         evidence=evidence,
