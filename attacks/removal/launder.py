@@ -1,6 +1,5 @@
 """Aiken, Kim, Woo and Ryu, "Neural Network Laundering: Removing Black-Box Backdoor
-Watermarks from Deep Neural Networks", Computers & Security 100, 2021.
-https://doi.org/10.1016/j.cose.2021.102277 (arXiv:2004.11368)
+Watermarks from Deep Neural Networks", Computers & Security, 2021.
 
 Laundering reconstructs trigger-like inputs, resets the neurons they excite far more
 than clean data does, and retrains on the little data the attacker has. The
@@ -93,7 +92,7 @@ class Laundering(RemovalAttack):
        ``max_fraction`` of a layer's channels are taken, the most excited first.
     3. Reset: those channels' filters, and their BatchNorm scale and shift, are zeroed.
        A zero filter behind a zero scale gets no gradient, so retraining cannot revive
-       it: the reset is permanent, as the paper's pruned neurons are.
+       it: the channel stays a constant (its shift alone relearns), as a pruned neuron.
     4. Retrain: fine-tune every layer on ``data_fraction`` of the attacker's split with
        true labels, ``unlearn_fraction`` of those images stamped with a reconstructed
        trigger (classes in turn), for the protocol's attack budget.
@@ -115,10 +114,12 @@ class Laundering(RemovalAttack):
     def remove(self, model: nn.Module, ctx: Context) -> AttackOutcome:
         paths = last_convolutions(model, self.params.layers)  # refused before any work
         attacker = ctx.splits.attacker
-        generator = ctx.generator(f"attack:{self.name}")
-        keep = torch.randperm(len(attacker), generator=generator)
+        # A stream of its own, so the reversal draws the same whatever data_fraction is.
+        subset = ctx.generator(f"attack:{self.name}:subset")
+        keep = torch.randperm(len(attacker), generator=subset)
         keep = keep[: max(1, round(self.params.data_fraction * len(attacker)))].sort().values
         images, labels = attacker.images[keep], attacker.labels[keep]
+        generator = ctx.generator(f"attack:{self.name}")
         masks, patterns = reverse_triggers(
             model, images, ctx.num_classes, self.params.reversal(), generator, ctx.device
         )
