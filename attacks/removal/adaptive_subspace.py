@@ -75,9 +75,13 @@ class AdaptiveSubspace(RemovalAttack):
     of its weights, not an attack aimed at that subspace.
 
     Defaults: ``scale`` 1 (the mean keeps its norm, so the layer's output scale is
-    unchanged); ``hold`` 10 (the cosine squared is at most 1, against a cross-entropy
-    near 0.3 on smoke, so drifting back would cost more than it gains); the attackers'
-    usual optimizer (SGD at 0.01) and the protocol's attack budget.
+    unchanged; the bits read are the same at any scale, only the direction counts);
+    ``hold`` 10 (a squared cosine is at most 1, so at 10 drifting back would cost more
+    than a cross-entropy of a few tenths gains; on smoke, seed 0, the cosine stayed below
+    1e-3 with no hold at all, even over 20 epochs at 0.05, so it is a guard, not measured
+    to matter); the attackers' usual optimizer (SGD at 0.01) and the protocol's attack
+    budget. On smoke, seed 0, the re-randomisation alone (``epochs=0``) left the test
+    accuracy of the ``uchida`` model unchanged (88.5%) and 124 of its 256 bits.
     """
 
     paper = "adaptive (this arena), against Uchida et al., ICMR 2017 and its descendants"

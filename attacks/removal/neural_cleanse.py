@@ -147,4 +147,3 @@ class NeuralCleanse(RemovalAttack):
                 "steps": report.steps,
             },
         )
-
