@@ -95,6 +95,13 @@ class DataFree(RemovalAttack):
     at the same accuracy), and fine-tuning at 0.05, five times the attackers' usual
     0.01: REFIT's finding is that a large rate is what removes a mark. A fresh student
     learns too little from 500 inverted inputs (38-47% test accuracy on smoke, seed 0).
+
+    Weakness: the fine-tuning runs in train mode, so the BatchNorm layers normalise with
+    the inverted inputs' statistics and update their running ones from them. Where the
+    inversion matches the data's statistics poorly this costs much accuracy: on the
+    marked smoke models of seeds 0-2 the attack lost 0.5-5 points, but on an unmarked
+    smoke model of seed 2 it fell from 92.5% to 59% (freezing the running statistics
+    alone made it worse, 40%).
     """
 
     paper = "Lu et al., ACM CCS 2024; Chen et al., AsiaCCS 2021; Yin et al., CVPR 2020"
