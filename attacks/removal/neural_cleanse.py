@@ -2,37 +2,40 @@
 Networks", IEEE S&P 2019. https://doi.org/10.1109/SP.2019.00031
 
 ART's ``NeuralCleanse`` wraps Keras models only, so trigger reverse-engineering, the MAD
-outlier test and unlearning are written here in PyTorch; unlearning uses the arena's
-training loop.
+outlier test and unlearning are written here in PyTorch (the reversal and the outlier
+test in ``attacks/removal/reversal.py``, which laundering shares); unlearning uses the
+arena's training loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from arena.core.context import Context
 from arena.core.params import param
 from arena.core.plugin import AttackOutcome, Budget, RemovalAttack, ThreatModel
 from arena.core.registry import register_attack
-from arena.core.training import TrainSettings, predict, train
+from arena.core.training import TrainSettings, train
 from attacks.removal.common import EPOCH_GRID
+from attacks.removal.reversal import (
+    MAD_CONSISTENCY,
+    TriggerReversal,
+    anomaly_indices,
+    reverse_triggers,
+    stamp,
+    trigger_success,
+)
 
-MAD_CONSISTENCY = 1.4826  # makes the MAD estimate the standard deviation of normal data
+__all__ = ["MAD_CONSISTENCY", "NeuralCleanse", "NeuralCleanseParams", "anomaly_indices"]
 
 
 @dataclass(frozen=True)
-class NeuralCleanseParams:
-    steps: int = param(150, help="Adam steps reversing the triggers (all classes at once)", min=1)
-    batch_size: int = param(16, help="attacker images per class and reversal step", min=1)
-    lr: float = param(0.2, help="Adam's learning rate, for masks and patterns", above=0)
-    l1_weight: float = param(0.05, help="weight of a mask's L1 norm in its reversal loss", min=0)
+class NeuralCleanseParams(TriggerReversal):
     threshold: float = param(
         2.0, help="anomaly index above which a small mask is flagged (the paper's)", above=0
     )
@@ -103,7 +106,7 @@ class NeuralCleanse(RemovalAttack):
         )
         norms = masks.flatten(1).sum(1).tolist()
         success = [
-            _trigger_success(model, attacker.images, masks[target], patterns[target], target)
+            trigger_success(model, attacker.images, masks[target], patterns[target], target)
             for target in range(ctx.num_classes)
         ]
         indices = anomaly_indices(norms)
@@ -118,7 +121,7 @@ class NeuralCleanse(RemovalAttack):
             chosen = chosen[: round(self.params.unlearn_fraction * len(images))]
             for position, row in enumerate(chosen.tolist()):
                 target = flagged[position % len(flagged)]
-                images[row] = (1 - masks[target]) * images[row] + masks[target] * patterns[target]
+                images[row] = stamp(images[row], masks[target], patterns[target])
         report = train(
             model,
             images,
@@ -147,68 +150,3 @@ class NeuralCleanse(RemovalAttack):
                 "steps": report.steps,
             },
         )
-
-
-def reverse_triggers(
-    model: nn.Module,
-    images: torch.Tensor,
-    num_classes: int,
-    params: NeuralCleanseParams,
-    generator: torch.Generator,
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every class, the smallest mask (1, H, W) and its pattern (C, H, W) that send
-    ``images`` to that class: masks (K, 1, H, W) and patterns (K, C, H, W).
-
-    The classes are independent problems solved in one batch (one forward pass over every
-    class's stamped copy of the images), which is many times faster for small models.
-    """
-    channels, height, width = images.shape[1:]
-    # Start from a small mask (0.1 everywhere): the minimal triggers are small.
-    mask_logit = torch.full((num_classes, 1, height, width), -1.1, device=device)
-    pattern_logit = torch.zeros(num_classes, channels, height, width, device=device)
-    mask_logit.requires_grad_()
-    pattern_logit.requires_grad_()
-    optimizer = torch.optim.Adam([mask_logit, pattern_logit], lr=params.lr, betas=(0.5, 0.9))
-    targets = torch.arange(num_classes, device=device).repeat_interleave(params.batch_size)
-    model.to(device).eval()
-    model.requires_grad_(False)  # only the triggers are optimised
-    try:
-        for _ in range(params.steps):
-            rows = torch.randint(len(images), (params.batch_size,), generator=generator)
-            batch = images[rows].to(device).unsqueeze(0)
-            masks, patterns = _squash(mask_logit), _squash(pattern_logit)
-            stamped = (1 - masks.unsqueeze(1)) * batch + (masks * patterns).unsqueeze(1)
-            logits = model(stamped.flatten(0, 1))
-            # Summed over classes, so each class's trigger sees its own mean loss.
-            loss = F.cross_entropy(logits, targets) * num_classes
-            loss = loss + params.l1_weight * masks.sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    finally:
-        model.requires_grad_(True)
-    return _squash(mask_logit).detach().cpu(), _squash(pattern_logit).detach().cpu()
-
-
-def anomaly_indices(norms: Sequence[float]) -> list[float]:
-    """Each norm's distance from the median in units of the consistent MAD estimate."""
-    values = np.asarray(norms, dtype=np.float64)
-    deviations = np.abs(values - np.median(values))
-    mad = MAD_CONSISTENCY * np.median(deviations)
-    # All norms equal but one: any deviation is infinitely anomalous; keep it finite for JSON.
-    return (deviations / max(mad, 1e-12)).tolist()
-
-
-def _squash(logit: torch.Tensor) -> torch.Tensor:
-    return torch.tanh(logit) / 2 + 0.5
-
-
-def _trigger_success(
-    model: nn.Module, images: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor, target: int
-) -> float:
-    """How often the reversed trigger sends ``images`` to ``target``: a mask only counts
-    as small if it works."""
-    device = next(model.parameters()).device
-    answers = predict(model, (1 - mask) * images + mask * pattern, device)
-    return float((answers == target).float().mean())
