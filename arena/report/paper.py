@@ -25,14 +25,14 @@ def paper_markdown(table: PaperTable) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     lines += [_row(result, count) for result in table.rows]
-    lines += [
-        "",
+    notes = [
         f"Verified: the trigger evidence passes the exact binomial test at alpha "
         f"{table.alpha:g} (seeds where it did, of {count}).",
+        *(f"{result.row.label}: test accuracy on {result.row.test_set}." for result in table.rows),
+        *spec.notes,
     ]
-    for result in table.rows:
-        lines.append(f"{result.row.label}: test accuracy on {result.row.test_set}.")
-    lines += list(spec.notes)
+    for note in notes:  # a paragraph each
+        lines += ["", note]
     lines += [
         "",
         "Per seed:",
