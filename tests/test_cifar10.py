@@ -43,6 +43,13 @@ def fixture_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def fixture_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One arena home for the whole matches of this file: a model one test trained is a
+    cache hit for the next (speed only; each test also passes alone)."""
+    return tmp_path_factory.mktemp("fixture-home")
+
+
 @pytest.fixture
 def use_data(monkeypatch: pytest.MonkeyPatch):
     def point_at(root: Path) -> Path:
@@ -256,7 +263,7 @@ def test_fetch_is_the_only_download_and_reports_failure(
 # Whole matches through the real loader.
 
 
-def test_a_whole_cifar10_fixture_match(fixture_data: Path, use_data, tmp_path: Path) -> None:
+def test_a_whole_cifar10_fixture_match(fixture_data: Path, use_data, fixture_home: Path) -> None:
     use_data(fixture_data)
     result = run_arena(
         "run",
@@ -265,7 +272,7 @@ def test_a_whole_cifar10_fixture_match(fixture_data: Path, use_data, tmp_path: P
         "--defense",
         "backdoor-wm",
         "--json",
-        home=tmp_path / "home",
+        home=fixture_home,
     )
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
@@ -275,7 +282,7 @@ def test_a_whole_cifar10_fixture_match(fixture_data: Path, use_data, tmp_path: P
     assert record["marked"]["evidence"]["trials"] == FIXTURE.trigger_size
 
 
-def test_transfer_to_stl10_on_the_fixture(fixture_data: Path, use_data, tmp_path: Path) -> None:
+def test_transfer_to_stl10_on_the_fixture(fixture_data: Path, use_data, fixture_home: Path) -> None:
     use_data(fixture_data)
     result = run_arena(
         "run",
@@ -286,7 +293,7 @@ def test_transfer_to_stl10_on_the_fixture(fixture_data: Path, use_data, tmp_path
         "--attack-param",
         "task=stl10",
         "--json",
-        home=tmp_path / "home",
+        home=fixture_home,
     )
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
@@ -318,10 +325,12 @@ def test_stl10_classes_map_to_cifar10_numbers(fixture_data: Path) -> None:
 # The paper scripts, end to end on the fixture.
 
 
-def test_paper_scripts_run_end_to_end_on_the_fixture(fixture_data: Path, tmp_path: Path) -> None:
+def test_paper_scripts_run_end_to_end_on_the_fixture(
+    fixture_data: Path, fixture_home: Path, tmp_path: Path
+) -> None:
     env = {
         **os.environ,
-        "ARENA_HOME": str(tmp_path / "home"),
+        "ARENA_HOME": str(fixture_home),
         "ARENA_DATA": str(fixture_data),
         "PROTOCOL": "cifar10-fixture",
         "SEEDS": "0 1",
