@@ -5,6 +5,11 @@ protocol's input size; models consume them as they are (the BatchNorm after ever
 stem makes a separate normalisation step unnecessary for models trained from scratch).
 The split is seeded by the protocol, not by the match seed, so every match of a protocol
 is scored on the same test images.
+
+Named data sets are read from the data folder (``ARENA_DATA``, default
+``$ARENA_HOME/data``): CIFAR-10 and STL-10 by torchvision's own classes with
+``download=False``, so files of their formats read here exactly as torchvision reads them.
+Nothing here downloads; ``fetch`` (``arena data fetch``) is the one place that does.
 """
 
 from __future__ import annotations
