@@ -153,26 +153,27 @@ def test_to_model_input_refuses_bad_shapes() -> None:
         to_model_input(np.zeros((1, 2, 8, 8), dtype=np.uint8), size=8, channels=3)
 
 
-def test_cifar10_without_network_is_a_clear_error(
+def test_cifar10_without_its_files_is_a_clear_error_and_never_downloads(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import torchvision.datasets
+    import torchvision.datasets.cifar as cifar
 
-    def offline(*args, **kwargs):
+    attempts = []
+
+    def offline(url, *args, **kwargs):
+        attempts.append(url)
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
     monkeypatch.setenv("ARENA_DATA", str(tmp_path))
-    data._cached_raw.cache_clear()
-    try:
-        with pytest.raises(ArenaError) as raised:
-            load_splits(get_protocol("cifar10"))
-    finally:
-        data._cached_raw.cache_clear()
+    with pytest.raises(ArenaError) as raised:
+        load_splits(get_protocol("cifar10"))
     message = str(raised.value)
+    assert "CIFAR-10 is missing" in message and "arena data fetch cifar10" in message
     assert "network" in message
     assert "mnist5k" in message
     assert str(tmp_path) in message
+    assert attempts == []  # loading never downloads; only `arena data fetch` does
     assert not (tmp_path / "cifar10.npz").exists()
 
 

@@ -1196,6 +1196,82 @@ def results_import(
     stdout.print(line, highlight=False)
 
 
+@app.command()
+def reproduce(
+    table: Annotated[str, typer.Argument(help="table1 or table2 of the seed paper")],
+    protocol: Annotated[
+        str, typer.Option(help="protocol to play it on (cifar10-fixture: the test fixture)")
+    ] = "cifar10",
+    seed: Annotated[
+        list[int] | None, typer.Option(help="match seed, repeatable [default: 0, 1, 2]")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="also write the Markdown table to this file")
+    ] = None,
+    db: DbOption = None,
+    cache_dir: CacheOption = None,
+) -> None:
+    """Play a table of the seed paper (Adi et al. 2018) again: its matches over the seeds,
+    then a Markdown table of the paper's numbers and ours with 95% intervals."""
+    from arena.eval.paper import get_table
+    from arena.eval.paper import reproduce as play_table
+    from arena.report.paper import paper_markdown
+
+    get_table(table)
+    get_protocol(protocol)
+    if out is not None and out.is_dir():
+        raise ArenaError(f"--out {out} is a folder; give the Markdown file's path")
+
+    def done(record: MatchRecord) -> None:
+        stderr.print(
+            f"{record.defense} vs {record.attack}, seed {record.seed}: done "
+            f"({record.seconds.get('total', 0.0):.1f}s)",
+            highlight=False,
+        )
+
+    result = play_table(
+        table,
+        protocol,
+        seed if seed else [0, 1, 2],
+        store=ResultStore(db),
+        cache=ArtifactCache(cache_dir),
+        progress=RichReporter(stderr),
+        on_match=done,
+    )
+    text = paper_markdown(result)
+    if out is not None:
+        make_folder(out.parent, "the folder of --out")
+        staged = out.with_name(f".{out.name}.{os.getpid()}")
+        staged.write_text(text)
+        os.replace(staged, out)
+        stderr.print(f"wrote {out}", highlight=False)
+    sys.stdout.write(text)
+
+
+data_app = typer.Typer(
+    help="Data sets read from the data folder ($ARENA_DATA).", no_args_is_help=True
+)
+
+
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="cifar10 or stl10")],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="the data folder [default: $ARENA_DATA, else $ARENA_HOME/data]"),
+    ] = None,
+) -> None:
+    """Download a data set through torchvision (needs a network), or check the files already
+    there against the official checksums. Nothing else in the arena downloads."""
+    from arena.core.data import fetch
+
+    folder = fetch(name, data_dir)
+    stdout.print(f"{name}: {folder} holds the official files", highlight=False)
+
+
 def _print_json(record: dict[str, Any]) -> None:
     """One strict JSON line on stdout: a NaN or infinity is refused, never printed as ``NaN``."""
     try:

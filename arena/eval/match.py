@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from arena.core.context import Context, Victim, check_seed, default_device
+from arena.core.data import load_splits
 from arena.core.environment import environment, precision
 from arena.core.keys import Key
 from arena.core.models import clone_model, head_state, load_head_state
@@ -278,6 +279,10 @@ def _resolve(
             "evidence that decides a task-changing attack needs the victim's architecture"
         )
     attacked_protocol = protocol.with_model(architecture)
+    # The data every step reads, before the first step trains: a missing or corrupt data
+    # set is one line now rather than after hours of the owner's training.
+    load_splits(protocol)
+    attack.check_data(ctx)
     return _Match(
         spec,
         protocol,

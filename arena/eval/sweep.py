@@ -340,7 +340,7 @@ class RaySweep:
         import ray
 
         for name in sorted({spec.protocol for spec in specs}):
-            # Each data set read (or downloaded) once, here, before workers race for it.
+            # Each data set read once, here: a missing one is an error before any worker starts.
             load_raw(get_protocol(name).dataset)
         started = time.perf_counter()
         started_here = not ray.is_initialized()
