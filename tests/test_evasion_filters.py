@@ -13,13 +13,13 @@ from arena.core.data import to_model_input
 from arena.core.models import clone_model
 from arena.core.protocols import get_protocol
 from arena.core.registry import attacks, defenses
-from arena.core.training import accuracy, predict, predict_logits, train
+from arena.core.training import accuracy, predict, predict_logits
 from arena.util.errors import ArenaError
 from attacks.evasion.detector import CalibratedFilter, EvadeDetector
 from attacks.evasion.ensemble import Ensemble, EvadeEnsemble
 from defenses.backdoor_wm import BackdoorWatermark
+from tests.backdoors import TARGET, backdoored_model
 
-TARGET = 3
 # fpr is 0.05. With 100 conformal calibration images (ood; STRIP has 180) a detector
 # that keeps its promise flags Beta(5, 96) of clean queries, and 200 test images add
 # binomial noise: it exceeds 0.15 with chance 0.2% (STRIP 0.03%), 0.12 with 1.2%.
@@ -51,20 +51,7 @@ def marked(ctx):
 
 @pytest.fixture(scope="module")
 def patch_backdoored(ctx) -> nn.Module:
-    """A smoke model trained with stamped owner images relabelled to one target class."""
-    owner = ctx.splits.owner
-    model = ctx.new_model("patch-backdoor")
-    train(
-        model,
-        owner.images,
-        owner.labels,
-        ctx.protocol.training,
-        device=ctx.device,
-        generator=ctx.generator("patch-backdoor"),
-        triggers=(stamp(owner.images[:100]), torch.full((100,), TARGET)),
-        triggers_per_batch=10,
-    )
-    return model
+    return backdoored_model(ctx, stamp, "patch-backdoor")
 
 
 def trigger_images(key, ctx) -> torch.Tensor:

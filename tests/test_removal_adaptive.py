@@ -23,16 +23,9 @@ from attacks.removal.adaptive_subspace import AdaptiveSubspace
 from attacks.removal.data_free import DataFree
 from attacks.removal.launder import Laundering, channel_means
 from attacks.removal.reversal import stamp as stamp_trigger
+from tests.backdoors import TARGET, backdoored_model, small_stamp
 
-TARGET = 3
-
-
-def patch(images: torch.Tensor) -> torch.Tensor:
-    """A white 2x2 square near the lower right corner: a BadNets-style trigger, small
-    enough that its reversed mask stands out (see test_removal_advanced.py)."""
-    stamped = images.clone()
-    stamped[..., -3:-1, -3:-1] = 1.0
-    return stamped
+patch = small_stamp
 
 
 @pytest.fixture(scope="module")
@@ -57,20 +50,7 @@ def clean(ctx):
 
 @pytest.fixture(scope="module")
 def backdoored(ctx):
-    """A smoke model trained with patched owner images relabelled to one target class."""
-    owner = ctx.splits.owner
-    model = ctx.new_model("backdoor")
-    train(
-        model,
-        owner.images,
-        owner.labels,
-        ctx.protocol.training,
-        device=ctx.device,
-        generator=ctx.generator("backdoor"),
-        triggers=(patch(owner.images[:100]), torch.full((100,), TARGET)),
-        triggers_per_batch=10,
-    )
-    return model
+    return backdoored_model(ctx, patch)
 
 
 def test_accuracy(model, ctx) -> float:

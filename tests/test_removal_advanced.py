@@ -13,7 +13,7 @@ from arena.core.context import Context, Victim
 from arena.core.models import clone_model
 from arena.core.protocols import get_protocol
 from arena.core.registry import attacks, defenses
-from arena.core.training import accuracy, train
+from arena.core.training import accuracy
 from arena.util.errors import ArenaError
 from attacks.evasion.jpeg import JpegCompressionAttack
 from attacks.evasion.smooth import SpatialSmoothingAttack
@@ -21,20 +21,9 @@ from attacks.evasion.squeeze import FeatureSqueezingAttack
 from attacks.removal.adv_train import AdversarialTraining, pgd_examples
 from attacks.removal.neural_cleanse import MAD_CONSISTENCY, NeuralCleanse, anomaly_indices
 from attacks.removal.overwrite import Overwrite
+from tests.backdoors import TARGET, backdoored_model, small_stamp
 
-TARGET = 3
-
-
-def stamp(images: torch.Tensor) -> torch.Tensor:
-    """A white 2x2 square near the lower right corner: a BadNets-style trigger.
-
-    Small on purpose: Neural Cleanse finds a backdoor by its unusually small mask, and a
-    4x4 square reversed to masks of 9-15 pixels, inside the 10-31 that smoke's digits
-    need, so its target's anomaly index was 0.1-2.0 on seeds 0-5 and never flagged.
-    """
-    stamped = images.clone()
-    stamped[..., -3:-1, -3:-1] = 1.0
-    return stamped
+stamp = small_stamp
 
 
 @pytest.fixture(scope="module")
@@ -44,21 +33,7 @@ def ctx(train_seed) -> Context:
 
 @pytest.fixture(scope="module")
 def backdoored(ctx):
-    """A smoke model trained with stamped owner images relabelled to one target class."""
-    owner = ctx.splits.owner
-    model = ctx.new_model("backdoor")
-    triggers = (stamp(owner.images[:100]), torch.full((100,), TARGET))
-    train(
-        model,
-        owner.images,
-        owner.labels,
-        ctx.protocol.training,
-        device=ctx.device,
-        generator=ctx.generator("backdoor"),
-        triggers=triggers,
-        triggers_per_batch=10,
-    )
-    return model
+    return backdoored_model(ctx, stamp)
 
 
 def attack_success(model, ctx) -> float:

@@ -65,10 +65,6 @@ DATA_ORDER = ("none", "out-of-distribution", "unlabeled", "attacker-split")
 LABEL_ORDER = ("none", "victim-top1", "victim-soft", "true")
 
 
-def is_chain(name: str) -> bool:
-    return SEPARATOR in name
-
-
 def chain_class(name: str, parts: tuple[type[Attack], ...]) -> type[Chain]:
     """The class of the chain ``name``, whose parts are ``parts`` (registered attack
     classes, in order); refused with one line when the parts cannot be chained."""
